@@ -1,0 +1,64 @@
+"""The ``avrl`` command line. Commands are thin: they parse options and call the library.
+
+Command modules live in ``avrl_batch/commands/`` and register themselves on ``app``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="avrl",
+    help=(
+        "Find anomaly events (shooting, fights, chases, arrests...) in surveillance archives "
+        "by listening and looking: train AVRL and scan buckets on Ray.\n\n"
+        "Example: avrl demo   (synthetic footage -> train -> scan -> query, on a local Ray)"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    import avrl_batch.commands as commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"avrl_batch.commands.{mod}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script: user errors become one line on stderr, exit 2."""
+    from avrl_batch.errors import AvrlError
+
+    _register_commands()
+    try:
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int) and rv:  # click returns Exit codes in non-standalone mode
+            sys.exit(rv)
+    except AvrlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

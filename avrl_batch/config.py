@@ -1,0 +1,135 @@
+"""Frozen configuration dataclasses and the model presets.
+
+Every setting that changes what the network computes lives in ``ModelConfig``; it is stored
+inside the model file so that scan and evaluate rebuild exactly the network that was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from avrl_batch.errors import ConfigError
+from avrl_batch.schema import CLASS_NAMES
+
+FUSIONS = ("concat", "concat_ln", "concat_um", "add", "lf")
+MODALITIES = ("av", "video", "audio")
+
+# kenshohara/3D-ResNets-PyTorch normalises 0-1 RGB with the Kinetics statistics.
+KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
+KINETICS_STD = (0.2768, 0.2713, 0.2737)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the AVRL network is. Defaults are the paper's (Gao et al., DESIGN.md §2)."""
+
+    preset: str = "paper"
+    # video branch: 3D-ResNet with BasicBlocks; depth 34 -> blocks (3, 4, 6, 3)
+    depth: int = 34
+    width: int = 64  # channels of conv1 / layer1; layers 2-4 double it -> feature = 8 * width
+    frames: int = 50  # T frames sampled at a fixed step over the window
+    size: int = 240  # frames resized to size x size
+    # audio branch: VGGish trunk; widths 64-128-256-512 at audio_width = 64
+    audio_width: int = 64
+    # fusion + head
+    fusion: str = "concat"
+    modality: str = "av"
+    head_hidden: tuple[int, int] = (512, 256)  # Table I: Linear(1024->512), Linear(512->256)
+    um_scale: float = 10.0  # Concat+UM: audio feature multiplied by S
+    class_names: tuple[str, ...] = CLASS_NAMES
+    # a window is this long in seconds: clips are trained at this length and scan windows
+    # have it; the audio of a window gives floor((window_s - 0.96) / 0.96) + 1 examples
+    window_s: float = 4.0
+    mean: tuple[float, float, float] = KINETICS_MEAN
+    std: tuple[float, float, float] = KINETICS_STD
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if self.modality not in MODALITIES:
+            raise ConfigError(
+                f"unknown modality {self.modality!r}; choose one of {', '.join(MODALITIES)}"
+            )
+        if self.depth not in BLOCKS:
+            raise ConfigError(f"unsupported depth {self.depth}; choose one of {sorted(BLOCKS)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def video_dim(self) -> int:
+        return 8 * self.width  # layer4 channels (512 at width 64)
+
+    @property
+    def audio_dim(self) -> int:
+        return 8 * self.audio_width  # last VGGish conv block (512 at audio_width 64)
+
+    @property
+    def audio_examples(self) -> int:
+        """Number of 0.96 s log-mel examples the audio of one window yields."""
+        from avrl_batch.media.logmel import examples_for_duration
+
+        return examples_for_duration(self.window_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**kwargs)
+
+
+# BasicBlock counts per stage. 34 and 18 are torchvision / kenshohara's; 10 is the shallowest
+# member of the same family (one block per stage), used by the `tiny` preset.
+BLOCKS: dict[int, tuple[int, int, int, int]] = {
+    10: (1, 1, 1, 1),
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+}
+
+PRESETS: dict[str, ModelConfig] = {
+    # the paper's settings (DESIGN.md §2)
+    "paper": ModelConfig(),
+    # 3D-ResNet-18, 16 frames of 112x112: trains on a single GPU, scans fast on CPU
+    "small": ModelConfig(preset="small", depth=18, frames=16, size=112, window_s=2.0),
+    # narrow and shallow: a training step well under a second on 2 CPU cores (tests, CI, demo)
+    "tiny": ModelConfig(
+        preset="tiny",
+        depth=10,
+        width=8,
+        frames=8,
+        size=48,
+        audio_width=8,
+        head_hidden=(64, 32),
+        window_s=2.0,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with overrides (e.g. ``fusion="lf"``); raises ConfigError if unknown."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Defaults are the paper's: SGD, momentum 0.9, wd 1e-3, lr 1e-2,
+    reduce-on-plateau down to 1e-7, batch 12, 80 epochs."""
+
+    epochs: int = 80
+    batch_size: int = 12  # global batch; split over workers
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    min_lr: float = 1e-7
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    flip_p: float = 0.5  # random horizontal flip in training
+    audio_dropout: float = 0.0  # probability of dropping a clip's audio (modality dropout)
+    seed: int = 0

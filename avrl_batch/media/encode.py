@@ -1,0 +1,183 @@
+"""Encode frames and a waveform into a container with PyAV (synthetic footage and tests).
+
+PyAV wheels ship FFmpeg with libx264, libx265, AAC and Opus, so no system ffmpeg is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# container format -> default (video codec, audio codec, pixel format)
+DEFAULT_CODECS: dict[str, tuple[str, str | None, str]] = {
+    "mp4": ("libx264", "aac", "yuv420p"),
+    "mov": ("libx264", "aac", "yuv420p"),
+    "mkv": ("libx264", "aac", "yuv420p"),
+    "matroska": ("libx264", "aac", "yuv420p"),
+    "webm": ("libvpx-vp9", "libopus", "yuv420p"),
+    "avi": ("mjpeg", "pcm_alaw", "yuvj420p"),
+}
+
+
+def encode_av(
+    dest: str | Path,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: float | Fraction,
+    audio: np.ndarray | Iterable[np.ndarray] | None = None,
+    sample_rate: int = 48_000,
+    vcodec: str | None = None,
+    acodec: str | None = None,
+    pix_fmt: str | None = None,
+    gop: int = 50,
+    bframes: int | None = None,
+    crf: int | None = None,
+    video_options: dict[str, str] | None = None,
+    pts_s: Sequence[float] | None = None,
+    metadata: dict[str, str] | None = None,
+    container_format: str | None = None,
+) -> None:
+    """Write ``frames`` (each (H, W, 3) uint8 RGB) and an optional mono/multichannel waveform.
+
+    ``audio`` is float32 in [-1, 1] at ``sample_rate``: one array, shape (N,) or
+    (channels, N), or an iterable of such chunks (long recordings, generated lazily).
+    ``pts_s`` gives each frame's presentation time in seconds (variable frame rate); by
+    default frame i is shown at i / fps.
+    """
+    import av
+
+    dest = str(dest)
+    fmt = container_format or Path(dest).suffix.lstrip(".").lower()
+    d_v, d_a, d_pix = DEFAULT_CODECS.get(fmt, DEFAULT_CODECS["mp4"])
+    vcodec = vcodec or d_v
+    acodec = acodec or d_a
+    pix_fmt = pix_fmt or d_pix
+    rate = Fraction(fps).limit_denominator(1001)
+
+    with av.open(dest, mode="w", format=container_format) as out:
+        if metadata:
+            out.metadata.update(metadata)
+        vs = None
+        frame_iter = iter(frames)
+        first = next(frame_iter, None)
+        if first is not None:
+            vs = out.add_stream(vcodec, rate=rate)
+            vs.height, vs.width = first.shape[:2]
+            vs.pix_fmt = pix_fmt
+            opts: dict[str, Any] = {}
+            if vcodec in ("libx264", "libx265", "h264", "hevc"):
+                vs.gop_size = gop
+                if bframes is not None:
+                    vs.codec_context.max_b_frames = bframes
+                if crf is not None:
+                    opts["crf"] = str(crf)
+                opts.setdefault("preset", "veryfast")
+                if vcodec == "libx265":
+                    opts["x265-params"] = "log-level=error"
+            elif vcodec == "libvpx-vp9":
+                vs.gop_size = gop
+                opts.update({"deadline": "realtime", "cpu-used": "8"})
+            opts.update(video_options or {})
+            vs.options = opts
+            if pts_s is not None:
+                # millisecond time base so arbitrary presentation times are representable
+                vs.time_base = Fraction(1, 1000)
+                vs.codec_context.time_base = Fraction(1, 1000)
+        as_ = None
+        audio_chunks: Iterable[np.ndarray] = ()
+        channels = 1
+        if audio is not None and acodec:
+            if isinstance(audio, np.ndarray):
+                wave = np.atleast_2d(np.asarray(audio, dtype=np.float32))  # (C, N)
+                audio_chunks = (wave[:, i : i + 4096] for i in range(0, wave.shape[1], 4096))
+                channels = wave.shape[0]
+            else:
+                audio_chunks, peek = _peek(iter(audio))
+                channels = np.atleast_2d(peek).shape[0] if peek is not None else 1
+            as_ = out.add_stream(acodec, rate=sample_rate)
+            as_.layout = "mono" if channels == 1 else "stereo"
+        audio_writer = _AudioWriter(out, as_, sample_rate, channels) if as_ is not None else None
+        audio_iter = iter(audio_chunks)
+
+        if vs is not None:
+            for i, img in enumerate(_chain(first, frame_iter)):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                if pts_s is not None:
+                    t = pts_s[i]
+                    frame.pts = int(round(t * 1000))
+                    frame.time_base = Fraction(1, 1000)
+                else:
+                    t = i / float(rate)
+                    frame.pts = i
+                    frame.time_base = 1 / rate
+                for packet in vs.encode(frame):
+                    out.mux(packet)
+                # interleave: keep the audio up to this frame's time so the muxer never has
+                # to buffer a whole stream (long recordings stay bounded in memory)
+                if audio_writer is not None:
+                    while audio_writer.seconds <= t:
+                        chunk = next(audio_iter, None)
+                        if chunk is None:
+                            break
+                        audio_writer.write(chunk)
+            for packet in vs.encode():
+                out.mux(packet)
+
+        if audio_writer is not None:
+            for chunk in audio_iter:
+                audio_writer.write(chunk)
+            audio_writer.close()
+
+
+def _chain(first: np.ndarray, rest: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+    yield first
+    yield from rest
+
+
+def _peek(it: Any) -> tuple[Iterable[np.ndarray], np.ndarray | None]:
+    first = next(it, None)
+    if first is None:
+        return iter(()), None
+    return _chain(first, it), first
+
+
+class _AudioWriter:
+    """Feeds float chunks to an audio encoder, converting to the encoder's sample format."""
+
+    def __init__(self, out: Any, stream: Any, sample_rate: int, channels: int) -> None:
+        import av
+
+        self.out, self.stream, self.rate = out, stream, sample_rate
+        self.layout = "mono" if channels == 1 else "stereo"
+        fmt = stream.codec_context.format.name if stream.codec_context.format else "fltp"
+        self.resampler = av.AudioResampler(format=fmt, layout=self.layout, rate=sample_rate)
+        self.samples = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.rate
+
+    def write(self, chunk: np.ndarray) -> None:
+        import av
+
+        block = np.ascontiguousarray(np.atleast_2d(chunk).astype(np.float32)[:2])
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=self.layout)
+        frame.sample_rate = self.rate
+        frame.pts = self.samples
+        frame.time_base = Fraction(1, self.rate)
+        self.samples += block.shape[1]
+        self._encode(self.resampler.resample(frame))
+
+    def close(self) -> None:
+        self._encode(self.resampler.resample(None))
+        for packet in self.stream.encode():
+            self.out.mux(packet)
+
+    def _encode(self, frames: Any) -> None:
+        for rframe in frames:
+            for packet in self.stream.encode(rframe):
+                self.out.mux(packet)
