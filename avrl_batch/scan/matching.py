@@ -1,0 +1,128 @@
+"""Event quality: predicted events against ground truth by temporal IoU.
+
+Matching rule: a predicted event and a true event can match only when they are in the
+same source and have the same label (a "fight" found where a "chase" happened is both a
+false positive and a false negative), and their temporal IoU
+``|A ∩ B| / |A ∪ B|`` is at least the threshold (``>=``, with 1e-9 of tolerance so that
+an IoU equal to the threshold on paper is equal in floating point too). Candidate pairs
+are taken greedily from the highest IoU down, each event matched at most once, so two
+predictions on one true event give one true positive and one false positive.
+
+Sources are compared as written, except that ``file://`` is stripped, so a local path and
+its file URI name the same recording.
+
+Empty cases: precision is 1 when nothing was predicted and recall is 1 when there was
+nothing to find (so no events and no truth score F1 = 1, and predictions with no truth
+score precision 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+_IOU_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Counts:
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+@dataclass(frozen=True)
+class MatchResult(Counts):
+    """Overall counts and scores, ``per_label`` counts, and the matched (pred, truth) index
+    pairs (positions in the inputs)."""
+
+    per_label: dict[str, Counts] = field(default_factory=dict)
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Span:
+    source: str
+    label: str
+    start_s: float
+    end_s: float
+
+
+def _source_key(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def _spans(events: pa.Table | Iterable[Any]) -> list[_Span]:
+    """Accepts a table with source_uri/label/start_s/end_s, dicts with those keys, or
+    (source, label, start_s, end_s) tuples."""
+    if isinstance(events, pa.Table):
+        events = events.select(["source_uri", "label", "start_s", "end_s"]).to_pylist()
+    out = []
+    for e in events:
+        if isinstance(e, Mapping):
+            src = e["source_uri"] if "source_uri" in e else e["source"]
+            out.append(_Span(_source_key(src), e["label"], float(e["start_s"]), float(e["end_s"])))
+        else:
+            src, label, s, t = e
+            out.append(_Span(_source_key(src), label, float(s), float(t)))
+    return out
+
+
+def temporal_iou(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
+    inter = max(0.0, min(a_end, b_end) - max(a_start, b_start))
+    union = max(a_end, b_end) - min(a_start, b_start)
+    return inter / union if union > 0 else 0.0
+
+
+def match_events(
+    pred: pa.Table | Iterable[Any], truth: pa.Table | Iterable[Any], iou: float = 0.3
+) -> MatchResult:
+    """Greedy one-to-one matching of predicted to true events (see the module docstring)."""
+    p, t = _spans(pred), _spans(truth)
+    candidates: list[tuple[float, int, int]] = []
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for j, ts in enumerate(t):
+        by_key.setdefault((ts.source, ts.label), []).append(j)
+    for i, ps in enumerate(p):
+        for j in by_key.get((ps.source, ps.label), []):
+            v = temporal_iou(ps.start_s, ps.end_s, t[j].start_s, t[j].end_s)
+            if v > 0 and v >= iou - _IOU_TOLERANCE:
+                candidates.append((v, i, j))
+    # highest IoU first; ties broken by input order so the result is deterministic
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for _, i, j in candidates:
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+            pairs.append((i, j))
+    pairs.sort()
+
+    per_label: dict[str, Counts] = {}
+    for label in sorted({s.label for s in p} | {s.label for s in t}):
+        tp = sum(1 for i, _ in pairs if p[i].label == label)
+        per_label[label] = Counts(
+            tp=tp,
+            fp=sum(1 for s in p if s.label == label) - tp,
+            fn=sum(1 for s in t if s.label == label) - tp,
+        )
+    tp = len(pairs)
+    return MatchResult(tp=tp, fp=len(p) - tp, fn=len(t) - tp, per_label=per_label, pairs=pairs)

@@ -1,0 +1,221 @@
+"""Window probabilities -> events: the timeline rule of a scan (pure functions, no Ray).
+
+The rule, per source and per anomaly class c (normal classes never make events):
+
+1. Track ``p_c[i]`` = probability of c in window i, windows ordered by ``start_s``.
+   Optionally smooth it with a centred moving mean over ``smooth_windows`` windows (the
+   mean uses only the windows that exist at the edges).
+2. Hysteresis: a run starts at the first window with ``p_c >= enter`` and goes on while
+   ``p_c >= exit``. A run also ends at a hole in the windows (the next window starts after
+   the previous one ends, e.g. a segment that could not be decoded), so an event never
+   spans footage that was not looked at.
+3. Merge: runs of the same class whose gap ``next.start_s - prev.end_s`` is below
+   ``merge_gap_s`` become one event. Runs that overlap or touch in time (gap <= 0, which
+   happens when windows overlap, stride < window) always merge: one class never has two
+   overlapping events in a source.
+4. Drop events shorter than ``min_event_s`` (``end_s - start_s``, measured after merging).
+
+An event spans from its first window's ``start_s``/``start_time`` to its last window's
+``end_s``/``end_time``. ``peak_score`` and ``mean_score`` are the *raw* (unsmoothed)
+probabilities of the class over every window inside the event (windows in merged gaps
+included, so a merged event's mean shows its dip); ``n_windows`` counts those windows.
+The thumbnail is that of the peak window.
+
+Classes are tracked independently, so events of two different classes may overlap in time
+(e.g. "chase" turning into "fight"); both are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from avrl_batch.errors import ConfigError
+from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, EVENTS
+
+Thumbnails = Callable[[int], "bytes | None"] | Mapping[int, "bytes | None"] | None
+
+
+@dataclass(frozen=True)
+class TimelineConfig:
+    """How window probabilities become events (see the module docstring for the rule)."""
+
+    # start an event when the class probability reaches this ...
+    enter: float = 0.6
+    # ... and keep it while it stays at or above this (hysteresis: no flicker around one value)
+    exit: float = 0.4
+    # same-class events closer than this (seconds between one's end and the next's start)
+    # are one event: a fight does not become two because one window in it looked calm
+    merge_gap_s: float = 2.0
+    # events shorter than this are dropped; 0 keeps single-window events (a single window
+    # is already window_s long, 2 s for tiny/small, 4 s for paper)
+    min_event_s: float = 0.0
+    # centred moving mean over this many windows before thresholding; 1 = no smoothing
+    smooth_windows: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.exit <= self.enter <= 1.0:
+            raise ConfigError(
+                f"timeline thresholds need 0 <= exit <= enter <= 1 "
+                f"(got enter={self.enter}, exit={self.exit})"
+            )
+        if self.smooth_windows < 1:
+            raise ConfigError(f"smooth_windows must be >= 1 (got {self.smooth_windows})")
+        if self.min_event_s < 0:
+            raise ConfigError(f"min_event_s must be >= 0 (got {self.min_event_s})")
+
+
+def event_id(source_uri: str, label: str, start_s: float, model_id: str) -> str:
+    """Deterministic id: a rerun of the same scan names its events the same."""
+    key = f"{source_uri}\x1f{label}\x1f{start_s:.3f}\x1f{model_id}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _smooth(p: np.ndarray, k: int) -> np.ndarray:
+    if k <= 1 or len(p) == 0:
+        return p
+    kernel = np.ones(k)
+    # divide by the number of windows actually under the kernel so edges are not pulled to 0
+    return np.convolve(p, kernel, mode="same") / np.convolve(np.ones_like(p), kernel, mode="same")
+
+
+def _runs(p: np.ndarray, hole_after: np.ndarray, enter: float, exit_: float) -> list[list[int]]:
+    """Hysteresis runs as [first, last] window positions (inclusive)."""
+    runs: list[list[int]] = []
+    on = False
+    for i, v in enumerate(p):
+        if on and v >= exit_:
+            runs[-1][1] = i
+        elif v >= enter:
+            runs.append([i, i])
+            on = True
+        else:
+            on = False
+        if hole_after[i]:
+            on = False
+    return runs
+
+
+def _thumbnail(thumbnails: Thumbnails, window_index: int) -> bytes | None:
+    if thumbnails is None:
+        return None
+    if isinstance(thumbnails, Mapping):
+        return thumbnails.get(window_index)
+    return thumbnails(window_index)
+
+
+def _events_one_source(windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails) -> list[dict]:
+    order = np.lexsort(
+        (windows["window_index"].to_numpy(), windows["start_s"].to_numpy())
+    )  # by start_s, then window_index
+    w = windows.take(pa.array(order))
+    idx = w["window_index"].to_numpy()
+    if len(np.unique(idx)) != len(idx):
+        raise ValueError(
+            f"duplicate window_index in {w['source_uri'][0].as_py()}: "
+            "overlapping segments must be de-duplicated before the timeline"
+        )
+    start_s = w["start_s"].to_numpy()
+    end_s = w["end_s"].to_numpy()
+    start_time = w["start_time"].to_pylist()
+    end_time = w["end_time"].to_pylist()
+    probs = np.asarray(w["probs"].to_pylist(), dtype=np.float64)  # (N windows, classes)
+    if probs.ndim != 2 or probs.shape[1] != len(CLASS_NAMES):
+        raise ValueError(f"probs must have {len(CLASS_NAMES)} values per window")
+    # a window is followed by a hole when the next one starts after it ended
+    hole_after = np.append(start_s[1:] > end_s[:-1] + 1e-9, True)
+    source_uri = w["source_uri"][0].as_py()
+    camera = w["camera"][0].as_py()
+    model_id = w["model_id"][0].as_py()
+    scan_id = w["scan_id"][0].as_py()
+
+    rows: list[dict] = []
+    for label in ANOMALY_CLASSES:
+        raw = probs[:, CLASS_NAMES.index(label)]  # (N,)
+        runs = _runs(_smooth(raw, cfg.smooth_windows), hole_after, cfg.enter, cfg.exit)
+        merged: list[list[int]] = []
+        for run in runs:
+            if merged:
+                gap = start_s[run[0]] - end_s[merged[-1][1]]
+                if gap <= 0 or gap < cfg.merge_gap_s:
+                    merged[-1][1] = run[1]
+                    continue
+            merged.append(run)
+        for first, last in merged:
+            s, e = float(start_s[first]), float(end_s[last])
+            if e - s < cfg.min_event_s:
+                continue
+            scores = raw[first : last + 1]
+            peak = first + int(np.argmax(scores))
+            rows.append(
+                {
+                    "event_id": event_id(source_uri, label, s, model_id),
+                    "source_uri": source_uri,
+                    "camera": camera,
+                    "label": label,
+                    "start_s": s,
+                    "end_s": e,
+                    "start_time": start_time[first],
+                    "end_time": end_time[last],
+                    "peak_score": float(scores.max()),
+                    "mean_score": float(scores.mean()),
+                    "n_windows": last - first + 1,
+                    "thumbnail": _thumbnail(thumbnails, int(idx[peak])),
+                    "model_id": model_id,
+                    "scan_id": scan_id,
+                }
+            )
+    return rows
+
+
+def events_from_windows(
+    windows: pa.Table,
+    cfg: TimelineConfig | None = None,
+    *,
+    thumbnails: Thumbnails = None,
+) -> pa.Table:
+    """Events (EVENTS schema) from window rows (WINDOWS schema, any order).
+
+    ``windows`` normally holds one source; several are handled one by one. ``thumbnails``
+    gives the JPEG of a window by its ``window_index`` (a mapping or a callable; it is only
+    asked for peak windows). Rows are ordered by source, start_s, label.
+    """
+    cfg = cfg or TimelineConfig()
+    rows: list[dict] = []
+    if windows.num_rows:
+        for source in pc.unique(windows["source_uri"]).to_pylist():
+            one = windows.filter(pc.equal(windows["source_uri"], source))
+            rows.extend(_events_one_source(one, cfg, thumbnails))
+    rows.sort(key=lambda r: (r["source_uri"], r["start_s"], r["label"]))
+    return pa.Table.from_pylist(rows, schema=EVENTS)
+
+
+def jpeg_thumbnail(frame: np.ndarray, max_side: int = 160, *, quality: int = 5) -> bytes:
+    """A small JPEG of an RGB frame (H, W, 3) uint8, longest side ``max_side``.
+
+    Encoded with FFmpeg's MJPEG encoder through PyAV; ``quality`` is its qscale (2 best,
+    31 worst).
+    """
+    import av
+
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 frame, got {frame.shape} {frame.dtype}")
+    h, w = frame.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    # yuvj420p needs even sides
+    tw, th = max(2, int(round(w * scale)) // 2 * 2), max(2, int(round(h * scale)) // 2 * 2)
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = tw, th, "yuvj420p"
+    ctx.time_base = Fraction(1, 25)
+    ctx.qscale = quality  # fixed-quality mode: FF_QP2LAMBDA * qscale
+    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    out = src.reformat(width=tw, height=th, format="yuvj420p")
+    out.pts = 0
+    packets = list(ctx.encode(out)) + list(ctx.encode(None))
+    return b"".join(bytes(p) for p in packets)

@@ -1,0 +1,272 @@
+"""Timeline rule (windows -> events) and event matching, on hand-made timelines."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from avrl_batch.errors import ConfigError
+from avrl_batch.scan.matching import match_events, temporal_iou
+from avrl_batch.scan.timeline import (
+    TimelineConfig,
+    event_id,
+    events_from_windows,
+    jpeg_thumbnail,
+)
+from avrl_batch.schema import CLASS_NAMES, EVENTS, WINDOWS
+
+T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
+
+
+def make_windows(
+    tracks: dict[str, list[float]],
+    *,
+    window_s: float = 2.0,
+    stride_s: float = 2.0,
+    source: str = "s3://archive/cam01/cam01_20260301T080000Z.mp4",
+    start: datetime | None = T0,
+    skip: tuple[int, ...] = (),
+) -> pa.Table:
+    """Windows whose class probabilities follow ``tracks`` (label -> one value per window);
+    the rest of each window's mass goes to normal1. ``skip`` leaves windows out (holes)."""
+    n = len(next(iter(tracks.values())))
+    rows = []
+    for i in range(n):
+        if i in skip:
+            continue
+        probs = np.zeros(len(CLASS_NAMES), np.float32)
+        for label, values in tracks.items():
+            probs[CLASS_NAMES.index(label)] = values[i]
+        probs[CLASS_NAMES.index("normal1")] += max(0.0, 1.0 - probs.sum())
+        k = int(np.argmax(probs))
+        s, e = i * stride_s, i * stride_s + window_s
+        rows.append(
+            {
+                "source_uri": source,
+                "camera": "cam01",
+                "window_index": i,
+                "start_s": s,
+                "end_s": e,
+                "start_time": None if start is None else start + timedelta(seconds=s),
+                "end_time": None if start is None else start + timedelta(seconds=e),
+                "label": CLASS_NAMES[k],
+                "score": float(probs[k]),
+                "probs": probs.tolist(),
+                "is_anomaly": CLASS_NAMES[k] not in ("normal1", "normal2"),
+                "has_audio": True,
+                "model_id": "model-abc",
+                "scan_id": "scan-1",
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=WINDOWS)
+
+
+def spans(events: pa.Table) -> list[tuple[str, float, float]]:
+    return [(r["label"], r["start_s"], r["end_s"]) for r in events.to_pylist()]
+
+
+def test_hysteresis_enter_and_exit_thresholds() -> None:
+    # 0.5 never starts an event (< enter 0.6) but keeps one going (>= exit 0.4)
+    fight = [0.1, 0.5, 0.7, 0.5, 0.45, 0.3, 0.5, 0.1]
+    ev = events_from_windows(make_windows({"fight": fight}), TimelineConfig(merge_gap_s=0))
+    assert ev.schema == EVENTS
+    assert spans(ev) == [("fight", 4.0, 10.0)]  # windows 2..4
+    row = ev.to_pylist()[0]
+    assert row["n_windows"] == 3
+    assert row["peak_score"] == pytest.approx(0.7)
+    assert row["mean_score"] == pytest.approx((0.7 + 0.5 + 0.45) / 3)
+    assert row["start_time"] == T0 + timedelta(seconds=4)
+    assert row["end_time"] == T0 + timedelta(seconds=10)
+    assert row["event_id"] == event_id(row["source_uri"], "fight", 4.0, "model-abc")
+    assert (row["camera"], row["model_id"], row["scan_id"]) == ("cam01", "model-abc", "scan-1")
+
+
+def test_merge_gap_joins_close_events_only() -> None:
+    # runs at windows 1-2, 4-5 (gap 2 s) and 9 (gap 6 s)
+    fight = [0.0, 0.9, 0.9, 0.1, 0.8, 0.9, 0.0, 0.0, 0.0, 0.9, 0.0]
+    w = make_windows({"fight": fight})
+    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=2.5))) == [
+        ("fight", 2.0, 12.0),
+        ("fight", 18.0, 20.0),
+    ]
+    merged = events_from_windows(w, TimelineConfig(merge_gap_s=2.5)).to_pylist()[0]
+    assert merged["n_windows"] == 5  # the dip window is inside the event
+    assert merged["mean_score"] == pytest.approx((0.9 + 0.9 + 0.1 + 0.8 + 0.9) / 5)
+    # a gap equal to merge_gap_s does not merge (strictly below merges)
+    assert len(events_from_windows(w, TimelineConfig(merge_gap_s=2.0))) == 3
+    assert len(events_from_windows(w, TimelineConfig(merge_gap_s=100))) == 1
+
+
+def test_overlapping_windows_never_give_overlapping_events_of_one_label() -> None:
+    # window 4 s, stride 2 s: runs at windows 0-1 (0-6 s) and 3-4 (6-12 s) touch -> one event
+    # even with merging disabled
+    fight = [0.9, 0.9, 0.2, 0.9, 0.9]
+    ev = events_from_windows(
+        make_windows({"fight": fight}, window_s=4, stride_s=2), TimelineConfig(merge_gap_s=0)
+    )
+    assert spans(ev) == [("fight", 0.0, 12.0)]
+
+
+def test_min_event_length_drops_short_events() -> None:
+    run = [0.0, 0.9, 0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.0]
+    w = make_windows({"run": run})
+    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=0, min_event_s=4.0))) == [
+        ("run", 10.0, 16.0)
+    ]
+    assert len(events_from_windows(w, TimelineConfig(merge_gap_s=0, min_event_s=0.0))) == 2
+
+
+def test_two_labels_may_overlap_and_both_are_reported() -> None:
+    chase = [0.0, 0.7, 0.7, 0.45, 0.0, 0.0]
+    fight = [0.0, 0.0, 0.1, 0.45, 0.7, 0.0]
+    # at window 3 both are >= exit: chase 2-8 s and fight 8-10 s; make them really overlap with
+    # window 4 s / stride 2 s
+    ev = events_from_windows(
+        make_windows({"chase": chase, "fight": fight}, window_s=4, stride_s=2),
+        TimelineConfig(merge_gap_s=0),
+    )
+    assert spans(ev) == [("chase", 2.0, 10.0), ("fight", 8.0, 12.0)]
+
+
+def test_normal_classes_never_make_events() -> None:
+    w = make_windows({"normal2": [0.95] * 6, "shoot": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]})
+    ev = events_from_windows(w)
+    assert ev.num_rows == 0 and ev.schema == EVENTS
+
+
+def test_a_hole_in_the_windows_ends_an_event() -> None:
+    fight = [0.9] * 10
+    w = make_windows({"fight": fight}, skip=(4, 5, 6))  # 8-14 s not decoded
+    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=1.0))) == [
+        ("fight", 0.0, 8.0),
+        ("fight", 14.0, 20.0),
+    ]
+    # ... unless the hole is shorter than the merge gap (then it is an ordinary merge)
+    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=10.0))) == [
+        ("fight", 0.0, 20.0)
+    ]
+
+
+def test_smoothing_removes_a_one_window_blip() -> None:
+    shoot = [0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0]
+    w = make_windows({"shoot": shoot})
+    assert len(events_from_windows(w, TimelineConfig())) == 1
+    assert len(events_from_windows(w, TimelineConfig(smooth_windows=3))) == 0
+
+
+def test_unknown_start_time_unsorted_rows_several_sources_and_thumbnails() -> None:
+    a = make_windows({"arrest": [0.0, 0.8, 0.95, 0.0]}, source="/a.mp4", start=None)
+    b = make_windows({"scatter": [0.9, 0.0, 0.0, 0.0]}, source="/b.mp4")
+    shuffled = pa.concat_tables([b, a]).take(pa.array([7, 0, 5, 3, 6, 1, 4, 2]))
+    thumbs = {2: b"jpeg-of-window-2", 0: b"jpeg-of-window-0"}
+    ev = events_from_windows(shuffled, thumbnails=thumbs).to_pylist()
+    assert [(e["source_uri"], e["label"], e["start_s"], e["end_s"]) for e in ev] == [
+        ("/a.mp4", "arrest", 2.0, 6.0),
+        ("/b.mp4", "scatter", 0.0, 2.0),
+    ]
+    assert ev[0]["start_time"] is None and ev[0]["end_time"] is None
+    assert ev[0]["thumbnail"] == b"jpeg-of-window-2"  # the peak window
+    asked: list[int] = []
+    events_from_windows(a, thumbnails=lambda i: asked.append(i) or None)
+    assert asked == [2]
+
+
+def test_duplicate_windows_and_bad_config_are_rejected() -> None:
+    w = make_windows({"fight": [0.9, 0.9]})
+    with pytest.raises(ValueError, match="duplicate window_index"):
+        events_from_windows(pa.concat_tables([w, w]))
+    with pytest.raises(ConfigError):
+        TimelineConfig(enter=0.3, exit=0.5)
+    assert events_from_windows(w.slice(0, 0)).schema == EVENTS
+
+
+def test_jpeg_thumbnail_is_a_small_jpeg() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    frame = np.zeros((240, 320, 3), np.uint8)
+    frame[:, :160] = (220, 30, 30)
+    frame[:, 160:] = (30, 30, 220)
+    data = jpeg_thumbnail(frame, max_side=160)
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    im = Image.open(BytesIO(data)).convert("RGB")
+    assert im.size == (160, 120)
+    r, g, b = im.getpixel((20, 60))
+    assert r > 180 and b < 80
+    r, g, b = im.getpixel((140, 60))
+    assert b > 180 and r < 80
+
+
+# ---- matching --------------------------------------------------------------------------
+
+
+def test_iou() -> None:
+    assert temporal_iou(0, 10, 0, 3) == pytest.approx(0.3)
+    assert temporal_iou(0, 1, 2, 3) == 0.0
+    assert temporal_iou(0, 4, 2, 6) == pytest.approx(2 / 6)
+
+
+def test_match_counts_on_a_hand_made_timeline() -> None:
+    truth = [
+        ("v1.mp4", "fight", 10.0, 20.0),
+        ("v1.mp4", "chase", 30.0, 40.0),
+        ("v1.mp4", "shoot", 50.0, 52.0),
+        ("v2.mp4", "fight", 10.0, 20.0),
+    ]
+    pred = [
+        ("v1.mp4", "fight", 12.0, 22.0),  # IoU 8/12: TP
+        ("v1.mp4", "fight", 14.0, 20.0),  # second pred on the same truth: FP
+        ("v1.mp4", "fight", 30.0, 40.0),  # right time, wrong label: FP (and chase is FN)
+        ("v2.mp4", "fight", 0.0, 3.0),  # wrong time: FP; v2 fight is FN
+        ("file://v1.mp4", "shoot", 50.0, 52.0),  # file:// names the same source: TP
+    ]
+    r = match_events(pred, truth, iou=0.3)
+    assert (r.tp, r.fp, r.fn) == (2, 3, 2)
+    assert r.precision == pytest.approx(2 / 5)
+    assert r.recall == pytest.approx(2 / 4)
+    assert r.f1 == pytest.approx(2 * 0.4 * 0.5 / 0.9)
+    assert r.pairs == [(0, 0), (4, 2)]
+    assert {k: (c.tp, c.fp, c.fn) for k, c in r.per_label.items()} == {
+        "chase": (0, 0, 1),
+        "fight": (1, 3, 1),
+        "shoot": (1, 0, 0),
+    }
+
+
+def test_greedy_takes_the_best_iou_first() -> None:
+    truth = [("v", "run", 0.0, 10.0)]
+    pred = [("v", "run", 0.0, 5.0), ("v", "run", 0.0, 9.0)]  # IoU 0.5 then 0.9
+    r = match_events(pred, truth)
+    assert (r.tp, r.fp, r.fn) == (1, 1, 0) and r.pairs == [(1, 0)]
+
+
+def test_iou_exactly_at_threshold_matches() -> None:
+    truth = [("v", "run", 0.0, 10.0)]
+    assert match_events([("v", "run", 0.0, 3.0)], truth, iou=0.3).tp == 1  # IoU 0.3
+    assert match_events([("v", "run", 0.0, 2.9)], truth, iou=0.3).tp == 0  # IoU 0.29
+
+
+def test_empty_inputs() -> None:
+    both = match_events([], [])
+    assert (both.tp, both.fp, both.fn, both.precision, both.recall, both.f1) == (
+        0, 0, 0, 1.0, 1.0, 1.0,
+    )
+    none_found = match_events([], [("v", "run", 0.0, 1.0)])
+    assert (none_found.fn, none_found.recall, none_found.f1) == (1, 0.0, 0.0)
+    all_false = match_events([("v", "run", 0.0, 1.0)], [])
+    assert (all_false.fp, all_false.precision, all_false.f1) == (1, 0.0, 0.0)
+
+
+def test_match_accepts_event_and_truth_tables() -> None:
+    w = make_windows({"fight": [0.0, 0.9, 0.9, 0.0]}, source="/x.mp4")
+    pred = events_from_windows(w)
+    truth = pa.table(
+        {"source_uri": ["file:///x.mp4"], "camera": ["cam01"], "label": ["fight"],
+         "start_s": [2.5], "end_s": [6.5]}
+    )
+    r = match_events(pred, truth)
+    assert (r.tp, r.fp, r.fn, r.f1) == (1, 0, 0, 1.0)
