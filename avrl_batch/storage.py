@@ -1,0 +1,686 @@
+"""Object storage: local paths, ``file://`` URIs and ``s3://bucket/prefix`` behind one API.
+
+This is the only module that knows about S3, boto3 and pyarrow.fs; everything else calls it.
+
+* Endpoint: the ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto).
+* Credentials: only the standard AWS chain (environment, ``~/.aws`` files, IAM role). They are
+  never accepted as arguments, never logged, and scrubbed from every error message we raise.
+* Reads: :func:`open_source` gives a seekable file object that fetches only the byte ranges
+  the decoder asks for (ranged GETs through a read-ahead buffer) and counts ``bytes_read``.
+* Writes: :func:`write_atomic` never leaves a partial object under the final name (local:
+  temp file + fsync + rename; S3: one PUT, ``If-None-Match: *`` for ``if_absent``).
+* Keys: :func:`join` refuses any part that could escape the root (``..``, absolute paths,
+  backslashes, percent-encoded dots, control characters) instead of sanitising it, so two
+  different hostile names can never collide onto one key.
+
+boto3 and pyarrow are imported inside the functions so that importing this module (the CLI
+does) stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import io
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn
+from urllib.parse import quote, unquote, urlsplit
+
+from avrl_batch.errors import StorageError
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+DEFAULT_VIDEO_GLOBS: tuple[str, ...] = tuple(
+    f"*.{ext}"
+    for ext in (
+        "mp4", "mov", "mkv", "avi", "webm", "m4v", "ts", "mts", "mpg", "mpeg", "flv", "wmv",
+    )
+)
+
+# Read-ahead of the S3 file object, adaptive like a kernel's readahead. PyAV asks for 32 KiB
+# at a time; one GET per 32 KiB would pay S3's ~20-50 ms first-byte latency per read, so
+# sequential reads double the GET size up to READ_AHEAD_MAX (1 MiB: ~10 ms to transfer at
+# typical per-connection throughput, so latency is amortised). A seek (MP4 header, moov at
+# the end, the jump to a span's keyframe) restarts at READ_AHEAD_MIN, because a decoder
+# that seeks usually needs a few KiB there and a full buffer would be wasted. Measured in
+# tests/test_storage.py::test_s3_span_read_is_ranged (figure in the README).
+READ_AHEAD_MIN = 64 * 1024
+READ_AHEAD_MAX = 1024 * 1024
+
+# Prefix of the temp files that local writes rename into place; list_files() skips them so a
+# crashed writer's leftover is never mistaken for an output.
+_TMP_PREFIX = ".avrl-tmp-"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input object: its URI, size in bytes, and a version tag that changes when it does
+    (S3 ETag without quotes; locally ``f"{size}-{mtime_ns}"``)."""
+
+    uri: str
+    size: int
+    version: str
+
+
+@dataclass(frozen=True)
+class ParsedUri:
+    """``scheme`` is ``"file"`` (``path`` absolute) or ``"s3"`` (``bucket`` and ``key``)."""
+
+    scheme: Literal["file", "s3"]
+    bucket: str = ""
+    key: str = ""
+    path: str = ""
+
+
+def parse_uri(uri: str) -> ParsedUri:
+    """Parse a local path, a ``file://`` URI or an ``s3://bucket/key`` URI."""
+    if not uri:
+        raise StorageError("empty URI: give a local path, file:///path or s3://bucket/prefix")
+    if "://" not in uri:
+        return ParsedUri("file", path=os.path.abspath(os.path.expanduser(uri)))
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StorageError(f"file URI with a remote host is not supported: {_redact(uri)}")
+        return ParsedUri("file", path=os.path.abspath(unquote(parts.path)))
+    if scheme in ("s3", "s3a"):
+        if not parts.netloc:
+            raise StorageError(f"S3 URI without a bucket: {_redact(uri)} (use s3://bucket/prefix)")
+        key = uri.split("://", 1)[1].partition("/")[2]  # keys are opaque: no unquoting
+        return ParsedUri("s3", bucket=parts.netloc, key=key)
+    raise StorageError(
+        f"unsupported URI scheme {scheme!r} in {_redact(uri)}: "
+        "use a local path, file:///path or s3://bucket/prefix"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# keys and joins
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Append relative ``parts`` (each may hold ``/``-separated segments) to ``uri``.
+
+    Raises StorageError (never sanitises, so two hostile names cannot collide onto one key)
+    for a part that is absolute, has an empty, ``.`` or ``..`` segment, a backslash or a
+    control character, also after percent-decoding (``%2e%2e``, ``%2f..``, ``%5c``): the
+    result is always strictly inside ``uri``. Other characters, ``%`` included, are kept
+    as they are (a ``file://`` result percent-encodes them so the path is what was given).
+    """
+    segments: list[str] = []
+    for part in parts:
+        if not isinstance(part, str) or not part:
+            raise StorageError(f"empty or non-text path part {part!r} under {_redact(uri)}")
+        decoded = part
+        for _ in range(4):  # %252e -> %2e -> . : decode until stable
+            decoded, prev = unquote(decoded), decoded
+            if decoded == prev:
+                break
+        if any(
+            text.startswith("/")
+            or "\\" in text
+            or _CONTROL.search(text)
+            or any(seg in ("", ".", "..") for seg in text.split("/"))
+            for text in (part, decoded)
+        ):
+            raise StorageError(
+                f"refusing unsafe path part {part!r}: it could point outside {_redact(uri)}"
+            )
+        segments.extend(part.split("/"))
+    p = parse_uri(uri)
+    if p.scheme == "file" and "://" in uri:
+        segments = [quote(seg, safe="") for seg in segments]
+    out = uri + ("" if uri.endswith("/") else "/") + "/".join(segments)
+    # belt and braces: the checks above already make escaping impossible
+    q = parse_uri(out)
+    if p.scheme == "s3":
+        inside = q.bucket == p.bucket and q.key.startswith(_dir_prefix(p.key))
+    else:
+        root, path = os.path.normpath(p.path), os.path.normpath(q.path)
+        inside = path != root and os.path.commonpath([root, path]) == root
+    if not inside:
+        raise StorageError(f"refusing path outside {_redact(uri)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# listing
+
+
+def list_sources(
+    uri: str,
+    *,
+    include: Sequence[str] = DEFAULT_VIDEO_GLOBS,
+    exclude: Sequence[str] = (),
+    endpoint_url: str | None = None,
+) -> list[Source]:
+    """Recursively list the objects under ``uri`` whose path relative to ``uri`` matches an
+    ``include`` glob and no ``exclude`` glob, sorted by URI. A URI naming one file lists
+    that file whatever the globs. An S3 prefix with nothing under it gives ``[]``.
+
+    Globs are fnmatch patterns, case-insensitive, matched against the relative path with
+    ``/`` separators. A pattern without ``/`` matches the base name (``*.mp4`` matches
+    ``cam1/a.mp4``); a pattern with ``/`` matches the whole relative path, where ``*``
+    already crosses ``/`` so ``**`` means the same as ``*`` (``cam1/**`` is everything under
+    cam1) and a leading ``**/`` also matches at the top (``**/x.mp4`` matches ``x.mp4``).
+    """
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        found = _list_local(p.path, sources=True)
+        if found is None:  # a single file
+            st = _stat(p.path)
+            return [Source(p.path, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")]
+        root = p.path
+        items = found
+    else:
+        single = _head(p.bucket, p.key, endpoint_url) if p.key and not p.key.endswith("/") else None
+        if single is not None:
+            return [Source(uri, int(single["ContentLength"]), _etag(single["ETag"]))]
+        root = uri.rstrip("/")
+        items = [
+            (f"s3://{p.bucket}/{obj['Key']}", int(obj["Size"]), _etag(obj["ETag"]))
+            for obj in _list_s3(p.bucket, _dir_prefix(p.key), endpoint_url)
+        ]
+    out = []
+    for full, size, version in items:
+        rel = full[len(root):].lstrip("/")
+        if _matches(rel, include) and not _matches(rel, exclude):
+            out.append(Source(full, size, version))
+    return sorted(out, key=lambda s: s.uri)
+
+
+def list_files(
+    uri: str, *, suffix: str | None = None, endpoint_url: str | None = None
+) -> list[str]:
+    """URIs of every file under ``uri`` (recursive, sorted), optionally only those ending in
+    ``suffix``; a missing directory or empty prefix gives ``[]``. Hidden files (a name
+    starting with ``.``, e.g. a crashed writer's temp file) are skipped."""
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        if not os.path.exists(p.path):
+            return []
+        found = _list_local(p.path, sources=False)
+        uris = [p.path] if found is None else [full for full, _, _ in found]
+    else:
+        uris = [
+            f"s3://{p.bucket}/{obj['Key']}"
+            for obj in _list_s3(p.bucket, _dir_prefix(p.key), endpoint_url)
+        ]
+    return sorted(
+        u for u in uris
+        if not u.rsplit("/", 1)[-1].startswith(".") and (suffix is None or u.endswith(suffix))
+    )
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    rel_l = rel.lower()
+    base = rel_l.rsplit("/", 1)[-1]
+    for pat in patterns:
+        pat_l = pat.lower()
+        if "/" not in pat_l:
+            if fnmatch.fnmatchcase(base, pat_l):
+                return True
+        elif fnmatch.fnmatchcase(rel_l, pat_l) or (
+            pat_l.startswith("**/") and fnmatch.fnmatchcase(rel_l, pat_l[3:])
+        ):
+            return True
+    return False
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise StorageError(f"no such file or directory: {path}") from None
+    except PermissionError:
+        raise StorageError(f"permission denied: {path}") from None
+
+
+def _list_local(root: str, *, sources: bool) -> list[tuple[str, int, str]] | None:
+    """(path, size, version) for every file under ``root``; None if ``root`` is a file."""
+    _stat(root)  # a clear error for a missing or forbidden path
+    if not os.path.isdir(root):
+        return None
+
+    def fail(err: OSError) -> NoReturn:
+        raise StorageError(f"cannot list {err.filename}: {err.strerror}")
+
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            if name.startswith(_TMP_PREFIX):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                fst = os.stat(full)
+            except OSError:
+                continue  # vanished or a dangling link between walk and stat
+            out.append((full, fst.st_size, f"{fst.st_size}-{fst.st_mtime_ns}"))
+    return out
+
+
+def _dir_prefix(key: str) -> str:
+    return key if not key or key.endswith("/") else key + "/"
+
+
+def _etag(raw: str) -> str:
+    return raw.strip('"')
+
+
+def _list_s3(bucket: str, prefix: str, endpoint_url: str | None) -> Iterator[dict[str, Any]]:
+    client = _s3(endpoint_url)
+    with _s3_errors(f"s3://{bucket}/{prefix}", endpoint_url):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            yield from page.get("Contents", [])
+
+
+def _head(bucket: str, key: str, endpoint_url: str | None) -> dict[str, Any] | None:
+    """HEAD an object; None when it does not exist (other errors raise StorageError)."""
+    from botocore.exceptions import ClientError
+
+    client = _s3(endpoint_url)
+    with _s3_errors(f"s3://{bucket}/{key}", endpoint_url):
+        try:
+            return client.head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+                # a HEAD on a missing bucket also says 404: tell the two apart
+                client.head_bucket(Bucket=bucket)
+                return None
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+class CountingReader(io.BufferedReader):
+    """A buffered, seekable, read-only file object; ``bytes_read`` counts the bytes fetched
+    from storage (not the bytes handed to the caller, which read-ahead makes smaller)."""
+
+    @property
+    def bytes_read(self) -> int:
+        return self.raw.bytes_read  # type: ignore[attr-defined]
+
+    @property
+    def requests(self) -> int:
+        """Number of reads issued to storage (GETs on S3)."""
+        return self.raw.requests  # type: ignore[attr-defined]
+
+
+class _LocalRaw(io.FileIO):
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "rb")
+        self.bytes_read = 0
+        self.requests = 0
+
+    def readinto(self, b: Any) -> int:  # type: ignore[override]
+        n = super().readinto(b) or 0
+        self.bytes_read += n
+        self.requests += 1
+        return n
+
+
+class _S3Raw(io.RawIOBase):
+    """Unbuffered S3 object: each ``readinto`` is one ranged GET pinned to the ETag seen at
+    open, so an object replaced mid-read fails loudly instead of mixing two versions."""
+
+    def __init__(self, uri: str, bucket: str, key: str, endpoint_url: str | None) -> None:
+        head = _head(bucket, key, endpoint_url)
+        if head is None:
+            raise StorageError(f"no such object: {uri}")
+        self.uri, self.bucket, self.key, self.endpoint_url = uri, bucket, key, endpoint_url
+        self.size = int(head["ContentLength"])
+        self.etag = head["ETag"]
+        self.pos = 0
+        self.bytes_read = 0
+        self.requests = 0
+        self._window = READ_AHEAD_MIN
+        self._last_end = -1  # end of the previous GET, to tell sequential reads from seeks
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise OSError(f"negative seek position in {self.uri}")
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, b: Any) -> int:  # type: ignore[override]
+        if self.pos == self._last_end:
+            self._window = min(self._window * 2, READ_AHEAD_MAX)
+        else:
+            self._window = READ_AHEAD_MIN
+        # a short read is fine: BufferedReader asks again for the rest
+        want = min(len(b), self._window, self.size - self.pos)
+        if want <= 0:
+            return 0
+        end = self.pos + want - 1
+        with _s3_errors(self.uri, self.endpoint_url):
+            resp = _s3(self.endpoint_url).get_object(
+                Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end}",
+                IfMatch=self.etag,
+            )
+            data = resp["Body"].read()
+        n = len(data)
+        memoryview(b)[:n] = data
+        self.pos += n
+        self._last_end = self.pos
+        self.bytes_read += n
+        self.requests += 1
+        return n
+
+
+def open_source(uri: str, *, endpoint_url: str | None = None) -> CountingReader:
+    """Open ``uri`` as a seekable read-only binary file (a context manager) with a
+    ``bytes_read`` counter. On S3 only the ranges asked for are fetched, with an adaptive
+    read-ahead (READ_AHEAD_MIN after a seek, up to READ_AHEAD_MAX while reading on);
+    nothing downloads the whole object."""
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        try:
+            raw: io.RawIOBase = _LocalRaw(p.path)
+        except FileNotFoundError:
+            raise StorageError(f"no such file: {p.path}") from None
+        except IsADirectoryError:
+            raise StorageError(f"is a directory, not a file: {p.path}") from None
+        except PermissionError:
+            raise StorageError(f"permission denied: {p.path}") from None
+        return CountingReader(raw, buffer_size=64 * 1024)
+    if not p.key or p.key.endswith("/"):
+        raise StorageError(f"not an object: {_redact(uri)} (name a key, not a prefix)")
+    return CountingReader(_S3Raw(uri, p.bucket, p.key, endpoint_url), READ_AHEAD_MAX)
+
+
+def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
+    """The whole content of one (small) object, e.g. a manifest or a checkpoint."""
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        try:
+            with open(p.path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"no such file: {p.path}") from None
+        except IsADirectoryError:
+            raise StorageError(f"is a directory, not a file: {p.path}") from None
+        except PermissionError:
+            raise StorageError(f"permission denied: {p.path}") from None
+    with _s3_errors(uri, endpoint_url):
+        return _s3(endpoint_url).get_object(Bucket=p.bucket, Key=p.key)["Body"].read()
+
+
+def exists(uri: str, *, endpoint_url: str | None = None) -> bool:
+    """Whether a file/object exists at ``uri`` (a local directory counts; an S3 prefix not)."""
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        return os.path.exists(p.path)
+    return bool(p.key) and _head(p.bucket, p.key, endpoint_url) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def write_atomic(
+    uri: str,
+    data: bytes | BinaryIO,
+    *,
+    if_absent: bool = False,
+    endpoint_url: str | None = None,
+) -> bool:
+    """Write ``data`` (bytes, or a readable binary stream) whole under ``uri``.
+
+    Returns True if written; False only with ``if_absent`` when the name already exists (the
+    existing content is left alone, so of two racing writers exactly one returns True).
+    A failure midway (exception, crash) leaves nothing under ``uri``: locally the data goes
+    to a hidden temp file in the same directory, is fsynced, then renamed (or hard-linked, for
+    ``if_absent``, which fails if the name exists) into place and the directory fsynced; a
+    crash can leave a hidden ``.avrl-tmp-*`` file, never a partial ``uri``. On S3 it is one
+    PutObject, which S3 applies whole or not at all; ``if_absent`` sends ``If-None-Match: *``.
+    """
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        return _write_local(p.path, data, if_absent)
+    if not p.key or p.key.endswith("/"):
+        raise StorageError(f"cannot write to a bucket or prefix: {_redact(uri)} (name a key)")
+    return _write_s3(uri, p.bucket, p.key, data, if_absent, endpoint_url)
+
+
+def _write_local(path: str, data: bytes | BinaryIO, if_absent: bool) -> bool:
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "xb") as f:
+            if isinstance(data, bytes | bytearray | memoryview):
+                f.write(data)
+            else:
+                _copy_stream(data, f.write)
+            f.flush()
+            os.fsync(f.fileno())
+        if if_absent:
+            # link() fails if the name exists, atomically: the second writer learns it lost
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(directory)
+        return True
+    except OSError as e:
+        raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _copy_stream(src: BinaryIO, write: Callable[[bytes], Any]) -> None:
+    while chunk := src.read(1 << 20):
+        write(chunk)
+
+
+def _fsync_dir(directory: str) -> None:
+    # the rename is durable only once the directory entry is on disk
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_s3(
+    uri: str,
+    bucket: str,
+    key: str,
+    data: bytes | BinaryIO,
+    if_absent: bool,
+    endpoint_url: str | None,
+) -> bool:
+    from botocore.exceptions import ClientError
+
+    extra = {"IfNoneMatch": "*"} if if_absent else {}
+    body = bytes(data) if isinstance(data, bytearray | memoryview) else data
+    with _s3_errors(uri, endpoint_url):
+        try:
+            _s3(endpoint_url).put_object(Bucket=bucket, Key=key, Body=body, **extra)
+        except ClientError as e:
+            # 412: the key exists. 409 ConditionalRequestConflict: another conditional PUT
+            # to the same key is in flight, so the other writer wins; either way we lost.
+            if if_absent and _code(e) in ("PreconditionFailed", "412",
+                                          "ConditionalRequestConflict", "409"):
+                return False
+            raise
+    return True
+
+
+def delete(uri: str, *, endpoint_url: str | None = None) -> None:
+    """Delete one file/object; a missing one is not an error (deletes are idempotent)."""
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p.path)
+        return
+    with _s3_errors(uri, endpoint_url):
+        _s3(endpoint_url).delete_object(Bucket=p.bucket, Key=p.key)
+
+
+# ---------------------------------------------------------------------------------------------
+# pyarrow filesystem (pyarrow.dataset, DuckDB)
+
+
+def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for ``uri``: LocalFileSystem and an
+    absolute path, or S3FileSystem (same endpoint and credential chain as boto3) and
+    ``bucket/key``."""
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        import pyarrow.fs
+
+        return pyarrow.fs.LocalFileSystem(), p.path
+    return _arrow_s3(_endpoint(endpoint_url), os.getpid()), f"{p.bucket}/{p.key}".rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _arrow_s3(endpoint: str | None, pid: int) -> pyarrow.fs.S3FileSystem:
+    import pyarrow.fs
+
+    kwargs: dict[str, Any] = {
+        "region": _region(),
+        "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=5),
+        "connect_timeout": 10,
+        "request_timeout": 60,
+    }
+    if endpoint:
+        parts = urlsplit(endpoint)
+        kwargs["endpoint_override"] = parts.netloc.rpartition("@")[2] + parts.path.rstrip("/")
+        kwargs["scheme"] = parts.scheme or "https"
+    return pyarrow.fs.S3FileSystem(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# boto3 client, errors, redaction
+
+
+def _endpoint(endpoint_url: str | None) -> str | None:
+    # the same precedence as boto3's own: argument, service-specific variable, global one
+    return (
+        endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+_client_lock = threading.Lock()
+
+
+def _s3(endpoint_url: str | None) -> Any:
+    with _client_lock:  # creating clients is not thread-safe; using them is
+        return _s3_client(_endpoint(endpoint_url), os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None, pid: int) -> Any:
+    """One client per (endpoint, process): Ray workers call us per source, and a client's
+    connection pool must not cross a fork (hence the pid in the key)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=16,
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3", endpoint_url=endpoint, region_name=session.region_name or _region(), config=config
+    )
+
+
+def _code(e: Exception) -> str:
+    resp = getattr(e, "response", {}) or {}
+    err = resp.get("Error", {}) or {}
+    return str(err.get("Code") or resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+_S3_HINTS = {
+    "NoSuchBucket": "bucket does not exist (check the URI and --endpoint-url)",
+    "NoSuchKey": "no such object",
+    "404": "not found",
+    "AccessDenied": "access denied (check the credentials in your AWS environment/profile/role)",
+    "403": "access denied (check the credentials in your AWS environment/profile/role)",
+    "InvalidAccessKeyId": "the AWS access key id is not known to this endpoint",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key id",
+    "ExpiredToken": "the AWS session token has expired",
+    "PreconditionFailed": "the object changed while it was being read",
+    "412": "the object changed while it was being read",
+}
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, endpoint_url: str | None) -> Iterator[None]:
+    """Turn boto errors into one-line StorageErrors with credentials scrubbed. The original
+    exception is not chained (``from None``): its text could carry request details."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        yield
+    except StorageError:
+        raise
+    except NoCredentialsError:
+        raise StorageError(
+            f"no AWS credentials found for {_redact(uri)}: set AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IAM role"
+        ) from None
+    except ClientError as e:
+        code = _code(e)
+        hint = _S3_HINTS.get(code) or _redact(str(e))
+        raise StorageError(f"S3 error on {_redact(uri)}: {hint} [{code}]") from None
+    except BotoCoreError as e:
+        where = _endpoint(endpoint_url) or "AWS"
+        raise StorageError(
+            f"cannot reach S3 for {_redact(uri)} at {_redact(where)}: {_redact(str(e))}"
+        ) from None
+
+
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
+_USERINFO = re.compile(r"(://)[^/@\s]+@")
+
+
+def _redact(text: str) -> str:
+    """Scrub anything that may be a credential from text we put in a message: the current
+    environment's key id / secret / session token verbatim, AWS-style key ids, and
+    ``user:password@`` in URLs."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_SECURITY_TOKEN"):
+        val = os.environ.get(var)
+        if val and len(val) >= 4:
+            text = text.replace(val, "***")
+    text = _KEY_ID.sub("***", text)
+    return _USERINFO.sub(r"\1***@", text)
