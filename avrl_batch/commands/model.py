@@ -17,6 +17,9 @@ def info(
         None, help="concat, concat_ln, concat_um, add or lf (default: the preset's)"
     ),
     modality: str | None = typer.Option(None, help="av, video or audio (default: av)"),
+    model: Path | None = typer.Option(
+        None, help="describe this model file instead (its id, config and metadata)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Parameter counts and GFLOPs per clip of a model, per part, to size a GPU fleet.
@@ -26,8 +29,16 @@ def info(
     from avrl_batch.config import preset as get_preset
     from avrl_batch.model.summary import PARTS, model_summary
 
-    cfg = get_preset(preset, fusion=fusion, modality=modality)
-    summary = model_summary(cfg)
+    header = {}
+    if model is not None:
+        from avrl_batch.modelfile import load_model
+
+        loaded = load_model(model)
+        cfg = loaded.cfg
+        header = {"model_file": str(model), "model_id": loaded.model_id, "meta": loaded.meta}
+    else:
+        cfg = get_preset(preset, fusion=fusion, modality=modality)
+    summary = {**header, **model_summary(cfg)}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -46,6 +57,8 @@ def info(
             part, f"{summary['params'][part]:,}", f"{summary['gflops_per_clip'][part]:.3f}"
         )
     console = Console()
+    if header:
+        console.print(f"{header['model_file']}: {header['model_id']}  meta {header['meta']}")
     console.print(table)
     console.print(
         f"inputs per clip: video {summary['inputs']['video']}, audio {summary['inputs']['audio']}"

@@ -44,6 +44,13 @@ class VGGishTrunk(nn.Module):
         super().__init__()
         self.features = make_features(audio_width)
         self.out_dim = 8 * audio_width
+        # torchvision VGG's initialisation: PyTorch's default conv init shrinks activations about
+        # threefold per layer, so after six convs (no BatchNorm here) a from-scratch trunk
+        # outputs near-constant features and the head cannot learn from them
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         b, e, t, f = logmel.shape

@@ -1,0 +1,184 @@
+"""The AVRL network: layer layout and sizes, every fusion x modality, missing audio, speed."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import torch
+
+from avrl_batch.config import FUSIONS, MODALITIES, preset
+from avrl_batch.errors import ConfigError
+from avrl_batch.model import build_model, r3d_10, r3d_18, r3d_34, video_input
+from avrl_batch.model.vggish import VGGishTrunk
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_trunk_parameter_counts_match_3d_resnet() -> None:
+    # built on the meta device: counts need shapes, not 250 MB of weights
+    with torch.device("meta"):
+        assert n_params(r3d_34()) == 63_513_536
+        assert n_params(r3d_18()) == 33_203_904
+        paper = build_model(preset("paper"))
+        small = build_model(preset("small"))
+    assert n_params(paper.video) == 63_513_536
+    assert n_params(small.video) == 33_203_904
+    # VGGish conv trunk: 4,499,712 parameters in torchvggish's features
+    assert n_params(paper.audio) == 4_499_712
+    # Table I head on cat(f_v, f_a): 1024 -> 512 -> 256 -> 9
+    assert [m.in_features for m in paper.head if isinstance(m, torch.nn.Linear)] == [1024, 512, 256]
+
+
+@pytest.mark.parametrize("builder", [r3d_10, r3d_18, r3d_34])
+@pytest.mark.parametrize("in_channels", [3, 4])
+def test_r3d_builders_run(builder, in_channels: int) -> None:
+    net = builder(width=4, in_channels=in_channels)
+    x = torch.randn(2, in_channels, 4, 32, 32)  # (B, C, T, H, W)
+    assert net(x).shape == (2, 32)  # 8 * width
+    keys = set(net.state_dict())
+    # kenshohara's names, shortcut B only where the shape changes
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight"} <= keys
+    assert "layer2.0.downsample.0.weight" in keys and "layer2.0.downsample.1.weight" in keys
+    assert not any(k.startswith("layer1.0.downsample") for k in keys)
+    assert net.conv1.kernel_size == (7, 7, 7) and net.conv1.stride == (1, 2, 2)
+    assert net.conv1.padding == (3, 3, 3)
+
+
+def test_vggish_trunk_pools_over_examples_and_space() -> None:
+    trunk = VGGishTrunk(audio_width=4)
+    assert [i for i, m in enumerate(trunk.features) if isinstance(m, torch.nn.Conv2d)] == [
+        0, 3, 6, 8, 11, 13,
+    ]  # fmt: skip
+    logmel = torch.randn(2, 3, 96, 64)  # (B, E, 96, 64)
+    out = trunk(logmel)
+    per_example = trunk.features(logmel.reshape(6, 1, 96, 64))  # (6, 32, 6, 4)
+    assert per_example.shape == (6, 32, 6, 4)
+    expected = per_example.reshape(2, 3, 32, 24).mean(dim=(1, 3))  # (B, 32)
+    torch.testing.assert_close(out, expected)
+
+
+def test_video_input_normalises_and_keeps_device() -> None:
+    cfg = preset("tiny")
+    frames = torch.randint(0, 256, (2, 3, 5, 7, 3), dtype=torch.uint8)  # (B, T, H, W, 3)
+    x = video_input(frames, cfg.mean, cfg.std)
+    assert x.shape == (2, 3, 3, 5, 7) and x.dtype == torch.float32 and x.device == frames.device
+    b, t, h, w, c = 1, 2, 4, 6, 2
+    manual = (frames[b, t, h, w, c].item() / 255.0 - cfg.mean[c]) / cfg.std[c]
+    assert x[b, c, t, h, w].item() == pytest.approx(manual, abs=1e-6)
+    with pytest.raises(ValueError):
+        video_input(frames[0], cfg.mean, cfg.std)
+
+
+def _batch(cfg, n: int, seed: int = 0):
+    """n windows that differ the way real ones do: each has its own tint and its own tone.
+
+    Plain iid noise would not do: after global average pooling every noise clip has the same
+    statistics, so no network could tell them apart.
+    """
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 128, (n, cfg.frames, cfg.size, cfg.size, 3), generator=g)
+    tint = torch.randint(0, 128, (n, 1, 1, 1, 3), generator=g)
+    video = video_input((frames + tint).to(torch.uint8), cfg.mean, cfg.std)
+    audio = torch.randn(n, cfg.audio_examples, 96, 64, generator=g) - 5  # log-mel-like floor
+    for i in range(n):  # a tone: a few loud mel bands, different per window
+        band = (i * 7) % 56
+        audio[i, :, :, band : band + 8] += 8
+    has_audio = torch.arange(n) != 3  # one window has no audio
+    labels = torch.arange(n) % cfg.num_classes
+    return video, audio, has_audio, labels
+
+
+COMBOS = list(itertools.product(FUSIONS, MODALITIES))
+
+
+@pytest.mark.parametrize(("fusion", "modality"), COMBOS)
+def test_every_fusion_and_modality_learns_a_fixed_batch(fusion: str, modality: str) -> None:
+    torch.manual_seed(0)
+    cfg = preset("tiny", fusion=fusion, modality=modality)
+    model = build_model(cfg).train()
+    video, audio, has_audio, labels = _batch(cfg, 8)
+    if modality == "audio":
+        video = None  # the audio-only model never looks at video
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(50):
+        opt.zero_grad()
+        logits = model(video, audio, has_audio)
+        assert logits.shape == (8, cfg.num_classes)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        if step == 0:  # backward reaches every parameter the forward pass used
+            no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+            assert no_grad == []
+        opt.step()
+        losses.append(loss.item())
+        if loss.item() <= 0.1 * losses[0]:
+            break
+    assert losses[-1] <= 0.1 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_missing_audio_uses_the_learned_vector(fusion: str) -> None:
+    torch.manual_seed(0)
+    cfg = preset("tiny", fusion=fusion)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.missing_audio.normal_()  # a non-trivial learned vector
+    video, audio, _, _ = _batch(cfg, 3)
+    has_audio = torch.tensor([True, False, False])
+    other = audio.clone()
+    other[1:] = torch.randn_like(other[1:]) * 10
+    with torch.no_grad():
+        a = model(video, audio, has_audio)
+        b = model(video, other, has_audio)
+        none = model(video, None, None)  # no audio anywhere
+        present = model(video, audio, None)  # has_audio=None: every window has audio
+    # windows without audio ignore whatever audio tensor came with them
+    torch.testing.assert_close(a[1:], b[1:])
+    torch.testing.assert_close(a[1:], none[1:])
+    torch.testing.assert_close(a[0], present[0])
+    assert not torch.allclose(a[1], present[1])
+
+
+def test_audio_dropout_acts_only_in_training() -> None:
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    model = build_model(cfg)
+    video, audio, has_audio, _ = _batch(cfg, 4)
+    model.train()
+    loss = model(video, audio, has_audio, audio_dropout=1.0).sum()
+    loss.backward()
+    assert model.missing_audio.grad.abs().sum() > 0  # every window used the missing vector
+    model.eval()
+    with torch.no_grad():
+        kept = model(video, audio, None, audio_dropout=1.0)
+        dropped = model(video, None, None)
+    assert not torch.allclose(kept, dropped)  # eval never drops audio
+
+
+def test_add_fusion_needs_equal_feature_sizes() -> None:
+    with pytest.raises(ConfigError, match="add"):
+        build_model(preset("tiny", fusion="add", audio_width=16))
+
+
+def test_tiny_training_step_is_well_under_a_second() -> None:
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    model = build_model(cfg).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-3)
+    video, audio, has_audio, labels = _batch(cfg, 4)
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(video, audio, has_audio), labels)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    step_s = sorted(times[1:])[len(times[1:]) // 2]  # median after the first (warm-up) step
+    print(f"tiny preset: one training step (batch 4) takes {step_s * 1000:.0f} ms")
+    assert step_s < 0.5
