@@ -23,6 +23,7 @@ import contextlib
 import fnmatch
 import functools
 import io
+import logging
 import os
 import re
 import threading
@@ -82,22 +83,22 @@ class ParsedUri:
 def parse_uri(uri: str) -> ParsedUri:
     """Parse a local path, a ``file://`` URI or an ``s3://bucket/key`` URI."""
     if not uri:
-        raise StorageError("empty URI: give a local path, file:///path or s3://bucket/prefix")
+        raise _error("empty URI: give a local path, file:///path or s3://bucket/prefix")
     if "://" not in uri:
         return ParsedUri("file", path=os.path.abspath(os.path.expanduser(uri)))
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise StorageError(f"file URI with a remote host is not supported: {_redact(uri)}")
+            raise _error(f"file URI with a remote host is not supported: {uri}")
         return ParsedUri("file", path=os.path.abspath(unquote(parts.path)))
     if scheme in ("s3", "s3a"):
         if not parts.netloc:
-            raise StorageError(f"S3 URI without a bucket: {_redact(uri)} (use s3://bucket/prefix)")
+            raise _error(f"S3 URI without a bucket: {uri} (use s3://bucket/prefix)")
         key = uri.split("://", 1)[1].partition("/")[2]  # keys are opaque: no unquoting
         return ParsedUri("s3", bucket=parts.netloc, key=key)
-    raise StorageError(
-        f"unsupported URI scheme {scheme!r} in {_redact(uri)}: "
+    raise _error(
+        f"unsupported URI scheme {scheme!r} in {uri}: "
         "use a local path, file:///path or s3://bucket/prefix"
     )
 
@@ -121,7 +122,7 @@ def join(uri: str, *parts: str) -> str:
     segments: list[str] = []
     for part in parts:
         if not isinstance(part, str) or not part:
-            raise StorageError(f"empty or non-text path part {part!r} under {_redact(uri)}")
+            raise _error(f"empty or non-text path part {part!r} under {uri}")
         decoded = part
         for _ in range(4):  # %252e -> %2e -> . : decode until stable
             decoded, prev = unquote(decoded), decoded
@@ -134,13 +135,13 @@ def join(uri: str, *parts: str) -> str:
             or any(seg in ("", ".", "..") for seg in text.split("/"))
             for text in (part, decoded)
         ):
-            raise StorageError(
-                f"refusing unsafe path part {part!r}: it could point outside {_redact(uri)}"
+            raise _error(
+                f"refusing unsafe path part {part!r}: it could point outside {uri}"
             )
         segments.extend(part.split("/"))
     p = parse_uri(uri)
     if p.scheme == "file" and "://" in uri:
-        segments = [quote(seg, safe="") for seg in segments]
+        segments = [quote(seg, safe="!$&'()*+,;=:@~") for seg in segments]  # RFC 3986 pchar
     out = uri + ("" if uri.endswith("/") else "/") + "/".join(segments)
     # belt and braces: the checks above already make escaping impossible
     q = parse_uri(out)
@@ -150,7 +151,7 @@ def join(uri: str, *parts: str) -> str:
         root, path = os.path.normpath(p.path), os.path.normpath(q.path)
         inside = path != root and os.path.commonpath([root, path]) == root
     if not inside:
-        raise StorageError(f"refusing path outside {_redact(uri)}")
+        raise _error(f"refusing path outside {uri}")
     return out
 
 
@@ -204,14 +205,18 @@ def list_files(
     uri: str, *, suffix: str | None = None, endpoint_url: str | None = None
 ) -> list[str]:
     """URIs of every file under ``uri`` (recursive, sorted), optionally only those ending in
-    ``suffix``; a missing directory or empty prefix gives ``[]``. Hidden files (a name
-    starting with ``.``, e.g. a crashed writer's temp file) are skipped."""
+    ``suffix``, in the form :func:`join` gives (so they compare equal to the keys a writer
+    built); a missing directory or empty prefix gives ``[]``. Hidden files (a name starting
+    with ``.``, e.g. a crashed writer's temp file) are skipped."""
     p = parse_uri(uri)
     if p.scheme == "file":
         if not os.path.exists(p.path):
             return []
         found = _list_local(p.path, sources=False)
-        uris = [p.path] if found is None else [full for full, _, _ in found]
+        if found is None:
+            uris = [uri]
+        else:  # in the form the root was given (path or file://), as join() builds them
+            uris = [join(uri, os.path.relpath(full, p.path)) for full, _, _ in found]
     else:
         uris = [
             f"s3://{p.bucket}/{obj['Key']}"
@@ -242,9 +247,9 @@ def _stat(path: str) -> os.stat_result:
     try:
         return os.stat(path)
     except FileNotFoundError:
-        raise StorageError(f"no such file or directory: {path}") from None
+        raise _error(f"no such file or directory: {path}") from None
     except PermissionError:
-        raise StorageError(f"permission denied: {path}") from None
+        raise _error(f"permission denied: {path}") from None
 
 
 def _list_local(root: str, *, sources: bool) -> list[tuple[str, int, str]] | None:
@@ -254,7 +259,7 @@ def _list_local(root: str, *, sources: bool) -> list[tuple[str, int, str]] | Non
         return None
 
     def fail(err: OSError) -> NoReturn:
-        raise StorageError(f"cannot list {err.filename}: {err.strerror}")
+        raise _error(f"cannot list {err.filename}: {err.strerror}")
 
     out = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=False):
@@ -340,7 +345,7 @@ class _S3Raw(io.RawIOBase):
     def __init__(self, uri: str, bucket: str, key: str, endpoint_url: str | None) -> None:
         head = _head(bucket, key, endpoint_url)
         if head is None:
-            raise StorageError(f"no such object: {uri}")
+            raise _error(f"no such object: {uri}")
         self.uri, self.bucket, self.key, self.endpoint_url = uri, bucket, key, endpoint_url
         self.size = int(head["ContentLength"])
         self.etag = head["ETag"]
@@ -401,14 +406,14 @@ def open_source(uri: str, *, endpoint_url: str | None = None) -> CountingReader:
         try:
             raw: io.RawIOBase = _LocalRaw(p.path)
         except FileNotFoundError:
-            raise StorageError(f"no such file: {p.path}") from None
+            raise _error(f"no such file: {p.path}") from None
         except IsADirectoryError:
-            raise StorageError(f"is a directory, not a file: {p.path}") from None
+            raise _error(f"is a directory, not a file: {p.path}") from None
         except PermissionError:
-            raise StorageError(f"permission denied: {p.path}") from None
+            raise _error(f"permission denied: {p.path}") from None
         return CountingReader(raw, buffer_size=64 * 1024)
     if not p.key or p.key.endswith("/"):
-        raise StorageError(f"not an object: {_redact(uri)} (name a key, not a prefix)")
+        raise _error(f"not an object: {uri} (name a key, not a prefix)")
     return CountingReader(_S3Raw(uri, p.bucket, p.key, endpoint_url), READ_AHEAD_MAX)
 
 
@@ -420,11 +425,11 @@ def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
             with open(p.path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise StorageError(f"no such file: {p.path}") from None
+            raise _error(f"no such file: {p.path}") from None
         except IsADirectoryError:
-            raise StorageError(f"is a directory, not a file: {p.path}") from None
+            raise _error(f"is a directory, not a file: {p.path}") from None
         except PermissionError:
-            raise StorageError(f"permission denied: {p.path}") from None
+            raise _error(f"permission denied: {p.path}") from None
     with _s3_errors(uri, endpoint_url):
         return _s3(endpoint_url).get_object(Bucket=p.bucket, Key=p.key)["Body"].read()
 
@@ -462,7 +467,7 @@ def write_atomic(
     if p.scheme == "file":
         return _write_local(p.path, data, if_absent)
     if not p.key or p.key.endswith("/"):
-        raise StorageError(f"cannot write to a bucket or prefix: {_redact(uri)} (name a key)")
+        raise _error(f"cannot write to a bucket or prefix: {uri} (name a key)")
     return _write_s3(uri, p.bucket, p.key, data, if_absent, endpoint_url)
 
 
@@ -489,7 +494,7 @@ def _write_local(path: str, data: bytes | BinaryIO, if_absent: bool) -> bool:
         _fsync_dir(directory)
         return True
     except OSError as e:
-        raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+        raise _error(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -521,6 +526,9 @@ def _write_s3(
 
     extra = {"IfNoneMatch": "*"} if if_absent else {}
     body = bytes(data) if isinstance(data, bytearray | memoryview) else data
+    if not isinstance(body, bytes) and not body.seekable():
+        # botocore hashes and signs the body before sending it, so it must rewind it
+        body = body.read()
     with _s3_errors(uri, endpoint_url):
         try:
             _s3(endpoint_url).put_object(Bucket=bucket, Key=key, Body=body, **extra)
@@ -611,8 +619,15 @@ def _s3_client(endpoint: str | None, pid: int) -> Any:
     import boto3
     from botocore.config import Config
 
+    # botocore's DEBUG records carry the signed request headers (the access key id): keep
+    # them out of our logs even when the root logger is at DEBUG, unless someone asked for
+    # botocore's level explicitly
+    botocore_log = logging.getLogger("botocore")
+    if botocore_log.level == logging.NOTSET:
+        botocore_log.setLevel(logging.INFO)
     config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
+        # the standard variable still lets an operator change the attempts (tests use 1)
+        retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 5))},
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=16,
@@ -654,19 +669,24 @@ def _s3_errors(uri: str, endpoint_url: str | None) -> Iterator[None]:
     except StorageError:
         raise
     except NoCredentialsError:
-        raise StorageError(
-            f"no AWS credentials found for {_redact(uri)}: set AWS_ACCESS_KEY_ID/"
+        raise _error(
+            f"no AWS credentials found for {uri}: set AWS_ACCESS_KEY_ID/"
             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IAM role"
         ) from None
     except ClientError as e:
         code = _code(e)
-        hint = _S3_HINTS.get(code) or _redact(str(e))
-        raise StorageError(f"S3 error on {_redact(uri)}: {hint} [{code}]") from None
+        hint = _S3_HINTS.get(code) or str(e)
+        raise _error(f"S3 error on {uri}: {hint} [{code}]") from None
     except BotoCoreError as e:
         where = _endpoint(endpoint_url) or "AWS"
-        raise StorageError(
-            f"cannot reach S3 for {_redact(uri)} at {_redact(where)}: {_redact(str(e))}"
+        raise _error(
+            f"S3 request for {uri} at {where} failed: {str(e)}"
         ) from None
+
+
+def _error(message: str) -> StorageError:
+    """Every StorageError is built here, so every message is scrubbed of credentials."""
+    return StorageError(_redact(message))
 
 
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
