@@ -28,9 +28,9 @@ Classes are tracked independently, so events of two different classes may overla
 from __future__ import annotations
 
 import hashlib
-from fractions import Fraction
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
@@ -110,7 +110,9 @@ def _thumbnail(thumbnails: Thumbnails, window_index: int) -> bytes | None:
     return thumbnails(window_index)
 
 
-def _events_one_source(windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails) -> list[dict]:
+def _events_one_source(
+    windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails
+) -> list[dict]:
     order = np.lexsort(
         (windows["window_index"].to_numpy(), windows["start_s"].to_numpy())
     )  # by start_s, then window_index

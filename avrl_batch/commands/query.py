@@ -1,0 +1,140 @@
+"""``avrl query`` and ``avrl report``: read a scan's event logs (DuckDB) and review them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from avrl_batch.cli import app
+
+FORMATS = ("table", "json", "csv", "parquet")
+_EXT_FORMAT = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv",
+               ".txt": "table"}
+
+
+@app.command("query")
+def query(
+    out: str = typer.Argument(..., help="scan output: a folder, file:///path or s3://bucket/prefix"),
+    label: list[str] = typer.Option([], "--label", "-l", help="only this label (repeatable)"),
+    camera: list[str] = typer.Option([], "--camera", "-c", help="only this camera (repeatable)"),
+    since: str | None = typer.Option(
+        None, help="start_time >= this (ISO 8601, e.g. 2026-03-01T08:00:00Z, or a date); UTC "
+        "when no offset"
+    ),
+    until: str | None = typer.Option(None, help="start_time < this (same forms as --since)"),
+    min_score: float | None = typer.Option(
+        None, help="events: peak_score >= X; windows: score >= X"
+    ),
+    anomalies_only: bool = typer.Option(
+        False, "--anomalies-only", help="windows whose top class is an anomaly"
+    ),
+    table: str = typer.Option("events", "--table", "-t", help="events, windows or errors"),
+    sql: str | None = typer.Option(
+        None, help="your own SELECT over the views events, windows, errors (the filters "
+        "above narrow events and windows first)"
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f",
+        help="table, json (one object per line), csv or parquet (needs --output); default: "
+        "table on a terminal, json when piped, or from --output's extension",
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write to this file"),
+    endpoint_url: str | None = typer.Option(
+        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
+    ),
+    limit: int | None = typer.Option(None, help="at most N rows"),
+) -> None:
+    """Query the events, windows or errors of a scan with filters or your own SQL (DuckDB).
+
+    Examples:
+
+      avrl query out/ --label fight --label shoot --since 2026-03-01 --min-score 0.8
+
+      avrl query s3://bucket/scans --camera cam01 --format csv > cam01.csv
+
+      avrl query out/ --sql "SELECT e.label, count(*) AS n, avg(w.score) FROM events e
+      JOIN windows w ON w.source_uri = e.source_uri AND w.start_s >= e.start_s AND
+      w.end_s <= e.end_s GROUP BY e.label"
+    """
+    from avrl_batch.errors import ConfigError
+    from avrl_batch.query import (
+        QueryFilters,
+        parse_time,
+        rich_table,
+        run_query,
+        to_csv,
+        to_json_lines,
+        to_parquet,
+    )
+
+    if fmt is None:
+        if output is not None:
+            fmt = _EXT_FORMAT.get(output.suffix.lower(), "json")
+        else:
+            fmt = "table" if sys.stdout.isatty() else "json"
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and output is None:
+        raise ConfigError("--format parquet needs --output FILE")
+    filters = QueryFilters(
+        labels=tuple(label),
+        cameras=tuple(camera),
+        since=parse_time(since, option="--since") if since else None,
+        until=parse_time(until, option="--until") if until else None,
+        min_score=min_score,
+        anomalies_only=anomalies_only,
+    )
+    data = run_query(
+        out, table=table, filters=filters, sql=sql, limit=limit, endpoint_url=endpoint_url
+    )
+    what = "rows" if sql else table
+    if fmt == "table":
+        from rich.console import Console
+
+        if output is not None:
+            with output.open("w") as fh:
+                Console(file=fh, width=200).print(rich_table(data))
+            return
+        console = Console()
+        if data.num_rows == 0:
+            console.print(f"no {what} match" + ("" if filters.is_empty else " these filters"))
+            return
+        console.print(rich_table(data, title=f"{data.num_rows} {what}"))
+        return
+    if fmt == "json":
+        payload = to_json_lines(data).encode()
+    elif fmt == "csv":
+        payload = to_csv(data)
+    else:
+        payload = to_parquet(data)
+    if output is not None:
+        output.write_bytes(payload)
+        typer.echo(f"{data.num_rows} {what} -> {output}", err=True)
+    else:
+        sys.stdout.buffer.write(payload)
+        sys.stdout.flush()
+
+
+@app.command("report")
+def report(
+    out: str = typer.Argument(..., help="scan output: a folder, file:///path or s3://bucket/prefix"),
+    html: Path = typer.Option(..., "--html", help="write the report to this HTML file"),
+    endpoint_url: str | None = typer.Option(
+        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
+    ),
+) -> None:
+    """One self-contained HTML file to review a scan: a timeline per camera, every event
+    with its thumbnail, counts by label and camera, and the failed sources.
+
+    Example: avrl report out/ --html report.html   (open it in any browser; works offline)
+    """
+    from avrl_batch.report import build_report
+
+    summary = build_report(out, endpoint_url=endpoint_url)
+    html.write_text(summary.html, encoding="utf-8")
+    typer.echo(
+        f"report: {summary.n_events} events, {summary.n_cameras} cameras, "
+        f"{summary.n_errors} errors -> {html}"
+    )

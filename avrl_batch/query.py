@@ -1,0 +1,384 @@
+"""Query a scan's output tree (DESIGN.md §4) with DuckDB, locally or on S3.
+
+How a query runs:
+
+1. **List** the Parquet files of each table through ``storage`` (local or S3; hidden temp
+   files of unfinished writes are skipped).
+2. **Prune by partition** on the listed paths, before any file is opened: ``camera=C``
+   must be one of ``--camera``; ``date=D`` (the UTC date the *recording* started) must be
+   before ``--until`` and at most ``RECORDING_SPAN_DAYS`` before ``--since`` (a recording
+   that starts on D can have windows up to that many days later). A partition value that
+   is not a date (e.g. ``date=unknown`` for recordings with no known start) is never
+   pruned; its rows have no ``start_time`` and the row filter decides.
+3. **Row filters** as a pyarrow dataset filter over the remaining files (pyarrow skips
+   row groups by their statistics). They use the files' own columns: the ``camera`` in
+   the path only prunes, the ``camera`` column is what rows show and match (the two are
+   written from the same value; the column wins if they ever differ, since the path may
+   have to encode it).
+4. The filtered datasets are registered in DuckDB as the views ``events``, ``windows``
+   and ``errors`` (DuckDB scans them lazily with its own projection/filter pushdown), so
+   ``--sql`` can join them. DuckDB's httpfs extension is not needed: S3 goes through
+   pyarrow's S3 filesystem.
+
+Filter meaning: ``--since``/``--until`` keep rows with ``since <= start_time < until``
+(rows with an unknown start time are dropped when either is given); ``--min-score`` is on
+``peak_score`` for events and ``score`` for windows; ``--anomalies-only`` keeps windows
+whose top class is an anomaly (events are always anomalies). Errors have no camera, time,
+label or score: filters leave the ``errors`` view alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from avrl_batch.errors import ConfigError, StorageError
+from avrl_batch.schema import CLASS_NAMES, NORMAL_CLASSES, TABLES
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+# A partition dated D (recording start) may hold windows/events starting up to this many
+# days later: recordings up to 48 h long. --since prunes older partitions.
+RECORDING_SPAN_DAYS = 2
+
+# default order of each table's rows: by time, then position in the source
+ORDER_BY: dict[str, str] = {
+    "events": "start_time NULLS LAST, camera, source_uri, start_s, label",
+    "windows": "start_time NULLS LAST, camera, source_uri, window_index",
+    "errors": "source_uri",
+}
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class QueryFilters:
+    """What ``avrl query``'s filter options ask for; empty means no filter."""
+
+    labels: tuple[str, ...] = ()
+    cameras: tuple[str, ...] = ()
+    since: datetime | None = None  # UTC, inclusive
+    until: datetime | None = None  # UTC, exclusive
+    min_score: float | None = None
+    anomalies_only: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [lb for lb in self.labels if lb not in CLASS_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"unknown label {unknown[0]!r}; choose from {', '.join(CLASS_NAMES)}"
+            )
+        if self.since and self.until and self.since >= self.until:
+            raise ConfigError(
+                f"--since {self.since.isoformat()} is not before --until {self.until.isoformat()}"
+            )
+
+    @property
+    def is_empty(self) -> bool:
+        return self == QueryFilters()
+
+
+def parse_time(text: str, *, option: str = "time") -> datetime:
+    """An ISO 8601 time (``2026-03-01T08:00:00Z``, ``...+01:00``; no offset means UTC) or a
+    date (midnight UTC), as an aware UTC datetime; ConfigError otherwise."""
+    s = text.strip()
+    try:
+        if _DATE_RE.match(s):
+            d = date.fromisoformat(s)
+            return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        t = datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in "Zz" else s)
+    except ValueError:
+        raise ConfigError(
+            f"bad {option} {text!r}: use ISO 8601 like 2026-03-01T08:00:00Z or a date 2026-03-01"
+        ) from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+@dataclass
+class OutputTree:
+    """The listed files of one scan output (``OUT``), local or on S3."""
+
+    out: str
+    endpoint_url: str | None = None
+    files: dict[str, list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
+    scan_manifests: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, out: str, *, endpoint_url: str | None = None) -> OutputTree:
+        """List ``out``; StorageError if it holds no scan output at all."""
+        from avrl_batch import storage
+
+        tree = cls(out=out, endpoint_url=endpoint_url)
+        for table in TABLES:
+            base = storage.join(out, table)
+            found = []
+            for uri in storage.list_files(base, suffix=".parquet", endpoint_url=endpoint_url):
+                rel = uri[len(base) :].lstrip("/")
+                found.append((uri, _partition_values(rel)))
+            tree.files[table] = found
+        tree.scan_manifests = storage.list_files(
+            storage.join(out, "_scans"), suffix=".json", endpoint_url=endpoint_url
+        )
+        if not any(tree.files.values()) and not tree.scan_manifests:
+            raise StorageError(
+                f"no scan output under {out}: run `avrl scan SOURCE --model MODEL --out {out}` "
+                "first (or check the path / --endpoint-url)"
+            )
+        return tree
+
+    def pruned_files(self, table: str, filters: QueryFilters) -> list[str]:
+        """URIs of ``table``'s files that can hold rows matching ``filters`` (partition
+        pruning only; see the module docstring)."""
+        if table == "errors":
+            return [uri for uri, _ in self.files[table]]
+        keep = []
+        for uri, parts in self.files[table]:
+            cam = parts.get("camera")
+            if filters.cameras and cam is not None and cam not in filters.cameras:
+                continue
+            d = parts.get("date")
+            if d is not None and _DATE_RE.match(d):
+                day = datetime.fromisoformat(d).replace(tzinfo=timezone.utc)
+                if filters.until is not None and day >= filters.until:
+                    continue
+                if filters.since is not None and day + timedelta(
+                    days=RECORDING_SPAN_DAYS + 1
+                ) <= filters.since:
+                    continue
+            keep.append(uri)
+        return keep
+
+    def dataset(self, table: str, filters: QueryFilters) -> ds.Dataset:
+        """A pyarrow dataset of ``table`` over the pruned files, filtered by row."""
+        import pyarrow.dataset as pads
+
+        from avrl_batch import storage
+
+        schema = TABLES[table]
+        uris = self.pruned_files(table, filters)
+        if not uris:
+            import pyarrow as pa
+
+            return pads.dataset(pa.table({f.name: [] for f in schema}, schema=schema))
+        fs, _ = storage.filesystem(self.out, endpoint_url=self.endpoint_url)
+        paths = [_fs_path(u) for u in uris]
+        data = pads.dataset(paths, schema=schema, format="parquet", filesystem=fs)
+        expr = row_filter(table, filters)
+        return data if expr is None else data.filter(expr)
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """The scan manifests (``_scans/*.json``), oldest name first."""
+        from avrl_batch import storage
+
+        out = []
+        for uri in self.scan_manifests:
+            try:
+                out.append(json.loads(storage.read_bytes(uri, endpoint_url=self.endpoint_url)))
+            except (ValueError, StorageError):
+                continue  # a manifest being written or foreign JSON is not fatal for a query
+        return out
+
+
+def _partition_values(rel: str) -> dict[str, str]:
+    """``date=2026-03-01/camera=cam01/x.parquet`` -> {"date": ..., "camera": ...}."""
+    out = {}
+    for seg in rel.split("/")[:-1]:
+        k, sep, v = seg.partition("=")
+        if sep:
+            out[k] = unquote(v)  # hive paths may percent-encode values
+    return out
+
+
+def _fs_path(uri: str) -> str:
+    from avrl_batch import storage
+
+    p = storage.parse_uri(uri)
+    return p.path if p.scheme == "file" else f"{p.bucket}/{p.key}"
+
+
+def row_filter(table: str, filters: QueryFilters) -> ds.Expression | None:
+    """The row-level filter of ``filters`` on ``table``'s own columns (None: no filter)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    if table == "errors":
+        return None
+    f = pads.field
+    terms = []
+    if filters.labels:
+        terms.append(f("label").isin(list(filters.labels)))
+    if filters.cameras:
+        terms.append(f("camera").isin(list(filters.cameras)))
+    ts = pa.timestamp("us", tz="UTC")
+    if filters.since is not None:
+        terms.append(f("start_time") >= pa.scalar(filters.since, ts))
+    if filters.until is not None:
+        terms.append(f("start_time") < pa.scalar(filters.until, ts))
+    if filters.min_score is not None:
+        col = "peak_score" if table == "events" else "score"
+        terms.append(f(col) >= pa.scalar(filters.min_score, pa.float32()))
+    if filters.anomalies_only:
+        if table == "windows":
+            terms.append(f("is_anomaly"))
+        else:
+            terms.append(~f("label").isin(sorted(NORMAL_CLASSES)))
+    if not terms:
+        return None
+    expr = terms[0]
+    for t in terms[1:]:
+        expr = expr & t
+    return expr
+
+
+def connect(tree: OutputTree, filters: QueryFilters | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views ``events``, ``windows``, ``errors`` (filtered)."""
+    import duckdb
+
+    filters = filters or QueryFilters()
+    con = duckdb.connect()
+    # times come back as UTC whatever the machine's zone (ICU is built into the wheel)
+    con.execute("SET TimeZone = 'UTC'")
+    for table in TABLES:
+        con.register(table, tree.dataset(table, filters))
+    return con
+
+
+def run_query(
+    out: str,
+    *,
+    table: str = "events",
+    filters: QueryFilters | None = None,
+    sql: str | None = None,
+    limit: int | None = None,
+    endpoint_url: str | None = None,
+) -> pa.Table:
+    """Rows of ``table`` matching ``filters`` (ordered, at most ``limit``), or the result
+    of ``sql`` over the filtered views. ConfigError for SQL DuckDB rejects."""
+    import duckdb
+
+    if table not in TABLES:
+        raise ConfigError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
+    filters = filters or QueryFilters()
+    if table == "errors" and sql is None and not filters.is_empty:
+        raise ConfigError(
+            "errors have no camera, time, label or score: drop the filters for --table errors"
+        )
+    if limit is not None and limit < 0:
+        raise ConfigError(f"--limit must be >= 0 (got {limit})")
+    tree = OutputTree.open(out, endpoint_url=endpoint_url)
+    con = connect(tree, filters)
+    text = sql if sql is not None else f"SELECT * FROM {table} ORDER BY {ORDER_BY[table]}"
+    if limit is not None:
+        text = f"SELECT * FROM ({text}) LIMIT {int(limit)}"
+    try:
+        result = con.sql(text)
+        data = result.to_arrow_table() if result is not None else None
+    except duckdb.Error as exc:
+        raise ConfigError(f"--sql: {_first_line(exc)}") from None
+    if data is None:
+        raise ConfigError("--sql must be a query that returns rows (SELECT ...)")
+    if sql is None:
+        data = data.cast(TABLES[table])  # DuckDB drops the declared NOT NULL flags
+    return data
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---- output formats ------------------------------------------------------------------------
+
+# columns a terminal table leaves out: pictures, probability vectors, long repeated ids
+HIDDEN_IN_TABLE = ("thumbnail", "probs", "model_id", "scan_id")
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, list):
+        return [_py(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _py(v) for k, v in value.items()}
+    return value
+
+
+def to_json_lines(data: pa.Table) -> str:
+    """One JSON object per row; times ISO 8601 UTC, binary (thumbnails) base64."""
+    return "".join(json.dumps(_py(row)) + "\n" for row in data.to_pylist())
+
+
+def to_csv(data: pa.Table) -> bytes:
+    """CSV; binary columns are dropped, lists become JSON arrays, times ISO 8601 UTC."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    cols, names = [], []
+    for name, col in zip(data.column_names, data.columns, strict=True):
+        t = col.type
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            continue
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()],
+                           pa.string())
+        elif pa.types.is_timestamp(t):
+            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")
+        cols.append(col)
+        names.append(name)
+    buf = io.BytesIO()
+    pacsv.write_csv(pa.table(cols, names=names), buf)
+    return buf.getvalue()
+
+
+def to_parquet(data: pa.Table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(data, buf)
+    return buf.getvalue().to_pybytes()
+
+
+def rich_table(data: pa.Table, title: str | None = None) -> Any:
+    """A rich Table for a terminal (columns in HIDDEN_IN_TABLE and binary/list columns
+    left out; floats to 3 decimals; times to the second; sources by file name)."""
+    import pyarrow as pa
+    from rich.table import Table
+
+    keep = [
+        n
+        for n, f in zip(data.column_names, data.schema, strict=True)
+        if n not in HIDDEN_IN_TABLE
+        and not (pa.types.is_binary(f.type) or pa.types.is_list(f.type))
+    ]
+    # a source is shown by its file name (the whole URI is in json/csv/parquet output)
+    out = Table(title=title, show_lines=False, header_style="bold")
+    for n in keep:
+        out.add_column("source" if n == "source_uri" else n, overflow="fold")
+    for row in data.select(keep).to_pylist():
+        if isinstance(row.get("source_uri"), str):
+            row["source_uri"] = row["source_uri"].rstrip("/").rsplit("/", 1)[-1]
+        out.add_row(*(_cell(row[n]) for n in keep))
+    return out
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, datetime):
+        return v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)

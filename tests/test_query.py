@@ -1,0 +1,281 @@
+"""`avrl query`: DuckDB results equal a direct pyarrow read with the same filters, locally and
+on S3 (moto server); --sql joins the views; user errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from outputs import write_output_tree
+
+from avrl_batch.errors import ConfigError, StorageError
+from avrl_batch.query import OutputTree, QueryFilters, parse_time, run_query
+from avrl_batch.schema import CLASS_NAMES, EVENTS, NORMAL_CLASSES, TABLES
+
+UTC = timezone.utc
+CLI = [sys.executable, "-c", "from avrl_batch.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("scan") / "out"
+    write_output_tree(root)
+    return root
+
+
+def direct_read(root: Path, table: str, f: QueryFilters) -> list[dict[str, Any]]:
+    """The oracle: every Parquet file read on its own, filtered in plain Python."""
+    rows: list[dict[str, Any]] = []
+    for path in sorted((root / table).rglob("*.parquet")):
+        t = pq.read_table(path, schema=TABLES[table])
+        rows.extend(t.to_pylist())
+
+    def keep(r: dict[str, Any]) -> bool:
+        if table == "errors":
+            return True
+        st = r["start_time"]
+        score = r["peak_score"] if table == "events" else r["score"]
+        return (
+            (not f.labels or r["label"] in f.labels)
+            and (not f.cameras or r["camera"] in f.cameras)
+            and (f.since is None or (st is not None and st >= f.since))
+            and (f.until is None or (st is not None and st < f.until))
+            and (f.min_score is None or score >= f.min_score)
+            and (
+                not f.anomalies_only
+                or (r["is_anomaly"] if table == "windows" else r["label"] not in NORMAL_CLASSES)
+            )
+        )
+
+    return sorted(filter(keep, rows), key=sort_key(table))
+
+
+def sort_key(table: str):
+    far = datetime.max.replace(tzinfo=UTC)
+    if table == "events":
+        return lambda r: (r["start_time"] or far, r["camera"], r["source_uri"], r["start_s"],
+                          r["label"])
+    if table == "windows":
+        return lambda r: (r["start_time"] or far, r["camera"], r["source_uri"], r["window_index"])
+    return lambda r: r["source_uri"]
+
+
+T = parse_time
+FILTER_CASES = {
+    "none": ("events", QueryFilters()),
+    "labels": ("events", QueryFilters(labels=("fight", "shoot"))),
+    "camera+min_score": ("events", QueryFilters(cameras=("cam02", "gate-3"), min_score=0.85)),
+    "since-only (midnight-crossing recording)": (
+        "windows", QueryFilters(since=T("2026-03-02T00:00:30Z"), until=T("2026-03-02T09:30:10Z"))
+    ),
+    "windows anomalies by camera": (
+        "windows", QueryFilters(cameras=("cam01",), anomalies_only=True, min_score=0.5)
+    ),
+    "date range": ("events", QueryFilters(since=T("2026-03-02"), labels=("fight", "chase"))),
+    "errors": ("errors", QueryFilters()),
+}
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES))
+def test_query_equals_direct_read_local(tree: Path, case: str) -> None:
+    table, f = FILTER_CASES[case]
+    got = run_query(str(tree), table=table, filters=f)
+    assert got.schema == TABLES[table]
+    want = direct_read(tree, table, f)
+    assert want, "every case must select something"
+    assert got.to_pylist() == want
+
+
+def test_partitions_are_pruned_before_reading(tree: Path) -> None:
+    out = OutputTree.open(str(tree))
+    every = out.pruned_files("events", QueryFilters())
+    assert len(every) == 7
+    cam = out.pruned_files("events", QueryFilters(cameras=("cam02",)))
+    assert len(cam) == 2 and all("/camera=cam02/" in u for u in cam)
+    # until 2 March: the 2 March partitions go, date=unknown stays (its rows decide)
+    early = out.pruned_files("windows", QueryFilters(until=T("2026-03-02")))
+    dates = sorted(u.split("/date=")[1].split("/")[0] for u in early)
+    assert dates == ["2026-03-01"] * 3 + ["unknown"]
+    # since 4 March noon: a 2 March recording of up to 48 h may still have rows, 1 March not
+    late = out.pruned_files("windows", QueryFilters(since=T("2026-03-04T12:00:00Z")))
+    assert {u.split("/date=")[1].split("/")[0] for u in late} == {"2026-03-02", "unknown"}
+    assert out.pruned_files("windows", QueryFilters(since=T("2026-03-05"))) == [
+        u for u in early if "/date=unknown/" in u
+    ]
+    # since 2 March 00:00:30: the recording that started on 1 March at 23:59 has rows then
+    f = QueryFilters(since=T("2026-03-02T00:00:30Z"), cameras=("cam01",))
+    mid = run_query(str(tree), table="windows", filters=f)
+    assert "cam01_20260301T235900Z" in mid.column("source_uri")[0].as_py()
+
+
+def test_limit_and_order(tree: Path) -> None:
+    got = run_query(str(tree), limit=3)
+    assert got.to_pylist() == direct_read(tree, "events", QueryFilters())[:3]
+
+
+def test_sql_joins_events_to_windows(tree: Path) -> None:
+    sql = """
+        SELECT e.event_id, e.n_windows, count(w.window_index) AS joined,
+               max(w.probs[list_position(['arrest','chase','fight','knockdown','run','shoot',
+                   'scatter'], e.label)]) AS peak
+        FROM events e JOIN windows w
+          ON w.source_uri = e.source_uri AND w.start_s >= e.start_s AND w.end_s <= e.end_s
+        GROUP BY e.event_id, e.n_windows ORDER BY e.event_id
+    """
+    got = run_query(str(tree), sql=sql).to_pylist()
+    events = {r["event_id"]: r for r in direct_read(tree, "events", QueryFilters())}
+    assert sorted(r["event_id"] for r in got) == sorted(events)
+    for r in got:
+        assert r["joined"] == r["n_windows"]  # every window of an event is found by the join
+        assert r["peak"] == pytest.approx(events[r["event_id"]]["peak_score"])
+
+
+def test_sql_sees_filtered_views(tree: Path) -> None:
+    got = run_query(
+        str(tree), sql="SELECT DISTINCT camera FROM windows ORDER BY 1",
+        filters=QueryFilters(cameras=("gate-3",)),
+    )
+    assert got.column("camera").to_pylist() == ["gate-3"]
+
+
+def test_times_parse() -> None:
+    eight = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    assert parse_time("2026-03-01T08:00:00Z") == eight
+    assert parse_time("2026-03-01T09:00:00+01:00") == eight
+    assert parse_time("2026-03-01T08:00") == eight  # naive = UTC
+    assert parse_time("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
+    for bad in ("yesterday", "2026-13-01", "01/03/2026"):
+        with pytest.raises(ConfigError, match="ISO 8601"):
+            parse_time(bad)
+    with pytest.raises(ConfigError, match="unknown label"):
+        QueryFilters(labels=("brawl",))
+
+
+def test_empty_tree_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no scan output"):
+        run_query(str(tmp_path))
+
+
+def test_an_output_with_only_errors_still_has_every_view(tmp_path: Path) -> None:
+    write_output_tree(tmp_path / "full")
+    only = tmp_path / "only-errors"
+    (only / "errors").mkdir(parents=True)
+    for p in (tmp_path / "full" / "errors").iterdir():
+        p.rename(only / "errors" / p.name)
+    ev = run_query(str(only), filters=QueryFilters(labels=("fight",)))
+    assert ev.num_rows == 0 and ev.schema == EVENTS
+    n = run_query(str(only), sql="SELECT count(*) AS n FROM windows, errors")
+    assert n.column("n").to_pylist() == [0]
+
+
+# ---- the command, in a subprocess (what a user sees) -----------------------------------------
+
+
+def avrl(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=False, env=env, timeout=120)
+
+
+def test_cli_formats_equal_direct_read(tree: Path, tmp_path: Path) -> None:
+    f = QueryFilters(labels=("fight",), since=T("2026-03-01T10:00:00Z"))
+    want = direct_read(tree, "events", f)
+    args = ["query", str(tree), "--label", "fight", "--since", "2026-03-01T11:00:00+01:00"]
+    r = avrl(*args, "--format", "parquet", "--output", str(tmp_path / "x.parquet"))
+    assert r.returncode == 0, r.stderr.decode()
+    got = pq.read_table(tmp_path / "x.parquet")
+    assert got.schema.equals(EVENTS) and got.to_pylist() == want
+    # piped: JSON lines by default
+    r = avrl(*args)
+    lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert [x["event_id"] for x in lines] == [w["event_id"] for w in want]
+    assert lines[0]["start_time"].endswith("Z") and lines[0]["thumbnail"]
+    # csv without the thumbnails, probs as JSON arrays
+    r = avrl("query", str(tree), "-t", "windows", "--camera", "cam02", "--format", "csv",
+             "--limit", "5")
+    import pyarrow.csv as pacsv
+
+    csv = pacsv.read_csv(io.BytesIO(r.stdout))
+    assert csv.num_rows == 5 and "probs" in csv.column_names
+    assert len(json.loads(csv.column("probs")[0].as_py())) == len(CLASS_NAMES)
+    assert "thumbnail" not in csv.column_names
+    assert csv.column("camera").to_pylist() == ["cam02"] * 5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--sql", "SELECT nope FROM events"],
+            'error: --sql: Binder Error: Referenced column "nope"',
+        ),
+        (["--sql", "SELEC 1"], "error: --sql: Parser Error"),
+        (["--since", "last tuesday"], "error: bad --since 'last tuesday': use ISO 8601"),
+        (["--until", "2026-02-30"], "error: bad --until"),
+        (["--label", "brawl"], "error: unknown label 'brawl'"),
+        (["--format", "parquet"], "error: --format parquet needs --output FILE"),
+    ],
+)
+def test_cli_user_errors_are_one_line(tree: Path, args: list[str], message: str) -> None:
+    r = avrl("query", str(tree), *args)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
+
+
+def test_cli_empty_output_tree(tmp_path: Path) -> None:
+    r = avrl("query", str(tmp_path))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err
+    assert err.startswith("error: no scan output under") and "avrl scan" in err
+
+
+# ---- S3 on a moto server ----------------------------------------------------------------------
+
+
+def upload(tree: Path, endpoint: str, bucket: str, prefix: str) -> str:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for p in sorted(tree.rglob("*")):
+        if p.is_file():
+            s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(tree).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+def test_query_on_s3_equals_direct_read(tree: Path, s3_endpoint: str, s3_bucket: str,
+                                        tmp_path: Path) -> None:
+    uri = upload(tree, s3_endpoint, s3_bucket, "scans/2026")
+    for table, f in (FILTER_CASES["camera+min_score"], FILTER_CASES["since-only (midnight-"
+                                                                    "crossing recording)"],
+                     FILTER_CASES["errors"]):
+        got = run_query(uri, table=table, filters=f, endpoint_url=s3_endpoint)
+        assert got.to_pylist() == direct_read(tree, table, f)
+    pruned = OutputTree.open(uri, endpoint_url=s3_endpoint).pruned_files(
+        "events", QueryFilters(cameras=("cam01",)))
+    assert len(pruned) == 3 and all(u.startswith(f"{uri}/events/date=") for u in pruned)
+    # the command, endpoint from the environment like boto3
+    r = avrl("query", uri, "--camera", "cam01", "--label", "run", "--label", "scatter",
+             "-o", str(tmp_path / "s3.parquet"), env_extra={"AWS_ENDPOINT_URL": s3_endpoint})
+    assert r.returncode == 0, r.stderr.decode()
+    want = direct_read(tree, "events", QueryFilters(cameras=("cam01",), labels=("run", "scatter")))
+    assert len(want) == 2
+    assert pq.read_table(tmp_path / "s3.parquet").to_pylist() == want
+    r = avrl("query", uri, "--endpoint-url", s3_endpoint, "--format", "json", "--sql",
+             "SELECT e.label, count(*) AS n FROM events e JOIN windows w USING (source_uri) "
+             "WHERE w.is_anomaly GROUP BY 1 ORDER BY 1")
+    assert r.returncode == 0, r.stderr.decode()
+    assert [json.loads(x)["label"] for x in r.stdout.decode().splitlines()] == sorted(
+        {e["label"] for e in direct_read(tree, "events", QueryFilters())})
+    empty = f"s3://{s3_bucket}/nothing-here"
+    r = avrl("query", empty, "--endpoint-url", s3_endpoint)
+    assert r.returncode == 2 and r.stderr.decode().startswith("error: no scan output")
