@@ -27,7 +27,6 @@ def info(
     Example: avrl info --preset paper --fusion lf --json
     """
     from avrl_batch.config import preset as get_preset
-    from avrl_batch.model.summary import PARTS, model_summary
 
     header = {}
     if model is not None:
@@ -38,6 +37,8 @@ def info(
         header = {"model_file": str(model), "model_id": loaded.model_id, "meta": loaded.meta}
     else:
         cfg = get_preset(preset, fusion=fusion, modality=modality)
+    from avrl_batch.model.summary import PARTS, model_summary  # torch: after option checks
+
     summary = {**header, **model_summary(cfg)}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -80,17 +81,18 @@ def import_weights(
 
     Example: avrl import-weights --vggish vggish-10086976.pth --r3d r3d34_K_200ep.pth --out m.pt
     """
-    import torch
-
     from avrl_batch.config import preset as get_preset
     from avrl_batch.errors import ConfigError
-    from avrl_batch.model import build_model
-    from avrl_batch.model.weights import apply_pretrained
-    from avrl_batch.modelfile import load_weights_only, save_model
 
     if vggish is None and r3d is None:
         raise ConfigError("give --vggish FILE, --r3d FILE or both")
     cfg = get_preset(preset, fusion=fusion, modality=modality)
+
+    import torch  # after the option checks: a typo answers instantly
+
+    from avrl_batch.model import build_model
+    from avrl_batch.model.weights import apply_pretrained
+    from avrl_batch.modelfile import load_weights_only, save_model
     torch.manual_seed(seed)
     model = build_model(cfg)
     vggish_sd = load_weights_only(vggish, str(vggish)) if vggish else None
