@@ -17,3 +17,8 @@ class WeightsError(AvrlError):
 
 class StorageError(AvrlError):
     """A URI that cannot be listed, read or written (bad scheme, missing bucket, denied)."""
+
+
+class DataError(AvrlError):
+    """A clip manifest or prepared dataset that cannot be used (missing, empty split, unknown
+    label, geometry that does not fit the model)."""

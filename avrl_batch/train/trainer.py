@@ -1,0 +1,259 @@
+"""``avrl train``: the Ray Train driver (TorchTrainer, Ray Train V2 API of Ray 2.60).
+
+Output layout of ``OUT`` (local or S3)::
+
+    OUT/checkpoints/epoch_NNNN/state.pt            one checkpoint per epoch (model, optimiser,
+                                                   scheduler, metric history)
+    OUT/checkpoints/checkpoint_manager_snapshot.json   Ray Train's record of the checkpoints
+    OUT/model.avrl                                 the final self-describing model file
+
+Fault tolerance and resumption use Ray Train V2 (the default in Ray 2.60; ``TorchTrainer.restore``
+is deprecated there): ``FailureConfig(max_failures)`` restarts the worker group from the latest
+checkpoint after a worker error, and a new ``fit()`` with the same ``RunConfig(name,
+storage_path)`` finds the run's checkpoint snapshot in storage and hands its latest checkpoint to
+``ray.train.get_checkpoint()`` in the loop; that is what ``--resume`` does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from avrl_batch import storage
+from avrl_batch.config import ModelConfig, TrainConfig
+from avrl_batch.errors import AvrlError, ConfigError, DataError
+from avrl_batch.train.prepare import TENSOR_COLUMNS, PreparedData, load_prepared
+
+RUN_NAME = "checkpoints"
+MODEL_NAME = "model.avrl"
+SNAPSHOT_NAME = "checkpoint_manager_snapshot.json"
+
+
+class TrainingFailed(AvrlError):
+    """Training stopped after the allowed worker failures; the checkpoints stay for --resume."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_uri: str
+    model_id: str
+    history: list[dict[str, Any]]
+    checkpoint_uri: str
+
+
+def _val_split(prepared: PreparedData) -> str:
+    # the manifest's (or prepare's carved) val split; the test split only as a last resort so a
+    # tiny manifest still trains, and the driver says so
+    for split in ("val", "test"):
+        if prepared.n_clips(split) > 0:
+            return split
+    raise DataError(
+        f"{prepared.uri} has no 'val' or 'test' clips to validate on; add some to the manifest "
+        "(split=val) and rerun `avrl prepare`"
+    )
+
+
+def train(
+    data_uri: str,
+    out_uri: str,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    *,
+    workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: float | None = None,
+    resume: bool = False,
+    max_failures: int = 1,
+    address: str | None = None,
+    endpoint_url: str | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = print,
+    fail_at_epoch: int | None = None,
+    fail_marker: str | None = None,
+) -> TrainResult:
+    """Train AVRL on a prepared dataset with ``workers`` Ray Train workers (DDP).
+
+    ``on_epoch`` receives each epoch's metrics row on the driver as it is reported.
+    ``fail_at_epoch``/``fail_marker`` are the fault-injection test hook (see loop._maybe_fail).
+    """
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from avrl_batch.train.cluster import cpus_per_worker as default_cpus
+    from avrl_batch.train.cluster import init_ray, quiet_ray_data
+
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if tc.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {tc.epochs}")
+    prepared = load_prepared(data_uri, endpoint_url=endpoint_url)
+    prepared.check_fits(cfg)
+    if prepared.n_clips("train") == 0:
+        raise DataError(f"{data_uri} has no 'train' clips; rerun `avrl prepare` with some")
+    val_split = _val_split(prepared)
+    if val_split == "test":
+        log("note: no val split; the plateau schedule follows the test split's loss")
+
+    ckpt_root = storage.join(out_uri, RUN_NAME)
+    has_run = storage.exists(storage.join(ckpt_root, SNAPSHOT_NAME), endpoint_url=endpoint_url)
+    if has_run and not resume:
+        raise ConfigError(
+            f"{out_uri} already holds a training run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    if resume and not has_run:
+        raise ConfigError(f"nothing to resume: no training run under {out_uri}")
+
+    init_ray(address)
+    quiet_ray_data()
+    fs, out_path = storage.filesystem(out_uri, endpoint_url=endpoint_url)
+    data_fs, _ = storage.filesystem(data_uri, endpoint_url=endpoint_url)
+
+    def dataset(split: str) -> ray.data.Dataset:
+        paths = [
+            storage.filesystem(u, endpoint_url=endpoint_url)[1] for u in prepared.shard_uris(split)
+        ]
+        return ray.data.read_parquet(
+            paths, filesystem=data_fs, columns=list(TENSOR_COLUMNS), partitioning=None
+        )
+
+    progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
+    run_config = ray.train.RunConfig(
+        name=RUN_NAME,
+        storage_path=out_path,
+        storage_filesystem=fs,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+        callbacks=[progress.callback()] if progress is not None else None,
+    )
+    loop_config: dict[str, Any] = {"model": cfg.to_dict(), "train": asdict(tc)}
+    if fail_at_epoch is not None:
+        loop_config.update(fail_at_epoch=fail_at_epoch, fail_marker=fail_marker)
+    from avrl_batch.train.loop import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": default_cpus(workers, use_gpu, cpus_per_worker)},
+        ),
+        run_config=run_config,
+        datasets={"train": dataset("train"), "val": dataset(val_split)},
+    )
+    if progress is not None:
+        progress.start()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        first = str(exc).strip().splitlines()
+        raise TrainingFailed(
+            f"training failed ({first[0] if first else type(exc).__name__}); checkpoints are "
+            f"under {ckpt_root}: fix the cause and rerun with --resume"
+        ) from exc
+    finally:
+        if progress is not None:
+            progress.stop()
+    if result.checkpoint is None:
+        raise TrainingFailed("training finished without a checkpoint")
+    return _write_model_file(result.checkpoint, out_uri, cfg, tc, data_uri, ckpt_root, endpoint_url)
+
+
+def _write_model_file(
+    checkpoint: Any,
+    out_uri: str,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    data_uri: str,
+    ckpt_root: str,
+    endpoint_url: str | None,
+) -> TrainResult:
+    """The latest checkpoint's weights -> OUT/model.avrl with config and metric history."""
+    from pathlib import Path
+
+    import torch
+
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import model_id_for, model_to_bytes
+    from avrl_batch.train.loop import STATE_FILE
+
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    history = list(state["history"])
+    meta = {
+        "kind": "trained",
+        "data": data_uri,
+        "epochs": int(state["epoch"]),
+        "train_config": asdict(tc),
+        "history": history,
+        "final": history[-1] if history else {},
+    }
+    data = model_to_bytes(model, cfg, meta)
+    target = storage.join(out_uri, MODEL_NAME)
+    storage.write_atomic(target, data, endpoint_url=endpoint_url)
+    return TrainResult(
+        model_uri=target,
+        model_id=model_id_for(cfg, model.state_dict()),
+        history=history,
+        checkpoint_uri=ckpt_root,
+    )
+
+
+class _ProgressRelay:
+    """Carries each epoch's metrics from Ray Train's controller (where callbacks run) to the
+    driver: the callback puts rows on a Ray queue, a driver thread hands them to ``on_epoch``
+    while ``fit()`` blocks the main thread (which keeps Ray's Ctrl-C handling)."""
+
+    def __init__(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        from ray.util.queue import Queue
+
+        self.on_epoch = on_epoch
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+
+    def callback(self) -> Any:
+        from ray.train import UserCallback
+
+        queue = self.queue
+
+        class EpochMetrics(UserCallback):
+            def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+                if metrics:
+                    queue.put(metrics[0])  # every worker reports the same all-reduced row
+
+        return EpochMetrics()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _drain(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                row = self.queue.get(timeout=0.5)
+            except Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            except Exception:  # noqa: BLE001 - the queue actor went away with Ray
+                return
+            self.on_epoch(row)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            import ray
+
+            ray.kill(self.queue.actor)
+        except Exception:  # noqa: BLE001 - best effort cleanup
+            pass
