@@ -140,9 +140,7 @@ def join(uri: str, *parts: str) -> str:
             )
         segments.extend(part.split("/"))
     p = parse_uri(uri)
-    if p.scheme == "file" and "://" in uri:
-        segments = [quote(seg, safe="!$&'()*+,;=:@~") for seg in segments]  # RFC 3986 pchar
-    out = uri + ("" if uri.endswith("/") else "/") + "/".join(segments)
+    out = _child(uri, segments)
     # belt and braces: the checks above already make escaping impossible
     q = parse_uri(out)
     if p.scheme == "s3":
@@ -153,6 +151,13 @@ def join(uri: str, *parts: str) -> str:
     if not inside:
         raise _error(f"refusing path outside {uri}")
     return out
+
+
+def _child(uri: str, segments: Sequence[str]) -> str:
+    """``uri`` + ``segments`` in the form of ``uri`` (no checks: callers validate)."""
+    if uri.lower().startswith("file://"):
+        segments = [quote(seg, safe="!$&'()*+,;=:@~") for seg in segments]  # RFC 3986 pchar
+    return uri + ("" if uri.endswith("/") else "/") + "/".join(segments)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,27 +182,33 @@ def list_sources(
     cam1) and a leading ``**/`` also matches at the top (``**/x.mp4`` matches ``x.mp4``).
     """
     p = parse_uri(uri)
+    # local sources are plain absolute paths and S3 ones s3:// URIs whatever form the root
+    # was given in, so one source has one identity (output keys derive from it)
     if p.scheme == "file":
-        found = _list_local(p.path, sources=True)
+        found = _list_local(p.path)
         if found is None:  # a single file
             st = _stat(p.path)
             return [Source(p.path, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")]
-        root = p.path
-        items = found
+        items = [
+            (full, os.path.relpath(full, p.path).replace(os.sep, "/"), size, version)
+            for full, size, version in found
+        ]
     else:
         single = _head(p.bucket, p.key, endpoint_url) if p.key and not p.key.endswith("/") else None
         if single is not None:
-            return [Source(uri, int(single["ContentLength"]), _etag(single["ETag"]))]
-        root = uri.rstrip("/")
+            return [Source(f"s3://{p.bucket}/{p.key}", int(single["ContentLength"]),
+                           _etag(single["ETag"]))]
+        prefix = _dir_prefix(p.key)
         items = [
-            (f"s3://{p.bucket}/{obj['Key']}", int(obj["Size"]), _etag(obj["ETag"]))
-            for obj in _list_s3(p.bucket, _dir_prefix(p.key), endpoint_url)
+            (f"s3://{p.bucket}/{obj['Key']}", obj["Key"][len(prefix):], int(obj["Size"]),
+             _etag(obj["ETag"]))
+            for obj in _list_s3(p.bucket, prefix, endpoint_url)
         ]
-    out = []
-    for full, size, version in items:
-        rel = full[len(root):].lstrip("/")
-        if _matches(rel, include) and not _matches(rel, exclude):
-            out.append(Source(full, size, version))
+    out = [
+        Source(full, size, version)
+        for full, rel, size, version in items
+        if _matches(rel, include) and not _matches(rel, exclude)
+    ]
     return sorted(out, key=lambda s: s.uri)
 
 
@@ -212,11 +223,11 @@ def list_files(
     if p.scheme == "file":
         if not os.path.exists(p.path):
             return []
-        found = _list_local(p.path, sources=False)
+        found = _list_local(p.path)
         if found is None:
             uris = [uri]
         else:  # in the form the root was given (path or file://), as join() builds them
-            uris = [join(uri, os.path.relpath(full, p.path)) for full, _, _ in found]
+            uris = [_child(uri, os.path.relpath(full, p.path).split(os.sep)) for full, *_ in found]
     else:
         uris = [
             f"s3://{p.bucket}/{obj['Key']}"
@@ -252,7 +263,7 @@ def _stat(path: str) -> os.stat_result:
         raise _error(f"permission denied: {path}") from None
 
 
-def _list_local(root: str, *, sources: bool) -> list[tuple[str, int, str]] | None:
+def _list_local(root: str) -> list[tuple[str, int, str]] | None:
     """(path, size, version) for every file under ``root``; None if ``root`` is a file."""
     _stat(root)  # a clear error for a missing or forbidden path
     if not os.path.isdir(root):
@@ -340,7 +351,11 @@ class _LocalRaw(io.FileIO):
 
 class _S3Raw(io.RawIOBase):
     """Unbuffered S3 object: each ``readinto`` is one ranged GET pinned to the ETag seen at
-    open, so an object replaced mid-read fails loudly instead of mixing two versions."""
+    open, so an object replaced mid-read fails loudly instead of mixing two versions.
+
+    Why not pyarrow's ``S3FileSystem.open_input_file``: it issues one GET per ``read()``
+    (PyAV reads 32 KiB at a time, so ~32 GETs per MiB; decoding a 30 s span on moto took
+    0.6-0.8 s against 0.1-0.2 s here) and it exposes no count of the bytes fetched."""
 
     def __init__(self, uri: str, bucket: str, key: str, endpoint_url: str | None) -> None:
         head = _head(bucket, key, endpoint_url)

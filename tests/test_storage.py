@@ -144,12 +144,12 @@ def test_file_uri_and_relative_path_parse_to_absolute_paths(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def long_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 10-minute H.264/AAC MP4 (96x96, 5 fps, 16 kHz noise audio): large enough that a
+    """A 10-minute H.264/AAC MP4 (64x64, 5 fps, 16 kHz noise audio): large enough that a
     30-second span is a small share of it. The moov index sits at the end, as encode_av
     (and most cameras) write it, so the reader has to seek there first."""
     from avrl_batch.media.encode import encode_av
 
-    fps, seconds, sr, size = 5, 600, 16_000, 96
+    fps, seconds, sr, size = 5, 600, 16_000, 64
     rng = np.random.default_rng(3)
 
     def frames() -> Iterator[np.ndarray]:
@@ -213,7 +213,7 @@ def test_s3_span_read_is_ranged_and_decodes_identically(
         fetched, gets = src.bytes_read, src.requests
     local = _decode_span(str(long_mp4), start, start + span)  # FFmpeg's own file reader
 
-    assert from_s3.shape == (150, 96, 96, 3)
+    assert from_s3.shape == (150, 64, 64, 3)
     assert np.array_equal(from_s3, local)  # identical arrays, S3 vs local
 
     share = total * span / duration
