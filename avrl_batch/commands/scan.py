@@ -1,0 +1,230 @@
+"""``avrl scan``: find anomaly events in an archive (local folder or S3) on Ray."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from avrl_batch.cli import app
+
+
+@app.command("scan")
+def scan(
+    source: str = typer.Argument(
+        ..., help="archive: a folder, a file, file:///path or s3://bucket/prefix"
+    ),
+    model: str = typer.Option(..., "--model", "-m", help="model file (local or s3://)"),
+    out: str = typer.Option(..., "--out", "-o", help="output root (local or s3://)"),
+    window: float | None = typer.Option(None, help="window length in s (default: the model's)"),
+    stride: float | None = typer.Option(None, help="window stride in s (default: = window)"),
+    segment: float = typer.Option(
+        300.0, help="cut recordings into segments of at most this many s (parallelism, memory)"
+    ),
+    include: list[str] = typer.Option(
+        [], "--include", help="glob of files to scan (repeatable; default: common video types)"
+    ),
+    exclude: list[str] = typer.Option([], "--exclude", help="glob of files to leave out"),
+    endpoint_url: str | None = typer.Option(
+        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
+    ),
+    actors: int | None = typer.Option(
+        None, help="inference actors (default: one per GPU, or 1 without GPUs)"
+    ),
+    gpus_per_actor: float = typer.Option(1.0, help="GPUs per inference actor (GPU clusters)"),
+    batch_size: int = typer.Option(16, help="windows per inference batch"),
+    address: str | None = typer.Option(
+        None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
+    ),
+    camera_pattern: str | None = typer.Option(
+        None,
+        help="regex on the path with (?P<camera>...) and optionally (?P<start>YYYYmmddTHHMMSSZ)"
+        "; default understands .../<camera>/.../<camera>_<start>.<ext>",
+    ),
+    enter: float | None = typer.Option(None, help="event starts at this class probability"),
+    exit_: float | None = typer.Option(None, "--exit", help="event goes on while >= this"),
+    merge_gap: float | None = typer.Option(None, help="merge same-label events closer than s"),
+    min_event: float | None = typer.Option(None, help="drop events shorter than s"),
+    truth: str | None = typer.Option(
+        None, help="ground-truth events (Parquet/CSV: source_uri,label,start_s,end_s): print "
+        "F1 of the scan's events at temporal IoU 0.3"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; scan nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Scan recordings for anomaly events; write Parquet timelines under OUT.
+
+    Output: OUT/windows/date=D/camera=C/<key>.parquet, OUT/events/..., OUT/errors/<key>.parquet,
+    OUT/_scans/<scan_id>.json. Rerunning skips sources already done for this model.
+
+    Example: avrl scan s3://cams/2026/ --model model.avrl --out s3://cams-scans/ --segment 600
+    """
+    from dataclasses import replace
+
+    from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan
+
+    tl = TimelineConfig()
+    tl = replace(
+        tl,
+        **{
+            k: v
+            for k, v in {
+                "enter": enter,
+                "exit": exit_,
+                "merge_gap_s": merge_gap,
+                "min_event_s": min_event,
+            }.items()
+            if v is not None
+        },
+    )
+    cfg = ScanConfig(
+        source=source,
+        model=model,
+        out=out,
+        window_s=window,
+        stride_s=stride,
+        segment_s=segment,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        endpoint_url=endpoint_url,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        batch_size=batch_size,
+        address=address,
+        dry_run=dry_run,
+        camera_pattern=camera_pattern,
+        timeline=tl,
+    )
+    if as_json:
+        summary = run_scan(cfg)
+    else:
+        summary = _run_with_progress(cfg, run_scan)
+    result = summary.to_dict()
+    if truth and not dry_run:
+        result["match"] = _match(out, truth, endpoint_url)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    _print_summary(result)
+
+
+def _run_with_progress(cfg: Any, run_scan: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]scan[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sources  {task.fields[windows]} windows  {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("scan", total=None, windows=0, rate="")
+
+        def on_progress(p: dict[str, Any]) -> None:
+            elapsed = max(p["elapsed_s"], 1e-9)
+            rate = f"{p['footage_s'] / elapsed:.1f} h footage / h"
+            bar.update(
+                task,
+                completed=p["sources_done"],
+                total=p["sources_total"],
+                windows=p["windows"],
+                rate=rate,
+            )
+
+        return run_scan(cfg, progress=on_progress)
+
+
+def _match(out: str, truth: str, endpoint_url: str | None) -> dict[str, Any]:
+    """F1 of the scan's events against ground truth at temporal IoU 0.3 (issue 5 point 5)."""
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from avrl_batch import storage
+    from avrl_batch.scan.matching import match_events
+    from avrl_batch.schema import EVENTS
+
+    files = storage.list_files(
+        storage.join(out, "events"), suffix=".parquet", endpoint_url=endpoint_url
+    )
+    import pyarrow as pa
+
+    tables = [
+        pq.read_table(io.BytesIO(storage.read_bytes(f, endpoint_url=endpoint_url)), schema=EVENTS)
+        for f in files
+    ]
+    pred = pa.concat_tables([EVENTS.empty_table(), *tables])
+    data = storage.read_bytes(truth, endpoint_url=endpoint_url)
+    gt = (
+        pacsv.read_csv(io.BytesIO(data))
+        if truth.lower().endswith(".csv")
+        else pq.read_table(io.BytesIO(data))
+    )
+    res = match_events(pred, gt, iou=0.3)
+    return {
+        "iou": 0.3,
+        "precision": round(res.precision, 4),
+        "recall": round(res.recall, 4),
+        "f1": round(res.f1, 4),
+        "tp": res.tp,
+        "fp": res.fp,
+        "fn": res.fn,
+    }
+
+
+def _print_summary(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if r["dry_run"]:
+        plan = r["plan"]
+        t = Table(title=f"scan plan (model {r['model_id']}, nothing written)")
+        for col in ("source", "camera", "start", "duration s", "audio", "segments"):
+            t.add_column(col)
+        for s in plan.get("sources", []):
+            t.add_row(
+                s["uri"],
+                str(s["camera"]),
+                str(s["start_time"]),
+                f"{s['duration_s']:.1f}" if s["duration_s"] is not None else "?",
+                "yes" if s["has_audio"] else "no",
+                str(s["segments"]),
+            )
+        console.print(t)
+        console.print(
+            f"to scan: {plan['sources_todo']} sources, {plan['segments']} segments, "
+            f"{plan['footage_hours']:.3f} h; skipped (already done): {plan['sources_skipped']}; "
+            f"probe errors: {plan['sources_failed_probe']}"
+        )
+        for e in plan.get("probe_errors", []):
+            console.print(f"  probe error: {e['uri']}: {e['error_type']}: {e['message']}")
+        return
+    t = Table(title=f"scan {r['scan_id']} (model {r['model_id']})")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("sources listed", str(r["sources_listed"]))
+    t.add_row("sources ok", str(r["sources_ok"]))
+    t.add_row("sources failed", str(r["sources_failed"]))
+    t.add_row("sources skipped (done before)", str(r["sources_skipped"]))
+    t.add_row("windows", str(r["windows"]))
+    t.add_row("events", str(r["events"]))
+    for label, n in r["events_by_label"].items():
+        t.add_row(f"  {label}", str(n))
+    t.add_row("footage scanned (h)", f"{r['footage_s'] / 3600:.3f}")
+    t.add_row("wall time (s)", f"{r['wall_s']:.1f}")
+    t.add_row("throughput (h footage / h)", f"{r['footage_hours_per_hour']:.1f}")
+    console.print(t)
+    for e in r["errors"]:
+        console.print(f"[red]failed[/red] {e['source_uri']}: {e['stage']}: {e['error_type']}: "
+                      f"{e['message']}")
+    if "match" in r:
+        m = r["match"]
+        console.print(
+            f"events vs truth at IoU {m['iou']}: precision {m['precision']:.3f} "
+            f"recall {m['recall']:.3f} F1 {m['f1']:.3f} (tp {m['tp']}, fp {m['fp']}, fn {m['fn']})"
+        )
+    console.print(f"manifest: {r['manifest']}")

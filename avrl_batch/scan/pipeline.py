@@ -1,0 +1,368 @@
+"""``run_scan``: the archive scan on Ray (the only scan module besides predictor.py that
+knows about Ray).
+
+    list sources ─ skip finished keys ─ probe (Ray tasks) ─ plan segments
+      └ Ray Data: from_items(segments) → flat_map(decode, CPU tasks)
+                  → map_batches(Predictor, actor pool, num_gpus when the cluster has GPUs)
+                  → iter_batches on the driver → SourceAssembler → timeline → sink
+
+The driver finalises a source as soon as all of its segments have reported, so memory on
+the driver is bounded by the sources in flight, not by the archive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from avrl_batch import storage
+from avrl_batch.errors import AvrlError, ConfigError
+from avrl_batch.scan import sink
+from avrl_batch.scan.naming import scan_id_now
+from avrl_batch.scan.plan import (
+    ScanConfig,
+    ScanPlan,
+    SourceError,
+    SourceTask,
+    error_of,
+    keyed_sources,
+    probe_source,
+    split_done,
+    window_spec,
+)
+from avrl_batch.scan.timeline import events_from_windows
+from avrl_batch.schema import ANOMALY_CLASSES
+
+
+@dataclass
+class ScanSummary:
+    """What a scan did (also the body of the manifest and of ``avrl scan --json``)."""
+
+    scan_id: str
+    model_id: str
+    out: str
+    dry_run: bool
+    sources_listed: int
+    sources_ok: int = 0
+    sources_failed: int = 0
+    sources_skipped: int = 0
+    segments: int = 0
+    windows: int = 0
+    events: int = 0
+    events_by_label: dict[str, int] = field(default_factory=dict)
+    footage_s: float = 0.0  # duration of the sources scanned (ok or failed after probing)
+    wall_s: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)
+    infer_nodes: dict[str, int] = field(default_factory=dict)  # node id -> windows inferred
+    decode_nodes: dict[str, int] = field(default_factory=dict)  # node id -> segments decoded
+    plan: dict[str, Any] = field(default_factory=dict)
+    # source URIs by outcome: ok / failed / skipped (the manifest's record of the scan)
+    sources: dict[str, list[str]] = field(default_factory=dict)
+    manifest: str | None = None
+
+    @property
+    def footage_hours_per_hour(self) -> float:
+        return self.footage_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["footage_hours_per_hour"] = round(self.footage_hours_per_hour, 3)
+        return d
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS, or start a private local Ray bound to
+    loopback); True if this call started the connection (and so must end it)."""
+    import ray
+
+    from avrl_batch.cluster import connect
+
+    if ray.is_initialized():
+        return False
+    connect(address)
+    return True
+
+
+def _data_context() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the CLI shows its own (sources, windows, hours/hour)
+    ctx.print_on_execution_start = False
+
+
+def _decode_rows(row: dict[str, Any], spec: Any, endpoint_url: str | None) -> Any:
+    """flat_map UDF: one segment -> its window rows + trailer, tagged with the decode node."""
+    import ray
+
+    from avrl_batch.scan.decode import decode_segment
+
+    node = ray.get_runtime_context().get_node_id()
+    for out in decode_segment(row, spec, endpoint_url=endpoint_url):
+        out["decode_node"] = node
+        yield out
+
+
+def _probe_all(
+    todo: list[tuple[Any, str]], cfg: ScanConfig, stride_s: float
+) -> list[SourceTask | SourceError]:
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=cfg.probe_retries)(probe_source)
+    refs = [
+        task.remote(
+            src.uri,
+            src.version,
+            src.size,
+            key,
+            stride_s=stride_s,
+            segment_s=cfg.segment_s,
+            camera_pattern=cfg.camera_pattern,
+            endpoint_url=cfg.endpoint_url,
+        )
+        for src, key in todo
+    ]
+    return ray.get(refs)
+
+
+def _pool(cfg: ScanConfig) -> tuple[int, dict[str, float]]:
+    """Actor pool size and per-actor resources: GPUs when the cluster has them."""
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if gpus > 0:
+        n = cfg.actors or max(1, int(gpus // cfg.gpus_per_actor))
+        return n, {"num_gpus": cfg.gpus_per_actor, "num_cpus": 1}
+    return cfg.actors or 1, {"num_cpus": 1}
+
+
+def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> ScanSummary:
+    """Scan ``cfg.source`` with the model ``cfg.model`` into ``cfg.out`` (DESIGN.md §4).
+
+    ``progress`` is called with a dict (sources_done, sources_total, windows, footage_s,
+    elapsed_s) each time a source is finalised. Returns the summary (also written as the
+    manifest, last). ``cfg.dry_run`` plans (lists, probes, segments) and writes nothing.
+    """
+    from avrl_batch.modelfile import model_from_bytes
+
+    t0 = time.monotonic()
+    started = datetime.now(timezone.utc)
+    scan_id = cfg.scan_id or scan_id_now(started)
+    model_bytes = storage.read_bytes(cfg.model, endpoint_url=cfg.endpoint_url)
+    loaded = model_from_bytes(model_bytes, source=cfg.model)
+    mcfg, model_id = loaded.cfg, loaded.model_id
+    del loaded  # the driver needs the id and config only; actors build their own copy
+    spec = window_spec(cfg, mcfg.window_s, mcfg.frames, mcfg.size)
+
+    include = cfg.include or storage.DEFAULT_VIDEO_GLOBS
+    sources = storage.list_sources(
+        cfg.source, include=include, exclude=cfg.exclude, endpoint_url=cfg.endpoint_url
+    )
+    if not sources:
+        raise ConfigError(
+            f"no recordings under {cfg.source} match {', '.join(include)}: "
+            "check the path or pass --include"
+        )
+    done, failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
+    todo, skipped = split_done(keyed_sources(sources, model_id), done, failed)
+
+    started_ray = _ensure_ray(cfg.address)
+    try:
+        _data_context()
+        probed = _probe_all(todo, cfg, spec.stride_s) if todo else []
+        plan = ScanPlan(
+            todo=[p for p in probed if isinstance(p, SourceTask)],
+            failed=[p for p in probed if isinstance(p, SourceError)],
+            skipped=skipped,
+            spec=spec,
+            model_id=model_id,
+        )
+        summary = ScanSummary(
+            scan_id=scan_id,
+            model_id=model_id,
+            out=cfg.out,
+            dry_run=cfg.dry_run,
+            sources_listed=len(sources),
+            sources_skipped=len(skipped),
+            segments=len(plan.segments),
+            plan=plan.summary(),
+        )
+        if cfg.dry_run:
+            summary.plan["sources"] = [
+                {
+                    "uri": t.uri,
+                    "key": t.key,
+                    "camera": t.camera,
+                    "start_time": t.start_time.isoformat() if t.start_time else None,
+                    "duration_s": t.duration_s,
+                    "has_audio": t.has_audio,
+                    "segments": len(t.segments),
+                }
+                for t in plan.todo
+            ]
+            summary.plan["skipped"] = [asdict(s) for s in skipped]
+            summary.plan["probe_errors"] = [asdict(e) for e in plan.failed]
+            summary.wall_s = time.monotonic() - t0
+            return summary
+        _execute(cfg, plan, summary, model_bytes, mcfg.class_names, t0, progress)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    summary.wall_s = time.monotonic() - t0
+    summary.sources["skipped"] = [s.uri for s in skipped]
+    manifest = summary.to_dict()
+    manifest.update(
+        started_at=started.isoformat(),
+        finished_at=datetime.now(timezone.utc).isoformat(),
+        config=_public_config(cfg),
+        class_names=list(mcfg.class_names),
+        window_s=spec.window_s,
+        stride_s=spec.stride_s,
+    )
+    summary.manifest = sink.write_manifest(
+        cfg.out, scan_id, manifest, endpoint_url=cfg.endpoint_url
+    )
+    return summary
+
+
+def _public_config(cfg: ScanConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for name in ("endpoint_url", "address"):
+        if d.get(name):
+            d[name] = storage._redact(str(d[name]))  # never a credential in a manifest
+    return d
+
+
+def _execute(
+    cfg: ScanConfig,
+    plan: ScanPlan,
+    summary: ScanSummary,
+    model_bytes: bytes,
+    class_names: tuple[str, ...],
+    t0: float,
+    progress: sink.ProgressFn | None,
+) -> None:
+    import ray
+    import ray.data
+
+    from avrl_batch.scan.predictor import Predictor
+
+    out, ep = cfg.out, cfg.endpoint_url
+    by_label: Counter[str] = Counter()
+    ok_uris: list[str] = []
+    total = len(plan.todo) + len(plan.failed)
+    finished = 0
+
+    def report() -> None:
+        if progress is not None:
+            progress(
+                {
+                    "sources_done": finished,
+                    "sources_total": total,
+                    "windows": summary.windows,
+                    "footage_s": summary.footage_s,
+                    "elapsed_s": time.monotonic() - t0,
+                }
+            )
+
+    def record_error(err: SourceError, *, persist: bool = True) -> None:
+        if persist:
+            sink.write_error(out, err, summary.scan_id, endpoint_url=ep)
+        summary.sources_failed += 1
+        summary.errors.append(
+            {
+                "source_uri": err.uri,
+                "stage": err.stage,
+                "error_type": err.error_type,
+                "message": err.message,
+            }
+        )
+
+    for err in plan.failed:
+        record_error(err)
+        finished += 1
+    report()
+
+    if plan.todo:
+        assembler = sink.SourceAssembler(
+            plan.todo, class_names=class_names, model_id=plan.model_id, scan_id=summary.scan_id
+        )
+        anomaly_index = [i for i, c in enumerate(class_names) if c in ANOMALY_CLASSES]
+        thumb_threshold = min(cfg.timeline.enter, cfg.timeline.exit)
+        n_actors, actor_resources = _pool(cfg)
+        segments = [s.to_row() for s in plan.segments]
+        model_ref = ray.put(model_bytes)
+        ds = (
+            # one block per segment: each decode task owns one segment (bounded memory)
+            ray.data.from_items(segments, override_num_blocks=len(segments))
+            .flat_map(
+                _decode_rows,
+                fn_kwargs={"spec": plan.spec, "endpoint_url": ep},
+                # Ray Data retries a task whose worker or node died (max_retries=-1 by
+                # default, and passing it is deprecated), so node loss costs time, not data
+                num_cpus=1,
+            )
+            .map_batches(
+                Predictor,
+                fn_constructor_kwargs={
+                    "model_ref": [model_ref],
+                    "anomaly_index": anomaly_index,
+                    "thumb_threshold": thumb_threshold,
+                },
+                compute=ray.data.ActorPoolStrategy(size=n_actors),
+                batch_size=cfg.batch_size,
+                batch_format="numpy",
+                **actor_resources,
+            )
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for fin in assembler.add_batch(batch):
+                finished += 1
+                summary.footage_s += fin.task.duration_s or 0.0
+                if fin.error is not None:
+                    record_error(fin.error)
+                    report()
+                    continue
+                windows = fin.windows
+                assert windows is not None
+                try:
+                    events = events_from_windows(
+                        windows, cfg.timeline, thumbnails=fin.thumbnails
+                    )
+                    sink.write_source(out, fin.task, windows, events, endpoint_url=ep)
+                except AvrlError as exc:
+                    kind, msg = error_of(exc)
+                    record_error(SourceError(fin.task.uri, fin.task.key, "write", kind, msg))
+                    report()
+                    continue
+                summary.sources_ok += 1
+                summary.windows += windows.num_rows
+                summary.events += events.num_rows
+                by_label.update(events["label"].to_pylist())
+                ok_uris.append(fin.task.uri)
+                report()
+        # The stream ended without some trailers (should not happen): report those sources,
+        # but write no error object, so that a rerun scans them instead of skipping them.
+        for task in assembler.unfinished():
+            finished += 1
+            record_error(
+                SourceError(
+                    task.uri,
+                    task.key,
+                    "decode",
+                    "Incomplete",
+                    "the pipeline ended before every segment reported; rerun the scan",
+                ),
+                persist=False,
+            )
+        summary.infer_nodes = dict(assembler.node_windows)
+        summary.decode_nodes = dict(assembler.node_segments)
+    summary.events_by_label = dict(sorted(by_label.items()))
+    summary.sources["ok"] = ok_uris
+    summary.sources["failed"] = [e["source_uri"] for e in summary.errors]
+    report()

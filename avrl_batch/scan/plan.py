@@ -1,0 +1,286 @@
+"""Scan planning: configuration, probing one source, cutting recordings into segments.
+
+Plain functions and frozen dataclasses (no Ray): ``pipeline.py`` runs :func:`probe_source`
+as Ray tasks and :func:`build_plan` on the driver, and the tests call them directly.
+
+Segments are window-aligned. Windows start at multiples of the stride (window ``i`` starts
+at ``i * stride_s``); a segment owns the windows that *start* in ``[start_s, end_s)`` and
+its length is a whole number of strides, so every window belongs to exactly one segment.
+A window that starts near a segment's end is decoded whole by that segment, which reads up
+to one window past its end: segments overlap by one window (DESIGN.md §3) and a task's
+memory is bounded by the segment, never by the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from avrl_batch.errors import ConfigError
+from avrl_batch.scan.naming import compile_pattern, source_key, source_name
+from avrl_batch.scan.timeline import TimelineConfig
+
+DEFAULT_SEGMENT_S = 300.0  # 5 minutes: a Ray block that carries minutes of footage (PERF_NOTES)
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Everything one ``avrl scan`` needs; the CLI only fills this in."""
+
+    source: str  # local folder/file, file:///..., s3://bucket/prefix
+    model: str  # model file (local path or s3://...)
+    out: str  # output root (local or s3://...)
+    window_s: float | None = None  # None: the model's window (what it was trained on)
+    stride_s: float | None = None  # None: = window_s (back-to-back windows)
+    segment_s: float = DEFAULT_SEGMENT_S
+    include: tuple[str, ...] = ()  # () = storage's default video globs
+    exclude: tuple[str, ...] = ()
+    endpoint_url: str | None = None
+    actors: int | None = None  # None: one per GPU (GPU cluster) or 1 (CPU only)
+    gpus_per_actor: float = 1.0  # used only when the cluster has GPUs
+    batch_size: int = DEFAULT_BATCH_SIZE
+    address: str | None = None  # Ray address; None starts (or reuses) a local Ray
+    dry_run: bool = False
+    camera_pattern: str | None = None  # regex with (?P<camera>...) and optional (?P<start>...)
+    timeline: TimelineConfig = field(default_factory=TimelineConfig)
+    scan_id: str | None = None  # None: a new time-sortable id
+    # a probe task is retried this many times after its worker or node died
+    probe_retries: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "stride_s"):
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ConfigError(f"--{name[:-2]} must be a positive number of seconds, got {v}")
+        if not (self.segment_s > 0 and math.isfinite(self.segment_s)):
+            raise ConfigError(
+                f"--segment must be a positive number of seconds, got {self.segment_s}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.actors is not None and self.actors < 1:
+            raise ConfigError(f"--actors must be at least 1, got {self.actors}")
+        if not self.gpus_per_actor > 0:
+            raise ConfigError(f"--gpus-per-actor must be positive, got {self.gpus_per_actor}")
+        if self.camera_pattern is not None:
+            compile_pattern(self.camera_pattern)  # fail now with one clear line
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How windows are cut and what the decoder produces for each (from the model config)."""
+
+    window_s: float
+    stride_s: float
+    frames: int  # T frames per window
+    size: int  # frames are size x size
+    audio_examples: int  # E log-mel examples per window
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The windows of one source that start in ``[start_s, end_s)``."""
+
+    key: str
+    source_uri: str
+    index: int
+    n_segments: int
+    start_s: float
+    end_s: float  # math.inf when the duration is unknown: decode to the end of the file
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceTask:
+    """A source to scan: what the listing, the path and the probe said, and its segments."""
+
+    uri: str
+    version: str
+    size: int
+    key: str
+    camera: str | None
+    start_time: datetime | None
+    duration_s: float | None
+    has_audio: bool
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class SourceError:
+    """A source that ends as one error row."""
+
+    uri: str
+    key: str
+    stage: str  # list | probe | decode | infer | write (schema.ERRORS)
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SkippedSource:
+    uri: str
+    key: str
+    reason: str  # "done" (events exist) | "failed" (an error row exists)
+
+
+@dataclass
+class ScanPlan:
+    todo: list[SourceTask]
+    failed: list[SourceError]  # probe failures: written as error rows by the sink
+    skipped: list[SkippedSource]
+    spec: WindowSpec
+    model_id: str
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [seg for task in self.todo for seg in task.segments]
+
+    @property
+    def footage_s(self) -> float:
+        return sum(t.duration_s or 0.0 for t in self.todo)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "window_s": self.spec.window_s,
+            "stride_s": self.spec.stride_s,
+            "sources_todo": len(self.todo),
+            "sources_failed_probe": len(self.failed),
+            "sources_skipped": len(self.skipped),
+            "segments": len(self.segments),
+            "footage_hours": round(self.footage_s / 3600.0, 4),
+        }
+
+
+def window_spec(cfg: ScanConfig, model_window_s: float, frames: int, size: int) -> WindowSpec:
+    """The scan's windows: the model's window length unless overridden, stride = window."""
+    from avrl_batch.media.logmel import examples_for_duration
+
+    window_s = cfg.window_s or model_window_s
+    stride_s = cfg.stride_s or window_s
+    return WindowSpec(
+        window_s=float(window_s),
+        stride_s=float(stride_s),
+        frames=int(frames),
+        size=int(size),
+        audio_examples=int(examples_for_duration(window_s)),
+    )
+
+
+def segment_ranges(
+    duration_s: float | None, stride_s: float, segment_s: float
+) -> list[tuple[float, float]]:
+    """Window-start ranges ``[start, end)`` of the segments of a recording.
+
+    Each segment spans a whole number of strides (at least one), so boundaries fall on
+    window starts. The last one ends at the duration; an unknown duration gives one
+    segment to infinity (the decoder stops at the end of the file).
+    """
+    if duration_s is None or not math.isfinite(duration_s):
+        return [(0.0, math.inf)]
+    if duration_s <= 0:
+        return []
+    per = max(1, math.floor(segment_s / stride_s + 1e-9))  # strides per segment
+    n_windows = max(1, math.ceil(duration_s / stride_s - 1e-9))  # window starts < duration
+    out = []
+    for first in range(0, n_windows, per):
+        # multiples of the stride computed from integers: no drift over a 24-hour file
+        start = first * stride_s
+        end = min((first + per) * stride_s, duration_s)
+        out.append((start, end))
+    return out
+
+
+@contextlib.contextmanager
+def open_media(uri: str, *, endpoint_url: str | None = None) -> Iterator[Any]:
+    """What the media functions read: a local path as is (FFmpeg's own file I/O), an S3
+    object as a seekable ranged-read file object."""
+    from avrl_batch import storage
+
+    p = storage.parse_uri(uri)
+    if p.scheme == "file":
+        yield p.path
+    else:
+        with storage.open_source(uri, endpoint_url=endpoint_url) as f:
+            yield f
+
+
+def error_of(exc: BaseException) -> tuple[str, str]:
+    """(error_type, one-line message) of any exception, for an error row."""
+    text = str(exc).strip().splitlines()
+    return type(exc).__name__, (text[0] if text else type(exc).__name__)[:500]
+
+
+def probe_source(
+    uri: str,
+    version: str,
+    size: int,
+    key: str,
+    *,
+    stride_s: float,
+    segment_s: float,
+    camera_pattern: str | None = None,
+    endpoint_url: str | None = None,
+) -> SourceTask | SourceError:
+    """Probe one source and cut it into segments; any failure is a SourceError, never an
+    exception (a bad file must not stop a scan)."""
+    from avrl_batch.media import probe
+
+    try:
+        with open_media(uri, endpoint_url=endpoint_url) as src:
+            info = probe(src)
+        name = source_name(
+            uri,
+            compile_pattern(camera_pattern) if camera_pattern else None,
+            creation_time=getattr(info, "creation_time", None),
+        )
+        duration = info.duration_s
+        ranges = segment_ranges(duration, stride_s, segment_s)
+        segments = tuple(
+            Segment(key, uri, i, len(ranges), start, end) for i, (start, end) in enumerate(ranges)
+        )
+        return SourceTask(
+            uri=uri,
+            version=version,
+            size=size,
+            key=key,
+            camera=name.camera,
+            start_time=name.start_time,
+            duration_s=duration,
+            has_audio=bool(info.has_audio),
+            segments=segments,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the source's error row
+        error_type, message = error_of(exc)
+        return SourceError(uri, key, "probe", error_type, message)
+
+
+def keyed_sources(sources: Sequence[Any], model_id: str) -> list[tuple[Any, str]]:
+    """Each listed source (storage.Source) with its deterministic output key."""
+    return [(s, source_key(s.uri, s.version, model_id)) for s in sources]
+
+
+def split_done(
+    keyed: Sequence[tuple[Any, str]], done: set[str], failed: set[str]
+) -> tuple[list[tuple[Any, str]], list[SkippedSource]]:
+    """Sources still to scan, and those skipped because their outputs (or error row) for this
+    model and this version of the file already exist."""
+    todo, skipped = [], []
+    for src, key in keyed:
+        if key in done:
+            skipped.append(SkippedSource(src.uri, key, "done"))
+        elif key in failed:
+            skipped.append(SkippedSource(src.uri, key, "failed"))
+        else:
+            todo.append((src, key))
+    return todo, skipped

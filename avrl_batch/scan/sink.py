@@ -1,0 +1,329 @@
+"""The sink of a scan: assemble each source's windows, build its tables, write them whole.
+
+Layout (DESIGN.md §4)::
+
+    OUT/windows/date=YYYY-MM-DD/camera=CAM/<key>.parquet
+    OUT/events/date=YYYY-MM-DD/camera=CAM/<key>.parquet   (written even with zero events)
+    OUT/errors/<key>.parquet                              (one row: the source failed)
+    OUT/_scans/<scan_id>.json                             (written last)
+
+``date`` is the UTC date of the recording start (path pattern or container metadata) and
+``unknown`` when that is unknown; ``camera`` is the camera id made safe for a path
+(``unknown`` when none). The events object is the *completion marker*: a source is done
+iff its events object exists, so it is written last, with ``if_absent`` (of two racing
+scans exactly one wins). The windows object goes first, replacing any leftover of a run
+that died between the two writes, so a rerun never leaves two windows files or rows for
+one key. Plain functions and classes: no Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avrl_batch import storage
+from avrl_batch.scan.decode import DONE, ERROR, WINDOW
+from avrl_batch.scan.naming import date_partition, safe_component
+from avrl_batch.scan.plan import SourceError, SourceTask
+from avrl_batch.schema import ERRORS, EVENTS, WINDOWS, is_anomaly
+
+PARQUET_SUFFIX = ".parquet"
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+
+
+def partition(task: SourceTask) -> tuple[str, str]:
+    return (
+        f"date={date_partition(task.start_time)}",
+        f"camera={safe_component(task.camera)}",
+    )
+
+
+def windows_uri(out: str, task: SourceTask) -> str:
+    return storage.join(out, "windows", *partition(task), task.key + PARQUET_SUFFIX)
+
+
+def events_uri(out: str, task: SourceTask) -> str:
+    return storage.join(out, "events", *partition(task), task.key + PARQUET_SUFFIX)
+
+
+def error_uri(out: str, key: str) -> str:
+    return storage.join(out, "errors", key + PARQUET_SUFFIX)
+
+
+def manifest_uri(out: str, scan_id: str) -> str:
+    return storage.join(out, "_scans", f"{scan_id}.json")
+
+
+def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
+    """(keys with an events object, keys with an error object) under ``out``: one listing of
+    each prefix instead of one existence check per source."""
+
+    def keys(prefix: str) -> set[str]:
+        uris = storage.list_files(
+            storage.join(out, prefix), suffix=PARQUET_SUFFIX, endpoint_url=endpoint_url
+        )
+        return {u.rsplit("/", 1)[-1][: -len(PARQUET_SUFFIX)] for u in uris}
+
+    return keys("events"), keys("errors")
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _times(start: datetime | None, seconds: np.ndarray) -> pa.Array:
+    if start is None:
+        return pa.nulls(len(seconds), pa.timestamp("us", tz="UTC"))
+    base_us = int(round(start.astimezone(timezone.utc).timestamp() * 1e6))
+    us = base_us + np.round(seconds * 1e6).astype(np.int64)
+    return pa.array(us, pa.timestamp("us", tz="UTC"))
+
+
+def windows_table(
+    task: SourceTask,
+    window_index: np.ndarray,
+    start_s: np.ndarray,
+    end_s: np.ndarray,
+    has_audio: np.ndarray,
+    probs: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    model_id: str,
+    scan_id: str,
+) -> pa.Table:
+    """One source's windows (WINDOWS schema), ordered by window index. ``probs`` is (N, C)."""
+    order = np.argsort(window_index, kind="stable")
+    wi, s, e = window_index[order], start_s[order], end_s[order]
+    p = probs[order].astype(np.float32)  # (N, C)
+    n, c = p.shape if p.ndim == 2 else (0, len(class_names))
+    best = p.argmax(axis=1) if n else np.zeros(0, np.int64)
+    labels = [class_names[i] for i in best]
+    return pa.Table.from_arrays(
+        [
+            pa.array([task.uri] * n, pa.string()),
+            pa.array([task.camera] * n, pa.string()),
+            pa.array(wi, pa.int32()),
+            pa.array(s, pa.float64()),
+            pa.array(e, pa.float64()),
+            _times(task.start_time, s),
+            _times(task.start_time, e),
+            pa.array(labels, pa.string()),
+            pa.array(p[np.arange(n), best] if n else [], pa.float32()),
+            pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * c + 1, c, dtype=np.int32)),
+                pa.array(p.reshape(-1), pa.float32()),  # (N * C,) row-major: class order
+            ),
+            pa.array([is_anomaly(lb) for lb in labels], pa.bool_()),
+            pa.array(has_audio[order].astype(bool), pa.bool_()),
+            pa.array([model_id] * n, pa.string()),
+            pa.array([scan_id] * n, pa.string()),
+        ],
+        schema=WINDOWS,
+    )
+
+
+def error_table(err: SourceError, scan_id: str) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "source_uri": err.uri,
+                "stage": err.stage,
+                "error_type": err.error_type,
+                "message": err.message,
+                "scan_id": scan_id,
+            }
+        ],
+        schema=ERRORS,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+
+
+def write_source(
+    out: str,
+    task: SourceTask,
+    windows: pa.Table,
+    events: pa.Table,
+    *,
+    endpoint_url: str | None = None,
+) -> bool:
+    """Windows first (replacing a dead run's leftover), then events, the completion marker,
+    only if absent. Returns False when another scan had already completed this key."""
+    if windows.schema != WINDOWS or events.schema != EVENTS:
+        raise ValueError("windows/events tables must have the WINDOWS/EVENTS schemas")
+    marker = events_uri(out, task)
+    if storage.exists(marker, endpoint_url=endpoint_url):
+        return False  # a concurrent scan finished it: leave its objects alone
+    storage.write_atomic(windows_uri(out, task), parquet_bytes(windows), endpoint_url=endpoint_url)
+    return storage.write_atomic(
+        marker, parquet_bytes(events), if_absent=True, endpoint_url=endpoint_url
+    )
+
+
+def write_error(
+    out: str, err: SourceError, scan_id: str, *, endpoint_url: str | None = None
+) -> bool:
+    return storage.write_atomic(
+        error_uri(out, err.key),
+        parquet_bytes(error_table(err, scan_id)),
+        if_absent=True,
+        endpoint_url=endpoint_url,
+    )
+
+
+def write_manifest(
+    out: str, scan_id: str, manifest: dict[str, Any], *, endpoint_url: str | None = None
+) -> str:
+    uri = manifest_uri(out, scan_id)
+    data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+    storage.write_atomic(uri, data, if_absent=True, endpoint_url=endpoint_url)
+    return uri
+
+
+# ---------------------------------------------------------------------------------------------
+# assembling predictor output into finished sources
+
+
+@dataclass
+class _Pending:
+    task: SourceTask
+    windows: dict[int, tuple[float, float, bool, np.ndarray]] = field(default_factory=dict)
+    thumbs: dict[int, bytes] = field(default_factory=dict)
+    segments: dict[int, int] = field(default_factory=dict)  # segment index -> n windows
+    error: SourceError | None = None
+
+
+@dataclass
+class FinishedSource:
+    task: SourceTask
+    windows: pa.Table | None = None
+    thumbnails: dict[int, bytes] = field(default_factory=dict)
+    error: SourceError | None = None
+
+
+class SourceAssembler:
+    """Collects predictor batches (any order, any interleaving of sources) and hands back
+    each source once all of its segments have reported.
+
+    Idempotent per row: a window or trailer seen twice (a retried task whose first output
+    also arrived) is counted once, keyed by (source key, window index / segment index).
+    """
+
+    def __init__(
+        self,
+        tasks: list[SourceTask],
+        *,
+        class_names: tuple[str, ...],
+        model_id: str,
+        scan_id: str,
+    ) -> None:
+        self.pending = {t.key: _Pending(t) for t in tasks}
+        self.class_names = class_names
+        self.model_id = model_id
+        self.scan_id = scan_id
+        self.node_windows: dict[str, int] = {}  # infer node id -> windows
+        self.node_segments: dict[str, int] = {}  # decode node id -> segments
+
+    def add_batch(self, batch: dict[str, np.ndarray]) -> list[FinishedSource]:
+        done: list[str] = []
+        n = len(batch["kind"])
+        for i in range(n):
+            key = str(batch["key"][i])
+            p = self.pending.get(key)
+            if p is None:
+                continue  # already finalised (a late duplicate) or not ours
+            kind = str(batch["kind"][i])
+            if kind == WINDOW:
+                wi = int(batch["window_index"][i])
+                if wi not in p.windows:
+                    node = str(batch["infer_node"][i])
+                    self.node_windows[node] = self.node_windows.get(node, 0) + 1
+                p.windows[wi] = (
+                    float(batch["start_s"][i]),
+                    float(batch["end_s"][i]),
+                    bool(batch["has_audio"][i]),
+                    np.asarray(batch["probs"][i], np.float32),
+                )
+                thumb = batch["thumbnail"][i]
+                if thumb:
+                    p.thumbs[wi] = bytes(thumb)
+            elif kind in (DONE, ERROR):
+                seg = int(batch["segment_index"][i])
+                if seg not in p.segments:
+                    node = str(batch["decode_node"][i]) if "decode_node" in batch else ""
+                    self.node_segments[node] = self.node_segments.get(node, 0) + 1
+                p.segments[seg] = int(batch["n_windows"][i])
+                if kind == ERROR and p.error is None:
+                    p.error = SourceError(
+                        p.task.uri,
+                        key,
+                        "decode",
+                        str(batch["error_type"][i]),
+                        str(batch["message"][i]),
+                    )
+            if len(p.segments) == len(p.task.segments) and key not in done:
+                done.append(key)
+        return [self._finish(key) for key in done]
+
+    def _finish(self, key: str) -> FinishedSource:
+        p = self.pending.pop(key)
+        if p.error is not None:
+            return FinishedSource(p.task, error=p.error)
+        expected = sum(p.segments.values())
+        if expected != len(p.windows):
+            # cannot happen unless rows were lost on the way: say so rather than write a
+            # timeline with holes nobody knows about
+            return FinishedSource(
+                p.task,
+                error=SourceError(
+                    p.task.uri,
+                    key,
+                    "infer",
+                    "LostWindows",
+                    f"{len(p.windows)} of {expected} windows came back from inference",
+                ),
+            )
+        idx = np.fromiter(p.windows.keys(), np.int64, len(p.windows))
+        vals = list(p.windows.values())
+        probs = (
+            np.stack([v[3] for v in vals])
+            if vals
+            else np.zeros((0, len(self.class_names)), np.float32)
+        )  # (N, C)
+        table = windows_table(
+            p.task,
+            idx,
+            np.array([v[0] for v in vals], np.float64),
+            np.array([v[1] for v in vals], np.float64),
+            np.array([v[2] for v in vals], bool),
+            probs,
+            class_names=self.class_names,
+            model_id=self.model_id,
+            scan_id=self.scan_id,
+        )
+        return FinishedSource(p.task, windows=table, thumbnails=p.thumbs)
+
+    def unfinished(self) -> list[SourceTask]:
+        return [p.task for p in self.pending.values()]
+
+
+ProgressFn = Callable[[dict[str, Any]], None]

@@ -1,0 +1,125 @@
+"""Small real inputs for the scan tests: PyAV-encoded recordings, a tiny random model, and
+readers that check an output tree against DESIGN.md §4."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avrl_batch import storage
+from avrl_batch.media.encode import encode_av
+from avrl_batch.schema import ERRORS, EVENTS, WINDOWS
+
+FPS = 5
+SIZE = 64
+
+
+def recording(path: Path, seconds: float, *, audio: bool = True, seed: int = 0) -> Path:
+    """A 64x64, 5 fps H.264 recording (AAC 16 kHz noise + tone when ``audio``)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = int(round(seconds * FPS))
+    base = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    frames = (np.roll(base, i, axis=1) for i in range(n))  # moving texture, cheap to encode
+    wave = None
+    if audio:
+        t = np.arange(int(seconds * 16000)) / 16000
+        wave = (0.2 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)).astype(
+            np.float32
+        )
+    encode_av(path, frames, fps=FPS, audio=wave, sample_rate=16000)
+    return path
+
+
+def tiny_model(path: Path, seed: int = 0) -> str:
+    """A randomly initialised `tiny` model file; returns its model id."""
+    import torch
+
+    from avrl_batch.config import preset
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import save_model
+
+    torch.manual_seed(seed)
+    cfg = preset("tiny")
+    return save_model(path, build_model(cfg), cfg)
+
+
+def make_archive(root: Path) -> dict[str, str]:
+    """Four recordings (one without audio, one in a day sub-folder, one without a start time
+    in its name) and one corrupt file. Returns {name: path}."""
+    files = {
+        "a": recording(root / "cam01" / "cam01_20260301T080000Z.mp4", 50, seed=1),
+        "b_noaudio": recording(
+            root / "cam02" / "cam02_20260302T090000Z.mp4", 24, audio=False, seed=2
+        ),
+        "c_dayfolder": recording(
+            root / "cam01" / "2026-03-03" / "cam01_20260303T230000Z.mp4", 20, seed=3
+        ),
+        "d_noname": recording(root / "misc" / "lobby.mp4", 12, seed=4),
+    }
+    bad = root / "cam03" / "cam03_20260301T000000Z.mp4"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)  # a header, no movie
+    files["corrupt"] = bad
+    return {k: str(v) for k, v in files.items()}
+
+
+def read_parquet(uri: str, schema: pa.Schema, endpoint_url: str | None = None) -> pa.Table:
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri, endpoint_url=endpoint_url)))
+    assert table.schema.names == schema.names, uri
+    assert [f.type for f in table.schema] == [f.type for f in schema], uri
+    return table
+
+
+def output_files(out: str, endpoint_url: str | None = None) -> dict[str, list[str]]:
+    """Output URIs by table, relative to ``out``."""
+    files = storage.list_files(out, endpoint_url=endpoint_url)
+    rel = [f[len(out.rstrip("/")) + 1 :] for f in files]
+    by: dict[str, list[str]] = {"windows": [], "events": [], "errors": [], "_scans": []}
+    for r in rel:
+        by[r.split("/", 1)[0]].append(r)
+    return by
+
+
+def check_outputs(out: str, sources: list[str], endpoint_url: str | None = None) -> dict:
+    """Assert the §4 contract: every source is exactly one of (windows + events) or (one error
+    row), names are unique, no duplicate window rows; returns the tables by source."""
+    by = output_files(out, endpoint_url)
+    key_of = lambda rel: rel.rsplit("/", 1)[-1][: -len(".parquet")]  # noqa: E731
+    for table in ("windows", "events"):
+        for rel in by[table]:
+            parts = rel.split("/")
+            assert len(parts) == 4 and parts[1].startswith("date=") and parts[2].startswith(
+                "camera="
+            ), rel
+    wkeys = Counter(key_of(r) for r in by["windows"])
+    ekeys = Counter(key_of(r) for r in by["events"])
+    rkeys = Counter(key_of(r) for r in by["errors"])
+    assert max([*wkeys.values(), *ekeys.values(), *rkeys.values(), 1]) == 1, by
+    assert set(wkeys) == set(ekeys), by
+    assert not set(ekeys) & set(rkeys), by
+    result: dict[str, dict] = {}
+    root = out.rstrip("/")
+    for rel in by["windows"]:
+        w = read_parquet(f"{root}/{rel}", WINDOWS, endpoint_url)
+        uris = set(w["source_uri"].to_pylist())
+        assert len(uris) <= 1, rel
+        idx = w["window_index"].to_pylist()
+        assert len(idx) == len(set(idx)), f"duplicate window rows in {rel}"
+        erel = "events/" + rel.split("/", 1)[1]
+        e = read_parquet(f"{root}/{erel}", EVENTS, endpoint_url)
+        uri = uris.pop() if uris else None
+        result[uri or key_of(rel)] = {"windows": w, "events": e, "key": key_of(rel), "rel": rel}
+    for rel in by["errors"]:
+        err = read_parquet(f"{root}/{rel}", ERRORS, endpoint_url)
+        assert err.num_rows == 1, rel
+        uri = err["source_uri"][0].as_py()
+        assert uri not in result, f"{uri} has both outputs and an error"
+        result[uri] = {"error": err, "key": key_of(rel)}
+    assert sorted(result) == sorted(sources), (sorted(result), sorted(sources))
+    return result
