@@ -581,15 +581,25 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[pyarrow.fs
         import pyarrow.fs
 
         return pyarrow.fs.LocalFileSystem(), p.path
-    return _arrow_s3(_endpoint(endpoint_url), os.getpid()), f"{p.bucket}/{p.key}".rstrip("/")
+    endpoint = _endpoint(endpoint_url)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region is None and endpoint is None:
+        # on AWS a bucket answers only in its own region; pyarrow (unlike boto3) does not
+        # follow the redirect, so ask once where the bucket lives
+        import pyarrow.fs
+
+        with _arrow_errors(uri):
+            region = pyarrow.fs.resolve_s3_region(p.bucket)
+    fs = _arrow_s3(endpoint, region or "us-east-1", os.getpid())
+    return fs, f"{p.bucket}/{p.key}".rstrip("/")
 
 
 @functools.lru_cache(maxsize=8)
-def _arrow_s3(endpoint: str | None, pid: int) -> pyarrow.fs.S3FileSystem:
+def _arrow_s3(endpoint: str | None, region: str, pid: int) -> pyarrow.fs.S3FileSystem:
     import pyarrow.fs
 
     kwargs: dict[str, Any] = {
-        "region": _region(),
+        "region": region,
         "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=5),
         "connect_timeout": 10,
         "request_timeout": 60,
@@ -697,6 +707,14 @@ def _s3_errors(uri: str, endpoint_url: str | None) -> Iterator[None]:
         raise _error(
             f"S3 request for {uri} at {where} failed: {str(e)}"
         ) from None
+
+
+@contextlib.contextmanager
+def _arrow_errors(uri: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:  # pyarrow raises OSError with the AWS error text
+        raise _error(f"S3 error on {uri}: {e}") from None
 
 
 def _error(message: str) -> StorageError:

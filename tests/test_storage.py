@@ -337,7 +337,6 @@ def test_s3_write_that_fails_midway_leaves_nothing(
     s3_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, fresh_clients: None
 ) -> None:
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore would otherwise retry the upload
-    storage._s3_client.cache_clear()
     uri = f"s3://{s3_bucket}/out/part.parquet"
     for only_on_the_wire in (False, True):
         body = _DyingStream(b"x" * (4 << 20), only_on_the_wire=only_on_the_wire)
