@@ -1,0 +1,413 @@
+"""``avrl report``: one self-contained HTML page to review a scan.
+
+Everything is inline (CSS, SVG timelines, a few lines of JS, thumbnails as ``data:`` URIs),
+so the file can be mailed or opened offline. Every piece of text from the data (source
+URIs, camera names, error messages) goes through ``html.escape``: it is user data.
+
+Layout: summary tiles; a legend (click a label to hide/show it); one SVG timeline per
+camera over the recorded time (a grey "recorded" lane shows the footage that was scanned,
+then one lane per label with its events as coloured bars; recordings with an unknown start
+get their own timeline in seconds from the file start); counts by label and by camera; the
+event list with thumbnails; the failed sources.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from avrl_batch.schema import ANOMALY_CLASSES
+
+# Okabe-Ito-like palette: distinguishable with the common colour-vision deficiencies
+LABEL_COLOURS: dict[str, str] = {
+    "arrest": "#0072B2",
+    "chase": "#E69F00",
+    "fight": "#D55E00",
+    "knockdown": "#CC79A7",
+    "run": "#009E73",
+    "shoot": "#7A0019",
+    "scatter": "#56B4E9",
+}
+_OTHER = "#777777"
+
+# SVG geometry (px in the viewBox; the SVG scales to the page width)
+_W, _LEFT, _RIGHT, _LANE, _TOP, _AXIS = 1100, 120, 48, 22, 8, 26
+
+
+@dataclass(frozen=True)
+class Report:
+    html: str
+    n_events: int
+    n_cameras: int
+    n_errors: int
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _colour(label: str) -> str:
+    return LABEL_COLOURS.get(label, _OTHER)
+
+
+def _fmt_time(t: datetime | None) -> str:
+    return "" if t is None else t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_dur(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def _basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _ticks(lo: float, hi: float, timed: bool) -> list[tuple[float, str]]:
+    """About six round tick positions between lo and hi with their labels."""
+    span = max(hi - lo, 1e-9)
+    steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+             43200, 86400, 172800, 604800]
+    step = next((s for s in steps if span / s <= 7), steps[-1])
+    first = (int(lo // step) + 1) * step if lo % step else lo
+    out = []
+    v = first
+    while v <= hi + 1e-9:
+        if timed:
+            t = datetime.fromtimestamp(v, timezone.utc)
+            fmt = "%H:%M:%S" if step < 60 else "%H:%M"
+            if span > 86400 or t.strftime("%H:%M:%S") == "00:00:00":
+                fmt = "%m-%d %H:%M"
+            out.append((v, t.strftime(fmt)))
+        else:
+            out.append((v, f"{v:g} s"))
+        v += step
+    return out
+
+
+def _timeline_svg(
+    title: str, lanes: list[str], spans: list[dict[str, Any]], lo: float, hi: float, timed: bool
+) -> str:
+    """One SVG: lane 0 is 'recorded'; ``spans`` have lane, x0, x1, colour, tip, event_id."""
+    height = _TOP + _LANE * len(lanes) + _AXIS
+    inner = _W - _LEFT - _RIGHT
+    scale = inner / max(hi - lo, 1e-9)
+
+    def x(v: float) -> float:
+        return _LEFT + (v - lo) * scale
+
+    parts = [
+        f'<svg class="timeline" viewBox="0 0 {_W} {height}" width="100%" role="img" '
+        f'aria-label="{_e(title)}" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for i, name in enumerate(lanes):
+        y = _TOP + i * _LANE
+        parts.append(
+            f'<rect x="{_LEFT}" y="{y}" width="{inner}" height="{_LANE}" '
+            f'fill="{"#f4f4f4" if i % 2 else "#fbfbfb"}"/>'
+            f'<text x="{_LEFT - 8}" y="{y + _LANE * 0.68:.1f}" text-anchor="end" '
+            f'class="lane">{_e(name)}</text>'
+        )
+    axis_y = _TOP + _LANE * len(lanes)
+    for v, label in _ticks(lo, hi, timed):
+        parts.append(
+            f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{_TOP}" y2="{axis_y + 4}" class="tick"/>'
+            f'<text x="{x(v):.1f}" y="{axis_y + 17}" text-anchor="middle" class="axis">'
+            f"{_e(label)}</text>"
+        )
+    for s in spans:
+        y = _TOP + s["lane"] * _LANE + 3
+        x0 = x(s["x0"])
+        w = max(x(s["x1"]) - x0, 3.0)  # a short event stays visible
+        rect = (
+            f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{_LANE - 6}" rx="2" '
+            f'fill="{s["colour"]}"><title>{_e(s["tip"])}</title></rect>'
+        )
+        if s.get("event_id"):
+            parts.append(
+                f'<a href="#ev-{_e(s["event_id"])}" class="bar" data-event-id="{_e(s["event_id"])}"'
+                f' data-label="{_e(s["label"])}">{rect}</a>'
+            )
+        else:
+            parts.append(rect)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _camera_timelines(
+    camera: str, coverage: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> list[str]:
+    """One timeline over recorded time, plus one in seconds for recordings without a start."""
+    out = []
+    for timed in (True, False):
+        cov = [c for c in coverage if (c["t0"] is not None) == timed]
+        if not cov:
+            continue
+        sources = {c["source_uri"] for c in cov}
+        evs = [e for e in events if e["source_uri"] in sources]
+        labels = [lb for lb in ANOMALY_CLASSES if any(e["label"] == lb for e in evs)]
+        labels += sorted({e["label"] for e in evs} - set(labels))
+        lanes = ["recorded", *labels]
+
+        def pos(row: dict[str, Any], t_key: str, s_key: str, timed: bool = timed) -> float:
+            return row[t_key].timestamp() if timed else float(row[s_key])
+
+        lo = min(pos(c, "t0", "s0") for c in cov)
+        hi = max(pos(c, "t1", "s1") for c in cov)
+        spans = [
+            {
+                "lane": 0, "x0": pos(c, "t0", "s0"), "x1": pos(c, "t1", "s1"), "colour": "#c9c9c9",
+                "tip": f"{_basename(c['source_uri'])}: {c['n_windows']} windows, "
+                f"{_fmt_dur(c['s1'] - c['s0'])}"
+                + ("" if c["has_audio"] else " (no audio)"),
+            }
+            for c in cov
+        ]
+        for e in evs:
+            spans.append(
+                {
+                    "lane": lanes.index(e["label"]),
+                    "x0": pos(e, "start_time", "start_s"),
+                    "x1": pos(e, "end_time", "end_s"),
+                    "colour": _colour(e["label"]),
+                    "tip": f"{e['label']} {e['peak_score']:.2f} · {_basename(e['source_uri'])} "
+                    f"{e['start_s']:.1f}-{e['end_s']:.1f} s",
+                    "event_id": e["event_id"],
+                    "label": e["label"],
+                }
+            )
+        if timed:
+            t_lo = datetime.fromtimestamp(lo, timezone.utc)
+            t_hi = datetime.fromtimestamp(hi, timezone.utc)
+            sub = f"{_fmt_time(t_lo)} – {_fmt_time(t_hi)} UTC"
+        else:
+            sub = "recording start unknown: seconds from the start of each file"
+        title = f"{camera}"
+        out.append(
+            f'<section class="cam" data-camera="{_e(camera)}"><h3>{_e(title)} '
+            f'<small>{_e(sub)} · {len(sources)} recording(s) · {len(evs)} event(s)</small></h3>'
+            + _timeline_svg(f"timeline of {camera}", lanes, spans, lo, hi, timed)
+            + "</section>"
+        )
+    return out
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
+background:#fff}
+header{background:#1d2733;color:#fff;padding:18px 28px}
+header h1{margin:0 0 4px;font-size:22px} header p{margin:0;color:#c8d2dd}
+main{padding:8px 28px 40px}
+h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:15px;margin:16px 0 4px} h3 small{font-weight:normal;color:#666}
+.tiles{display:flex;gap:12px;flex-wrap:wrap;margin-top:16px}
+.tile{background:#f3f6f9;border-radius:6px;padding:10px 16px;min-width:110px}
+.tile b{display:block;font-size:22px}
+.legend{display:flex;gap:8px;flex-wrap:wrap;margin:12px 0}
+.legend button{border:1px solid #ccc;background:#fff;border-radius:14px;padding:3px 10px;
+cursor:pointer;font:inherit}
+.legend button.off{opacity:.35} .chip{display:inline-block;width:12px;height:12px;
+border-radius:3px;margin-right:5px;vertical-align:-1px}
+svg.timeline{display:block;max-width:1100px}
+svg text.lane{font-size:12px;fill:#333} svg text.axis{font-size:11px;fill:#555}
+svg line.tick{stroke:#d5d5d5;stroke-width:1}
+svg a.bar rect:hover{stroke:#000;stroke-width:1.5}
+table{border-collapse:collapse;margin:6px 0} th,td{padding:4px 10px;text-align:left;
+border-bottom:1px solid #eee;vertical-align:middle} th{background:#f3f6f9}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.bar-cell{display:inline-block;height:10px;border-radius:2px;background:#8fa3b8}
+img.thumb{display:block;width:120px;border-radius:3px;background:#ddd}
+.nothumb{width:120px;height:68px;background:#eee;color:#888;font-size:11px;display:flex;
+align-items:center;justify-content:center;border-radius:3px}
+.src{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
+tr.hidden,a.bar.hidden{display:none} tr:target{background:#fff5cc}
+.counts{display:flex;gap:48px;flex-wrap:wrap;align-items:flex-start} .empty{color:#666}
+"""
+
+_JS = """
+document.querySelectorAll('.legend button').forEach(function(b){
+  b.addEventListener('click',function(){
+    b.classList.toggle('off');
+    var off=b.classList.contains('off'), lb=b.getAttribute('data-label');
+    document.querySelectorAll('[data-label="'+lb+'"]').forEach(function(el){
+      if(el!==b){el.classList.toggle('hidden',off);}
+    });
+  });
+});
+"""
+
+
+def build_report(out: str, *, endpoint_url: str | None = None) -> Report:
+    """Read the scan output ``out`` and render the report page."""
+    from avrl_batch.query import ORDER_BY, OutputTree, connect
+
+    tree = OutputTree.open(out, endpoint_url=endpoint_url)
+    con = connect(tree)
+    events = con.sql(f"SELECT * FROM events ORDER BY {ORDER_BY['events']}").to_arrow_table()
+    coverage = con.sql(
+        "SELECT camera, source_uri, min(start_s) AS s0, max(end_s) AS s1, min(start_time) AS t0,"
+        " max(end_time) AS t1, count(*) AS n_windows, bool_or(has_audio) AS has_audio "
+        "FROM windows GROUP BY camera, source_uri ORDER BY camera, t0 NULLS LAST, source_uri"
+    ).to_arrow_table().to_pylist()
+    errors = con.sql(f"SELECT * FROM errors ORDER BY {ORDER_BY['errors']}").to_arrow_table()
+    ev = events.to_pylist()
+    err = errors.to_pylist()
+    manifests = tree.manifests()
+    page = _render(out, ev, coverage, err, manifests)
+    cameras = {c["camera"] for c in coverage} | {e["camera"] for e in ev}
+    return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err))
+
+
+def _render(
+    out: str,
+    events: list[dict[str, Any]],
+    coverage: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    manifests: list[dict[str, Any]],
+) -> str:
+    cam_key = lambda c: "(no camera)" if c is None else c  # noqa: E731
+    cameras = sorted(
+        {cam_key(c["camera"]) for c in coverage} | {cam_key(e["camera"]) for e in events}
+    )
+    footage_s = sum(c["s1"] - c["s0"] for c in coverage)
+    n_windows = sum(c["n_windows"] for c in coverage)
+    models = sorted({str(m.get("model_id")) for m in manifests if m.get("model_id")})
+    models = models or sorted({e["model_id"] for e in events})
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    h: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>avrl report · {_e(out)}</title><style>{_CSS}</style></head><body>",
+        f"<header><h1>Anomaly events · {_e(out)}</h1><p>model {_e(', '.join(models) or '?')}"
+        f" · {len(manifests)} scan(s) · generated {_e(generated)}</p></header><main>",
+        '<div class="tiles">',
+    ]
+    for value, name in (
+        (len(coverage), "recordings scanned"),
+        (_fmt_dur(footage_s), "of footage"),
+        (f"{n_windows:,}", "windows"),
+        (len(events), "events"),
+        (len(cameras), "cameras"),
+        (len(errors), "failed sources"),
+    ):
+        h.append(f'<div class="tile"><b>{_e(value)}</b>{_e(name)}</div>')
+    h.append("</div>")
+
+    # legend (labels present first, then the rest of the anomaly classes)
+    h.append('<h2>Timeline by camera</h2><div class="legend">')
+    for label in ANOMALY_CLASSES:
+        n = sum(1 for e in events if e["label"] == label)
+        h.append(
+            f'<button type="button" data-label="{_e(label)}"><span class="chip" '
+            f'style="background:{_colour(label)}"></span>{_e(label)} ({n})</button>'
+        )
+    h.append("</div>")
+    if not cameras:
+        h.append('<p class="empty">No recordings were scanned successfully.</p>')
+    for cam in cameras:
+        cov = [c for c in coverage if cam_key(c["camera"]) == cam]
+        evs = [e for e in events if cam_key(e["camera"]) == cam]
+        # events of a source whose windows are missing still get a lane span from themselves
+        known = {c["source_uri"] for c in cov}
+        for e in evs:
+            if e["source_uri"] not in known:
+                known.add(e["source_uri"])
+                cov.append({"camera": e["camera"], "source_uri": e["source_uri"],
+                            "s0": e["start_s"], "s1": e["end_s"], "t0": e["start_time"],
+                            "t1": e["end_time"], "n_windows": 0, "has_audio": True})
+        h.extend(_camera_timelines(cam, cov, evs))
+
+    # counts
+    h.append('<h2>Counts</h2><div class="counts">')
+    by_label = [(lb, sum(1 for e in events if e["label"] == lb)) for lb in ANOMALY_CLASSES]
+    top = max([n for _, n in by_label] + [1])
+    h.append("<table><tr><th>label</th><th>events</th><th></th></tr>")
+    for lb, n in by_label:
+        h.append(
+            f'<tr data-label-count="{_e(lb)}"><td><span class="chip" style="background:'
+            f'{_colour(lb)}"></span>{_e(lb)}</td><td class="num">{n}</td><td><span '
+            f'class="bar-cell" style="width:{120 * n / top:.0f}px;background:{_colour(lb)}">'
+            "</span></td></tr>"
+        )
+    h.append("</table><table><tr><th>camera</th><th>recordings</th><th>footage</th>"
+             "<th>events</th></tr>")
+    for cam in cameras:
+        cov = [c for c in coverage if cam_key(c["camera"]) == cam]
+        n_ev = sum(1 for e in events if cam_key(e["camera"]) == cam)
+        h.append(
+            f'<tr data-camera-count="{_e(cam)}"><td>{_e(cam)}</td><td class="num">{len(cov)}</td>'
+            f'<td class="num">{_e(_fmt_dur(sum(c["s1"] - c["s0"] for c in cov)))}</td>'
+            f'<td class="num">{n_ev}</td></tr>'
+        )
+    h.append("</table></div>")
+
+    # event list
+    h.append(f"<h2>Events ({len(events)})</h2>")
+    if not events:
+        h.append('<p class="empty">No events found.</p>')
+    else:
+        h.append(
+            "<table class='events'><tr><th>thumbnail</th><th>label</th><th>camera</th>"
+            "<th>when</th><th>duration</th><th>peak</th><th>mean</th><th>windows</th>"
+            "<th>source</th></tr>"
+        )
+        for e in events:
+            if e["thumbnail"]:
+                b64 = base64.b64encode(e["thumbnail"]).decode()
+                thumb = f'<img class="thumb" alt="peak frame" src="data:image/jpeg;base64,{b64}">'
+            else:
+                thumb = '<div class="nothumb">no thumbnail</div>'
+            if e["start_time"] is not None:
+                when = f"{_fmt_time(e['start_time'])} UTC"
+            else:
+                when = f"+{e['start_s']:.1f} s into the file"
+            h.append(
+                f'<tr id="ev-{_e(e["event_id"])}" data-event-id="{_e(e["event_id"])}" '
+                f'data-label="{_e(e["label"])}"><td>{thumb}</td>'
+                f'<td><span class="chip" style="background:{_colour(e["label"])}"></span>'
+                f'{_e(e["label"])}</td><td>{_e(e["camera"])}</td><td>{_e(when)}<br>'
+                f'<small>{e["start_s"]:.1f}–{e["end_s"]:.1f} s</small></td>'
+                f'<td class="num">{_e(_fmt_dur(e["end_s"] - e["start_s"]))}</td>'
+                f'<td class="num">{e["peak_score"]:.2f}</td>'
+                f'<td class="num">{e["mean_score"]:.2f}</td><td class="num">{e["n_windows"]}</td>'
+                f'<td class="src" title="{_e(e["source_uri"])}">{_e(e["source_uri"])}</td></tr>'
+            )
+        h.append("</table>")
+
+    # errors
+    h.append(f"<h2>Failed sources ({len(errors)})</h2>")
+    if not errors:
+        h.append('<p class="empty">Every source was scanned.</p>')
+    else:
+        h.append("<table class='errors'><tr><th>source</th><th>stage</th><th>error</th>"
+                 "<th>message</th></tr>")
+        for r in errors:
+            h.append(
+                f'<tr data-error-source="{_e(r["source_uri"])}"><td class="src">'
+                f'{_e(r["source_uri"])}</td><td>{_e(r["stage"])}</td><td>{_e(r["error_type"])}'
+                f'</td><td>{_e(r["message"])}</td></tr>'
+            )
+        h.append("</table>")
+    if manifests:
+        h.append("<h2>Scans</h2><table><tr><th>scan</th><th>model</th><th>counts</th></tr>")
+        for m in manifests:
+            h.append(
+                f"<tr><td>{_e(m.get('scan_id'))}</td><td>{_e(m.get('model_id'))}</td>"
+                f"<td class='src'>{_e(json.dumps(m.get('counts', {}), sort_keys=True))}</td></tr>"
+            )
+        h.append("</table>")
+    h.append(f"</main><script>{_JS}</script></body></html>")
+    return "\n".join(h)
+
+
+__all__ = ["LABEL_COLOURS", "Report", "build_report"]
