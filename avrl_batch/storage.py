@@ -2,7 +2,8 @@
 
 This is the only module that knows about S3, boto3 and pyarrow.fs; everything else calls it.
 
-* Endpoint: the ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto).
+* Endpoint: the ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3`` or
+  ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto), honoured by boto3 and pyarrow alike.
 * Credentials: only the standard AWS chain (environment, ``~/.aws`` files, IAM role). They are
   never accepted as arguments, never logged, and scrubbed from every error message we raise.
 * Reads: :func:`open_source` gives a seekable file object that fetches only the byte ranges
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -476,7 +478,10 @@ def write_atomic(
     to a hidden temp file in the same directory, is fsynced, then renamed (or hard-linked, for
     ``if_absent``, which fails if the name exists) into place and the directory fsynced; a
     crash can leave a hidden ``.avrl-tmp-*`` file, never a partial ``uri``. On S3 it is one
-    PutObject, which S3 applies whole or not at all; ``if_absent`` sends ``If-None-Match: *``.
+    PutObject (so at most 5 GiB), which S3 applies whole or not at all; ``if_absent`` sends
+    ``If-None-Match: *`` (AWS S3 and moto honour it; check an S3-compatible server's
+    version: one that ignores the header degrades to last-writer-wins, harmless for
+    deterministic keys whose content is the same whoever writes it).
     """
     p = parse_uri(uri)
     if p.scheme == "file":
@@ -539,22 +544,32 @@ def _write_s3(
 ) -> bool:
     from botocore.exceptions import ClientError
 
-    extra = {"IfNoneMatch": "*"} if if_absent else {}
     body = bytes(data) if isinstance(data, bytearray | memoryview) else data
     if not isinstance(body, bytes) and not body.seekable():
         # botocore hashes and signs the body before sending it, so it must rewind it
         body = body.read()
+    client = _s3(endpoint_url)
     with _s3_errors(uri, endpoint_url):
-        try:
-            _s3(endpoint_url).put_object(Bucket=bucket, Key=key, Body=body, **extra)
-        except ClientError as e:
-            # 412: the key exists. 409 ConditionalRequestConflict: another conditional PUT
-            # to the same key is in flight, so the other writer wins; either way we lost.
-            if if_absent and _code(e) in ("PreconditionFailed", "412",
-                                          "ConditionalRequestConflict", "409"):
-                return False
-            raise
-    return True
+        if not if_absent:
+            client.put_object(Bucket=bucket, Key=key, Body=body)
+            return True
+        for attempt in range(4):
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+                return True
+            except ClientError as e:
+                code = _code(e)
+                if code in ("PreconditionFailed", "412"):
+                    return False  # the key exists: another writer won
+                if code in ("ConditionalRequestConflict", "409") and attempt < 3:
+                    # another conditional PUT is in flight; AWS says retry: we then get 412
+                    # if it succeeded, or win if it failed
+                    time.sleep(0.1 * 2**attempt)
+                    if not isinstance(body, bytes):
+                        body.seek(0)
+                    continue
+                raise
+    raise AssertionError("unreachable")
 
 
 def delete(uri: str, *, endpoint_url: str | None = None) -> None:

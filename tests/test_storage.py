@@ -387,6 +387,45 @@ def test_if_absent_exactly_one_writer_wins(root: tuple[str, str | None]) -> None
     assert storage.list_files(storage.join(base, "race"), endpoint_url=ep) == [key]
 
 
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self) -> Iterator[bytes]:
+        yield self.data
+
+
+def test_s3_if_absent_retries_a_conditional_conflict(
+    s3_endpoint: str, s3_bucket: str, fresh_clients: None
+) -> None:
+    """AWS answers 409 ConditionalRequestConflict while another conditional PUT to the key is
+    in flight and asks the client to retry. moto never does, so the first PUT of each call
+    here gets a made-up 409 (the only fake in this file); the retry reaches moto."""
+    from botocore.awsrequest import AWSResponse
+
+    conflicts = []
+
+    def conflict_once(request: object, **_: object) -> AWSResponse | None:
+        if len(conflicts) % 2 == 0:
+            conflicts.append(request)
+            body = (b"<Error><Code>ConditionalRequestConflict</Code>"
+                    b"<Message>in flight</Message></Error>")
+            return AWSResponse(s3_endpoint, 409, {}, _Body(body))
+        conflicts.append(None)
+        return None  # send it for real
+
+    events = storage._s3(s3_endpoint).meta.events
+    events.register("before-send.s3.PutObject", conflict_once)
+    try:
+        uri = f"s3://{s3_bucket}/conflict.parquet"
+        assert storage.write_atomic(uri, b"first", if_absent=True, endpoint_url=s3_endpoint)
+        assert not storage.write_atomic(uri, b"second", if_absent=True, endpoint_url=s3_endpoint)
+    finally:
+        events.unregister("before-send.s3.PutObject", conflict_once)
+    assert len(conflicts) == 4  # each call: one 409, one real PUT (201 then 412)
+    assert storage.read_bytes(uri, endpoint_url=s3_endpoint) == b"first"
+
+
 def test_exists_read_list_delete_round_trip(root: tuple[str, str | None]) -> None:
     base, ep = root
     a = storage.join(base, "windows", "a.parquet")
