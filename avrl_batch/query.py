@@ -3,18 +3,20 @@
 How a query runs:
 
 1. **List** the Parquet files of each table through ``storage`` (local or S3; hidden temp
-   files of unfinished writes are skipped).
+   files of unfinished writes are skipped). A windows object counts only once its source's
+   events object (the sink's completion marker, written last) exists.
 2. **Prune by partition** on the listed paths, before any file is opened: ``camera=C``
-   must be one of ``--camera``; ``date=D`` (the UTC date the *recording* started) must be
-   before ``--until`` and at most ``RECORDING_SPAN_DAYS`` before ``--since`` (a recording
-   that starts on D can have windows up to that many days later). A partition value that
-   is not a date (e.g. ``date=unknown`` for recordings with no known start) is never
-   pruned; its rows have no ``start_time`` and the row filter decides.
+   must be one of ``--camera`` (or its path-safe form, ``scan.naming.safe_component``);
+   ``date=D`` (the UTC date the *recording* started) must be before ``--until`` and at
+   most ``RECORDING_SPAN_DAYS`` before ``--since`` (a recording that starts on D can have
+   windows up to that many days later). A partition value that is not a date
+   (``date=unknown`` for recordings with no known start) is never pruned; its rows have
+   no ``start_time`` and the row filter decides.
 3. **Row filters** as a pyarrow dataset filter over the remaining files (pyarrow skips
    row groups by their statistics). They use the files' own columns: the ``camera`` in
-   the path only prunes, the ``camera`` column is what rows show and match (the two are
-   written from the same value; the column wins if they ever differ, since the path may
-   have to encode it).
+   the path only prunes, the ``camera`` column is what rows show and match (the path holds
+   a path-safe form: ``Gate 3 (north)`` is ``camera=Gate_3_north``; the column keeps the
+   real id).
 4. The filtered datasets are registered in DuckDB as the views ``events``, ``windows``
    and ``errors`` (DuckDB scans them lazily with its own projection/filter pushdown), so
    ``--sql`` can join them. DuckDB's httpfs extension is not needed: S3 goes through
@@ -117,6 +119,9 @@ class OutputTree:
         """List ``out``; StorageError if it holds no scan output at all."""
         from avrl_batch import storage
 
+        p = storage.parse_uri(out)
+        # one spelling for the root, the one list_files answers in (local: absolute path)
+        out = p.path if p.scheme == "file" else out.rstrip("/")
         tree = cls(out=out, endpoint_url=endpoint_url)
         for table in TABLES:
             base = storage.join(out, table)
@@ -125,6 +130,14 @@ class OutputTree:
                 rel = uri[len(base) :].lstrip("/")
                 found.append((uri, _partition_values(rel)))
             tree.files[table] = found
+        # the sink writes a source's events object last, as its completion marker: windows
+        # without it belong to a source still being written (or a killed run) -> not shown
+        done = {uri[len(storage.join(out, "events")) :] for uri, _ in tree.files["events"]}
+        windows_base = storage.join(out, "windows")
+        tree.files["windows"] = [
+            (uri, parts) for uri, parts in tree.files["windows"]
+            if uri[len(windows_base) :] in done
+        ]
         tree.scan_manifests = storage.list_files(
             storage.join(out, "_scans"), suffix=".json", endpoint_url=endpoint_url
         )
@@ -140,10 +153,16 @@ class OutputTree:
         pruning only; see the module docstring)."""
         if table == "errors":
             return [uri for uri, _ in self.files[table]]
+        cams: set[str] = set()
+        if filters.cameras:
+            # the sink names a camera's partition with a path-safe form of the id
+            from avrl_batch.scan.naming import safe_component
+
+            cams = {*filters.cameras, *(safe_component(c) for c in filters.cameras)}
         keep = []
         for uri, parts in self.files[table]:
             cam = parts.get("camera")
-            if filters.cameras and cam is not None and cam not in filters.cameras:
+            if cams and cam is not None and cam not in cams:
                 continue
             d = parts.get("date")
             if d is not None and _DATE_RE.match(d):

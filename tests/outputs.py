@@ -2,9 +2,9 @@
 
 Windows carry probabilities with embedded anomalies; events come from the real timeline
 code (with real JPEG thumbnails of the peak windows); errors and a scan manifest are there
-too. Assumptions about the scan's sink that this mirrors: one Parquet object per source
-named by a hash key, partitioned by the recording's start date and its camera, and
-``date=unknown`` when the recording start is not known.
+too. Partition names come from the scan sink's own functions (``scan.naming``): the recording's
+UTC start date (``unknown`` when not known) and a path-safe camera id (one camera here,
+``Gate 3 (north)``, needs the safe form ``Gate_3_north``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avrl_batch.scan.naming import date_partition, safe_component
 from avrl_batch.scan.timeline import TimelineConfig, events_from_windows, jpeg_thumbnail
 from avrl_batch.schema import CLASS_NAMES, ERRORS, WINDOWS
 
@@ -38,9 +39,9 @@ RECORDINGS: list[tuple[str, datetime | None, int, list[tuple[str, int, int]]]] =
     ("cam02", datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc), 60,
      [("arrest", 20, 28), ("fight", 24, 33)]),
     ("cam02", datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc), 60, []),
-    ("gate-3", datetime(2026, 3, 2, 18, 0, tzinfo=timezone.utc), 60,
+    ("Gate 3 (north)", datetime(2026, 3, 2, 18, 0, tzinfo=timezone.utc), 60,
      [("knockdown", 3, 6), ("fight", 40, 58)]),
-    ("gate-3", None, 40, [("shoot", 10, 12)]),
+    ("Gate 3 (north)", None, 40, [("shoot", 10, 12)]),
 ]
 
 
@@ -79,7 +80,7 @@ def _windows(camera: str, start: datetime | None, n: int, spans, source_uri: str
         probs[a : b + 1] *= 0.15
         probs[a : b + 1, k] += 0.85 * rng.uniform(0.8, 1.0, size=b - a + 1)
     probs /= probs.sum(axis=1, keepdims=True)
-    has_audio = camera != "gate-3"  # a camera without microphone
+    has_audio = camera != "Gate 3 (north)"  # a camera without microphone
     rows = []
     for i in range(n):
         k = int(np.argmax(probs[i]))
@@ -112,7 +113,7 @@ def write_output_tree(root: Path, *, seed: int = 0) -> OutputTree:
     for n, (camera, start, count, spans) in enumerate(RECORDINGS):
         stamp = start.strftime("%Y%m%dT%H%M%SZ") if start else f"nostart{n}"
         source_uri = f"s3://archive/{camera}/{camera}_{stamp}.mp4"
-        date = start.strftime("%Y-%m-%d") if start else "unknown"
+        date = date_partition(start)  # the scan sink's own naming
         windows = _windows(camera, start, count, spans, source_uri, rng)
         labels = windows["label"].to_pylist()
 
@@ -122,7 +123,7 @@ def write_output_tree(root: Path, *, seed: int = 0) -> OutputTree:
         events = events_from_windows(windows, TimelineConfig(), thumbnails=thumb)
         key = _key(source_uri)
         for table, data in (("windows", windows), ("events", events)):
-            d = root / table / f"date={date}" / f"camera={camera}"
+            d = root / table / f"date={date}" / f"camera={safe_component(camera)}"
             d.mkdir(parents=True, exist_ok=True)
             pq.write_table(data, d / f"{key}.parquet")
         tree.sources.append(source_uri)

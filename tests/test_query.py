@@ -71,7 +71,9 @@ T = parse_time
 FILTER_CASES = {
     "none": ("events", QueryFilters()),
     "labels": ("events", QueryFilters(labels=("fight", "shoot"))),
-    "camera+min_score": ("events", QueryFilters(cameras=("cam02", "gate-3"), min_score=0.85)),
+    "camera+min_score": (
+        "events", QueryFilters(cameras=("cam02", "Gate 3 (north)"), min_score=0.85)
+    ),
     "since-only (midnight-crossing recording)": (
         "windows", QueryFilters(since=T("2026-03-02T00:00:30Z"), until=T("2026-03-02T09:30:10Z"))
     ),
@@ -99,6 +101,9 @@ def test_partitions_are_pruned_before_reading(tree: Path) -> None:
     assert len(every) == 7
     cam = out.pruned_files("events", QueryFilters(cameras=("cam02",)))
     assert len(cam) == 2 and all("/camera=cam02/" in u for u in cam)
+    # a camera id that is not path-safe is found under the sink's safe partition name
+    gate = out.pruned_files("events", QueryFilters(cameras=("Gate 3 (north)",)))
+    assert len(gate) == 2 and all("/camera=Gate_3_north/" in u for u in gate)
     # until 2 March: the 2 March partitions go, date=unknown stays (its rows decide)
     early = out.pruned_files("windows", QueryFilters(until=T("2026-03-02")))
     dates = sorted(u.split("/date=")[1].split("/")[0] for u in early)
@@ -113,6 +118,26 @@ def test_partitions_are_pruned_before_reading(tree: Path) -> None:
     f = QueryFilters(since=T("2026-03-02T00:00:30Z"), cameras=("cam01",))
     mid = run_query(str(tree), table="windows", filters=f)
     assert "cam01_20260301T235900Z" in mid.column("source_uri")[0].as_py()
+
+
+def test_windows_of_an_unfinished_source_are_not_shown(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    write_output_tree(root)
+    marker = next(root.glob("events/date=2026-03-02/camera=cam02/*.parquet"))
+    marker.unlink()  # as if the scan died between the windows and the events write
+    got = run_query(str(root), table="windows", filters=QueryFilters(cameras=("cam02",)))
+    assert got.num_rows == 60  # only cam02's finished 1 March recording
+    assert set(got.column("source_uri").to_pylist()) == {
+        "s3://archive/cam02/cam02_20260301T120000Z.mp4"
+    }
+
+
+def test_relative_paths_and_file_uris(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    want = direct_read(tree, "windows", QueryFilters(cameras=("cam01",)))
+    f = QueryFilters(cameras=("cam01",))
+    assert run_query(tree.as_uri(), table="windows", filters=f).to_pylist() == want
+    monkeypatch.chdir(tree.parent)
+    assert run_query("out/", table="windows", filters=f).to_pylist() == want
 
 
 def test_limit_and_order(tree: Path) -> None:
@@ -140,9 +165,9 @@ def test_sql_joins_events_to_windows(tree: Path) -> None:
 def test_sql_sees_filtered_views(tree: Path) -> None:
     got = run_query(
         str(tree), sql="SELECT DISTINCT camera FROM windows ORDER BY 1",
-        filters=QueryFilters(cameras=("gate-3",)),
+        filters=QueryFilters(cameras=("Gate 3 (north)",)),
     )
-    assert got.column("camera").to_pylist() == ["gate-3"]
+    assert got.column("camera").to_pylist() == ["Gate 3 (north)"]
 
 
 def test_times_parse() -> None:

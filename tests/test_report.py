@@ -83,8 +83,8 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     bars = re.findall(r'<a href="#ev-([0-9a-f]+)" class="bar" data-event-id="\1"', dom)
     assert sorted(rows) == sorted(ids) and sorted(bars) == sorted(ids)
     assert dom.count('src="data:image/jpeg;base64,') == sum(1 for e in events if e["thumbnail"])
-    assert dom.count('<svg class="timeline"') == 4  # 3 cameras + gate-3's unknown-start file
-    for cam in ("cam01", "cam02", "gate-3"):
+    assert dom.count('<svg class="timeline"') == 4  # 3 cameras + one file with no start
+    for cam in ("cam01", "cam02", "Gate 3 (north)"):
         assert f'data-camera-count="{cam}"' in dom
     # error rows, with hostile text escaped (no <b> element made from a file name)
     assert dom.count("<tr data-error-source=") == 2
