@@ -93,3 +93,25 @@ def expected_indices(pts_s: Sequence[float], times: np.ndarray) -> list[int]:
     pts = np.asarray(pts_s)
     idx = np.searchsorted(pts, np.asarray(times) + 1e-6, side="right") - 1
     return [int(max(i, 0)) for i in idx]
+
+
+def make_rotated(dest: str | Path, *, n_frames: int, fps: int, degrees: int) -> Path:
+    """H.264 MP4 of index frames with a display matrix (a phone held sideways).
+
+    encode_av has no rotation option, so this writes the stream with PyAV directly.
+    """
+    import av
+
+    dest = Path(dest)
+    with av.open(str(dest), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.set_display_rotation(degrees)  # counter-clockwise, as VideoFrame.rotation
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return dest

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mediagen import expected_indices, make_indexed, read_indices, tone_audio
+from mediagen import (
+    expected_indices,
+    make_indexed,
+    make_rotated,
+    read_index,
+    read_indices,
+    tone_audio,
+)
 
 from avrl_batch.errors import AvrlError
 from avrl_batch.media import (
@@ -77,11 +84,16 @@ def test_vfr_frames_are_exact(media_dir: Path, ext: str) -> None:
         assert read_indices(frames) == expected_indices(pts, sample_times(start, end, T))
 
 
-def test_seek_into_ten_minute_file(media_dir: Path) -> None:
-    # 10 min at 5 fps, 64x64, GOP 10 s: encodes in about a second
-    path = make_indexed(
+@pytest.fixture(scope="module")
+def long_mp4(media_dir: Path) -> Path:
+    """10 min at 5 fps, 64x64, GOP 10 s, no audio: encodes in about a second."""
+    return make_indexed(
         media_dir / "long.mp4", n_frames=3000, fps=5, gop=50, video_options={"preset": "ultrafast"}
     )
+
+
+def test_seek_into_ten_minute_file(long_mp4: Path) -> None:
+    path = long_mp4
     assert probe(path).duration_s == pytest.approx(600.0)
     stats = DecodeStats()
     frames = decode_frames(path, 300.0, 304.0, 8, 64, stats=stats)
@@ -276,3 +288,53 @@ def test_caps(cfr_mp4: Path) -> None:
                 caps=MediaCaps(max_streams=1),
             )
         )
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_rotation_is_applied(media_dir: Path, degrees: int) -> None:
+    path = make_rotated(media_dir / f"rot{degrees}.mp4", n_frames=20, fps=10, degrees=degrees)
+    assert probe(path).rotation == degrees % 360
+    frames = decode_frames(path, 0.5, 1.5, 4, 32)
+    # the display matrix says: turn the coded picture counter-clockwise by `degrees`;
+    # undoing that turn gives back the coded index pattern
+    unturned = [np.rot90(f, k=-(degrees % 360) // 90) for f in frames]
+    assert [read_index(f) for f in unturned] == [5, 7, 10, 12]
+    assert read_indices(frames) != [5, 7, 10, 12]  # the turn did change the picture
+
+
+def test_cli_probe(cfr_mp4: Path, media_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from avrl_batch.cli import main
+
+    main(["probe", str(cfr_mp4), "--json"])
+    row = json.loads(capsys.readouterr().out)
+    assert (row["video_codec"], row["has_audio"], row["duration_s"]) == ("h264", True, 20.0)
+    bad = media_dir / "cli_noise.mp4"
+    bad.write_bytes(b"hello, not a video" * 100)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not a media file" in err and "\n" not in err
+
+
+def test_storage_reader_source(media_dir: Path) -> None:
+    # storage.open_source's reader (what S3 objects come as) decodes like the path and,
+    # seeking, reads a small part of the file for a 4 s span of 60 s
+    from avrl_batch.storage import open_source
+
+    rng = np.random.default_rng(5)
+    noisy = media_dir / "noisy.mp4"  # incompressible frames: bytes spread over the file
+    encode_av(
+        noisy,
+        (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(600)),
+        fps=10,
+        gop=20,
+        video_options={"preset": "ultrafast"},
+    )
+    with open_source(str(noisy)) as f:
+        frames = decode_frames(f, 30.0, 34.0, 8, 32)
+        size = noisy.stat().st_size
+        assert f.bytes_read < 0.2 * size, (f.bytes_read, size)  # span + GOP = 6/60 of it
+    np.testing.assert_array_equal(frames, decode_frames(noisy, 30.0, 34.0, 8, 32))

@@ -1,5 +1,6 @@
-"""Typed media errors. Nothing else leaves the decode entry points (probe, decode_frames,
-iter_windows, decode_audio): FFmpeg/PyAV errors and anything unexpected are wrapped."""
+"""Typed media errors. Nothing but AvrlErrors leaves the decode entry points (probe,
+decode_frames, iter_windows, decode_audio): FFmpeg/PyAV errors and anything unexpected become
+a MediaError; a StorageError raised by the file object (S3 read failed) passes through."""
 
 from __future__ import annotations
 
@@ -51,10 +52,15 @@ def source_name(src: Any) -> str:
     """A name for messages: the path, or a file object's ``uri``/``name``."""
     if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
         return str(src)
-    for attr in ("uri", "name"):
-        value = getattr(src, attr, None)
-        if isinstance(value, str) and value:
-            return value
+    # storage.open_source gives a BufferedReader over a raw reader that knows the URI
+    for obj in (src, getattr(src, "raw", None)):
+        for attr in ("uri", "name"):
+            try:
+                value = getattr(obj, attr, None)
+            except (AttributeError, ValueError):  # BufferedReader.name of a nameless raw
+                continue
+            if isinstance(value, str) and value:
+                return value
     return f"<{type(src).__name__}>"
 
 
@@ -65,7 +71,7 @@ def wrap_errors(source: str, *, stage: str = "decoding") -> Iterator[None]:
 
     try:
         yield
-    except MediaError:
+    except AvrlError:  # MediaError, or a StorageError from the reader: already typed
         raise
     except av.error.EOFError as exc:
         raise Truncated(
