@@ -14,8 +14,9 @@ event list with thumbnails; the failed sources.
 from __future__ import annotations
 
 import base64
+import bisect
 import html
-import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -36,6 +37,7 @@ _OTHER = "#777777"
 
 # SVG geometry (px in the viewBox; the SVG scales to the page width)
 _W, _LEFT, _RIGHT, _LANE, _TOP, _AXIS = 1100, 120, 48, 22, 8, 26
+_GAP_PX = 26  # width of a cut (a long stretch without footage) on a time axis
 
 
 @dataclass(frozen=True)
@@ -71,38 +73,65 @@ def _basename(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _ticks(lo: float, hi: float, timed: bool) -> list[tuple[float, str]]:
-    """About six round tick positions between lo and hi with their labels."""
+def _ticks(lo: float, hi: float, timed: bool, max_ticks: int) -> list[float]:
+    """Round tick positions in [lo, hi], at most about ``max_ticks`` of them."""
     span = max(hi - lo, 1e-9)
     steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
-             43200, 86400, 172800, 604800]
-    step = next((s for s in steps if span / s <= 7), steps[-1])
-    first = (int(lo // step) + 1) * step if lo % step else lo
+             43200, 86400, 172800, 604800, 2592000]
+    step = next((st for st in steps if span / st <= max_ticks), span)
+    v = math.ceil(lo / step) * step
     out = []
-    v = first
     while v <= hi + 1e-9:
-        if timed:
-            t = datetime.fromtimestamp(v, timezone.utc)
-            fmt = "%H:%M:%S" if step < 60 else "%H:%M"
-            if span > 86400 or t.strftime("%H:%M:%S") == "00:00:00":
-                fmt = "%m-%d %H:%M"
-            out.append((v, t.strftime(fmt)))
-        else:
-            out.append((v, f"{v:g} s"))
+        out.append(v)
         v += step
     return out
 
 
+def _tick_label(v: float, timed: bool, long_span: bool, fine: bool) -> str:
+    if not timed:
+        return f"{v:g} s"
+    t = datetime.fromtimestamp(v, timezone.utc)
+    clock = "%H:%M:%S" if fine else "%H:%M"
+    if long_span or t.strftime("%H:%M:%S") == "00:00:00":
+        return t.strftime("%m-%d " + clock)
+    return t.strftime(clock)
+
+
+def _clusters(intervals: list[tuple[float, float]]) -> list[list[float]]:
+    """Recorded intervals merged into stretches of the axis. A gap longer than all the
+    recorded time together (and than a minute) is cut out of the axis, so two short
+    recordings days apart are not squeezed into slivers; cuts are marked on the drawing."""
+    iv = sorted(intervals)
+    cut = max(60.0, sum(b - a for a, b in iv))
+    out = [list(iv[0])]
+    for a, b in iv[1:]:
+        if a - out[-1][1] > cut:
+            out.append([a, b])
+        else:
+            out[-1][1] = max(out[-1][1], b)
+    return out
+
+
 def _timeline_svg(
-    title: str, lanes: list[str], spans: list[dict[str, Any]], lo: float, hi: float, timed: bool
+    title: str, lanes: list[str], spans: list[dict[str, Any]], timed: bool
 ) -> str:
-    """One SVG: lane 0 is 'recorded'; ``spans`` have lane, x0, x1, colour, tip, event_id."""
+    """One SVG: lane 0 is 'recorded'; ``spans`` have lane, x0, x1, colour, tip, event_id.
+    Lane 0 spans define the axis (see ``_clusters``)."""
+    clusters = _clusters([(s["x0"], s["x1"]) for s in spans if s["lane"] == 0])
     height = _TOP + _LANE * len(lanes) + _AXIS
     inner = _W - _LEFT - _RIGHT
-    scale = inner / max(hi - lo, 1e-9)
+    total = max(sum(hi - lo for lo, hi in clusters), 1e-9)
+    scale = (inner - _GAP_PX * (len(clusters) - 1)) / total  # px per second, one scale
+    starts, pos = [], float(_LEFT)
+    for lo, hi in clusters:
+        starts.append(pos)
+        pos += (hi - lo) * scale + _GAP_PX
+    los = [lo for lo, _ in clusters]
 
     def x(v: float) -> float:
-        return _LEFT + (v - lo) * scale
+        i = max(bisect.bisect_right(los, v) - 1, 0)
+        lo, hi = clusters[i]
+        return starts[i] + (min(max(v, lo), hi) - lo) * scale
 
     parts = [
         f'<svg class="timeline" viewBox="0 0 {_W} {height}" width="100%" role="img" '
@@ -117,12 +146,34 @@ def _timeline_svg(
             f'class="lane">{_e(name)}</text>'
         )
     axis_y = _TOP + _LANE * len(lanes)
-    for v, label in _ticks(lo, hi, timed):
-        parts.append(
-            f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{_TOP}" y2="{axis_y + 4}" class="tick"/>'
-            f'<text x="{x(v):.1f}" y="{axis_y + 17}" text-anchor="middle" class="axis">'
-            f"{_e(label)}</text>"
-        )
+    long_span = timed and clusters[-1][1] - clusters[0][0] > 86400
+    last_label = -1e9
+    for i, (lo, hi) in enumerate(clusters):
+        width = (hi - lo) * scale
+        fine = (hi - lo) / max(1, int(width // 110)) < 60
+        ticks = [lo] + [v for v in _ticks(lo, hi, timed, max(1, int(width // 110)))
+                        if (v - lo) * scale >= 90]
+        for v in ticks:
+            xv = x(v)
+            parts.append(
+                f'<line x1="{xv:.1f}" x2="{xv:.1f}" y1="{_TOP}" y2="{axis_y + 4}" class="tick"/>'
+            )
+            if xv - last_label >= 90:  # keep labels from overlapping
+                last_label = xv
+                parts.append(
+                    f'<text x="{xv:.1f}" y="{axis_y + 17}" text-anchor="middle" class="axis">'
+                    f"{_e(_tick_label(v, timed, long_span, fine))}</text>"
+                )
+        if i + 1 < len(clusters):
+            gx = starts[i] + width
+            gap = clusters[i + 1][0] - hi
+            parts.append(
+                f'<g class="cut"><rect x="{gx + 3:.1f}" y="{_TOP}" width="{_GAP_PX - 6}" '
+                f'height="{axis_y - _TOP}" fill="#ffffff" stroke="#999" stroke-dasharray="3 3"/>'
+                f'<text x="{gx + _GAP_PX / 2:.1f}" y="{axis_y - 4}" text-anchor="middle" '
+                f'class="axis">≈</text><title>no footage for {_e(_fmt_dur(gap))} '
+                "(cut from the axis)</title></g>"
+            )
     for s in spans:
         y = _TOP + s["lane"] * _LANE + 3
         x0 = x(s["x0"])
@@ -194,7 +245,7 @@ def _camera_timelines(
         out.append(
             f'<section class="cam" data-camera="{_e(camera)}"><h3>{_e(title)} '
             f'<small>{_e(sub)} · {len(sources)} recording(s) · {len(evs)} event(s)</small></h3>'
-            + _timeline_svg(f"timeline of {camera}", lanes, spans, lo, hi, timed)
+            + _timeline_svg(f"timeline of {camera}", lanes, spans, timed)
             + "</section>"
         )
     return out
@@ -399,11 +450,24 @@ def _render(
             )
         h.append("</table>")
     if manifests:
-        h.append("<h2>Scans</h2><table><tr><th>scan</th><th>model</th><th>counts</th></tr>")
-        for m in manifests:
+        h.append(
+            "<h2>Scans</h2><table class='scans'><tr><th>scan</th><th>model</th><th>finished</th>"
+            "<th>sources ok / failed / skipped</th><th>windows</th><th>events</th>"
+            "<th>footage</th><th>footage h per h</th></tr>"
+        )
+        for m in sorted(manifests, key=lambda m: str(m.get("scan_id"))):
+            ok, failed, skipped = (m.get(k, "?") for k in
+                                   ("sources_ok", "sources_failed", "sources_skipped"))
+            footage = m.get("footage_s")
+            speed = m.get("footage_hours_per_hour")
             h.append(
                 f"<tr><td>{_e(m.get('scan_id'))}</td><td>{_e(m.get('model_id'))}</td>"
-                f"<td class='src'>{_e(json.dumps(m.get('counts', {}), sort_keys=True))}</td></tr>"
+                f"<td>{_e(m.get('finished_at', ''))}</td>"
+                f"<td class='num'>{_e(ok)} / {_e(failed)} / {_e(skipped)}</td>"
+                f"<td class='num'>{_e(m.get('windows', ''))}</td>"
+                f"<td class='num'>{_e(m.get('events', ''))}</td>"
+                f"<td class='num'>{_e(_fmt_dur(footage) if footage is not None else '')}</td>"
+                f"<td class='num'>{_e(f'{speed:.1f}' if speed is not None else '')}</td></tr>"
             )
         h.append("</table>")
     h.append(f"</main><script>{_JS}</script></body></html>")

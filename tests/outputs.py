@@ -146,14 +146,22 @@ def write_output_tree(root: Path, *, seed: int = 0) -> OutputTree:
                        root / "errors" / f"{_key(uri)}.parquet")
         tree.failed.append(uri)
     (root / "_scans").mkdir(parents=True, exist_ok=True)
+    # the keys the scan's manifest has (avrl_batch/scan/pipeline.py ScanSummary)
     manifest = {
         "scan_id": SCAN_ID,
         "model_id": MODEL_ID,
-        "source": "s3://archive/",
-        "started": "2026-03-05T12:00:00Z",
-        "finished": "2026-03-05T12:04:10Z",
-        "counts": {"sources": len(tree.sources) + len(failures), "ok": len(tree.sources),
-                   "failed": len(failures), "windows": tree.n_windows, "events": tree.n_events},
+        "started_at": "2026-03-05T12:00:00+00:00",
+        "finished_at": "2026-03-05T12:04:10+00:00",
+        "sources_listed": len(tree.sources) + len(failures),
+        "sources_ok": len(tree.sources),
+        "sources_failed": len(failures),
+        "sources_skipped": 0,
+        "windows": tree.n_windows,
+        "events": tree.n_events,
+        "footage_s": tree.n_windows * WINDOW_S,
+        "footage_hours_per_hour": 3.2,
+        "window_s": WINDOW_S,
+        "stride_s": WINDOW_S,
     }
     (root / "_scans" / f"{SCAN_ID}.json").write_text(json.dumps(manifest, indent=2))
     return tree
