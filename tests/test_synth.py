@@ -1,0 +1,149 @@
+"""The synthetic footage generator: determinism, manifest, media and ground truth (issue 3)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from avrl_batch.cli import main
+from avrl_batch.data.synth import SYNTH_PRESETS, render_clip, resolve_uri
+from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, CLIPS, GROUND_TRUTH
+
+REC_NAME = re.compile(r"(?P<camera>[^/]+)/(?P=camera)_(?P<ts>\d{8}T\d{6}Z)\.mp4$")
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def ci_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """`avrl synth OUT --preset ci --seed 1`, run twice into two folders."""
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path_factory.mktemp(name) / "synth"
+        main(["synth", str(out), "--preset", "ci", "--seed", "1"])
+        outs.append(out)
+    return outs[0], outs[1]
+
+
+def test_same_seed_gives_identical_tables_and_media(ci_twice: tuple[Path, Path]) -> None:
+    a, b = ci_twice
+    for name in ("manifest.parquet", "manifest.csv", "ground_truth.parquet", "ground_truth.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    da, db = _digest(a), _digest(b)
+    assert da.keys() == db.keys()
+    different = sorted(k for k in da if da[k] != db[k])
+    assert different == [], f"media not reproducible: {different[:5]}"
+
+
+def test_manifest_has_every_class_split_and_dark(ci_twice: tuple[Path, Path]) -> None:
+    root = ci_twice[0]
+    table = pq.read_table(root / "manifest.parquet")
+    assert table.schema.equals(CLIPS, check_metadata=False)
+    csv = pacsv.read_csv(root / "manifest.csv")
+    assert csv.column("uri").to_pylist() == table.column("uri").to_pylist()
+    rows = table.to_pylist()
+    p = SYNTH_PRESETS["ci"]
+    assert len(rows) == len(CLASS_NAMES) * (p.train_per_class + p.test_per_class)
+    for split in ("train", "test"):
+        labels = {r["label"] for r in rows if r["split"] == split}
+        assert labels == set(CLASS_NAMES), split
+        dark = [r for r in rows if r["split"] == split and r["dark"]]
+        assert dark and len(dark) < len([r for r in rows if r["split"] == split])
+    # URIs are relative to the manifest's folder, so the folder can be moved as a whole
+    assert all(not r["uri"].startswith("/") for r in rows)
+    assert len({r["seed"] for r in rows}) == len(rows)
+
+
+def test_clips_decode_with_expected_streams(ci_twice: tuple[Path, Path]) -> None:
+    import av
+
+    root = ci_twice[0]
+    p = SYNTH_PRESETS["ci"]
+    rows = pq.read_table(root / "manifest.parquet").to_pylist()
+    for r in rows:
+        path = resolve_uri(root / "manifest.parquet", r["uri"])
+        with av.open(path) as c:
+            v, a = c.streams.video[0], c.streams.audio[0]
+            assert (v.width, v.height) == (p.width, p.height)
+            assert a.sample_rate == p.sample_rate
+            assert float(c.duration / av.time_base) == pytest.approx(p.clip_s, abs=0.2)
+            n = sum(1 for _ in c.decode(video=0))
+            assert n == int(p.clip_s * p.fps)
+
+
+def test_recordings_names_ground_truth_and_silent_one(ci_twice: tuple[Path, Path]) -> None:
+    import av
+
+    root = ci_twice[0]
+    gt_path = root / "ground_truth.parquet"
+    gt = pq.read_table(gt_path)
+    assert gt.schema.equals(GROUND_TRUTH, check_metadata=False)
+    recs = sorted((root / "recordings").rglob("*.mp4"))
+    p = SYNTH_PRESETS["ci"]
+    assert len(recs) == p.cameras + 1
+    has_audio = {}
+    durations = {}
+    for rec in recs:
+        m = REC_NAME.search(rec.as_posix())
+        assert m, rec
+        start = datetime.strptime(m["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        assert start.year == 2026
+        uri = rec.relative_to(root).as_posix()
+        with av.open(str(rec)) as c:
+            durations[uri] = float(c.duration / av.time_base)
+            has_audio[uri] = bool(c.streams.audio)
+            assert c.streams.video[0].average_rate == p.fps
+    assert sorted(has_audio.values()) == [False] + [True] * p.cameras
+    assert durations[next(u for u, h in has_audio.items() if not h)] == pytest.approx(
+        p.silent_minutes * 60, abs=0.5
+    )
+    rows = gt.to_pylist()
+    assert {r["source_uri"] for r in rows} == set(durations)  # every recording has events
+    for r in rows:
+        assert r["label"] in ANOMALY_CLASSES
+        assert r["camera"] == REC_NAME.search(r["source_uri"])["camera"]
+        assert 0 < r["start_s"] < r["end_s"] <= durations[r["source_uri"]]
+    by_source: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        by_source.setdefault(r["source_uri"], []).append((r["start_s"], r["end_s"]))
+    for spans in by_source.values():
+        spans.sort()
+        # separated by normal footage
+        assert all(b[0] - a[1] >= 4.0 for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_cue_design_dark_hides_video_and_keeps_audio() -> None:
+    """Same seed, dark vs light: the frames lose most of their contrast, the audio is equal;
+    shoot and scatter share their motion but not their sound."""
+    p = SYNTH_PRESETS["ci"]
+    light_f, light_a = render_clip("fight", 7, p, dark=False)
+    dark_f, dark_a = render_clip("fight", 7, p, dark=True)
+    assert np.array_equal(light_a, dark_a)
+    assert np.mean(dark_f) < 0.3 * np.mean(light_f)
+
+    def crest(a: np.ndarray) -> float:
+        return float(np.abs(a).max() / np.sqrt(np.mean(a**2)))
+
+    shots = [crest(render_clip("shoot", s, p, False)[1]) for s in range(6)]
+    screams = [crest(render_clip("scatter", s, p, False)[1]) for s in range(6)]
+    assert np.median(shots) > np.median(screams)  # impulses vs sustained tones
+
+
+def test_unknown_preset_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", str(tmp_path / "x"), "--preset", "huge"])
+    assert exc.value.code == 2
+    assert "unknown synth preset 'huge'" in capsys.readouterr().err
