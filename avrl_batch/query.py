@@ -25,8 +25,9 @@ How a query runs:
 Filter meaning: ``--since``/``--until`` keep rows with ``since <= start_time < until``
 (rows with an unknown start time are dropped when either is given); ``--min-score`` is on
 ``peak_score`` for events and ``score`` for windows; ``--anomalies-only`` keeps windows
-whose top class is an anomaly (events are always anomalies). Errors have no camera, time,
-label or score: filters leave the ``errors`` view alone.
+whose top class is an anomaly (events are always anomalies). ``--camera unknown`` also
+matches rows with no camera id (the sink files them under ``camera=unknown``). Errors have
+no camera, time, label or score: filters leave the ``errors`` view alone.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ ORDER_BY: dict[str, str] = {
     "windows": "start_time NULLS LAST, camera, source_uri, window_index",
     "errors": "source_uri",
 }
+
+# what the sink calls a camera it could not tell (scan.naming.UNKNOWN)
+UNKNOWN_CAMERA = "unknown"
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -236,7 +240,11 @@ def row_filter(table: str, filters: QueryFilters) -> ds.Expression | None:
     if filters.labels:
         terms.append(f("label").isin(list(filters.labels)))
     if filters.cameras:
-        terms.append(f("camera").isin(list(filters.cameras)))
+        cam = f("camera").isin(list(filters.cameras))
+        if UNKNOWN_CAMERA in filters.cameras:
+            # the sink files rows without a camera id under camera=unknown: match them too
+            cam = cam | f("camera").is_null()
+        terms.append(cam)
     ts = pa.timestamp("us", tz="UTC")
     if filters.since is not None:
         terms.append(f("start_time") >= pa.scalar(filters.since, ts))

@@ -280,7 +280,8 @@ img.thumb{display:block;width:120px;border-radius:3px;background:#ddd}
 align-items:center;justify-content:center;border-radius:3px}
 .src{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
 tr.hidden,a.bar.hidden{display:none} tr:target{background:#fff5cc}
-.counts{display:flex;gap:48px;flex-wrap:wrap;align-items:flex-start} .empty{color:#666}
+td.when{white-space:nowrap} .empty{color:#666}
+.counts{display:flex;gap:48px;flex-wrap:wrap;align-items:flex-start}
 """
 
 _JS = """
@@ -426,7 +427,7 @@ def _render(
                 f'<tr id="ev-{_e(e["event_id"])}" data-event-id="{_e(e["event_id"])}" '
                 f'data-label="{_e(e["label"])}"><td>{thumb}</td>'
                 f'<td><span class="chip" style="background:{_colour(e["label"])}"></span>'
-                f'{_e(e["label"])}</td><td>{_e(e["camera"])}</td><td>{_e(when)}<br>'
+                f'{_e(e["label"])}</td><td>{_e(e["camera"])}</td><td class="when">{_e(when)}<br>'
                 f'<small>{e["start_s"]:.1f}–{e["end_s"]:.1f} s</small></td>'
                 f'<td class="num">{_e(_fmt_dur(e["end_s"] - e["start_s"]))}</td>'
                 f'<td class="num">{e["peak_score"]:.2f}</td>'

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from outputs import write_output_tree
@@ -44,7 +45,8 @@ def direct_read(root: Path, table: str, f: QueryFilters) -> list[dict[str, Any]]
         score = r["peak_score"] if table == "events" else r["score"]
         return (
             (not f.labels or r["label"] in f.labels)
-            and (not f.cameras or r["camera"] in f.cameras)
+            and (not f.cameras or r["camera"] in f.cameras
+                 or (r["camera"] is None and "unknown" in f.cameras))
             and (f.since is None or (st is not None and st >= f.since))
             and (f.until is None or (st is not None and st < f.until))
             and (f.min_score is None or score >= f.min_score)
@@ -130,6 +132,26 @@ def test_windows_of_an_unfinished_source_are_not_shown(tmp_path: Path) -> None:
     assert set(got.column("source_uri").to_pylist()) == {
         "s3://archive/cam02/cam02_20260301T120000Z.mp4"
     }
+
+
+def test_camera_unknown_matches_rows_without_a_camera(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    write_output_tree(root)
+    # a recording whose camera could not be told: null column, camera=unknown partition
+    src = next(root.glob("windows/date=unknown/camera=Gate_3_north/*.parquet"))
+    for table in ("windows", "events"):
+        path = root / table / "date=unknown" / "camera=Gate_3_north" / src.name
+        t = pq.read_table(path, schema=TABLES[table])
+        t = t.set_column(t.schema.get_field_index("camera"), "camera",
+                         pa.nulls(t.num_rows, pa.string()))
+        dest = root / table / "date=unknown" / "camera=unknown"
+        dest.mkdir(parents=True)
+        pq.write_table(t, dest / src.name)
+        path.unlink()
+    f = QueryFilters(cameras=("unknown",))
+    got = run_query(str(root), table="windows", filters=f)
+    assert got.num_rows == 40 and got.to_pylist() == direct_read(root, "windows", f)
+    assert run_query(str(root), filters=f).column("camera").to_pylist() == [None]
 
 
 def test_relative_paths_and_file_uris(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
