@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from scanhelp import check_outputs, make_archive, output_files, recording, tiny_model
@@ -238,7 +239,10 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 def test_scan_local_folder_layout_rerun_and_missing_audio(
-    ray_local: None, archive: tuple[Path, dict[str, str], Path], tmp_out: Path
+    ray_local: None,
+    archive: tuple[Path, dict[str, str], Path],
+    tmp_out: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     rec, files, model = archive
     cfg = ScanConfig(source=str(rec), model=str(model), out=str(tmp_out), segment_s=20.0)
@@ -288,6 +292,27 @@ def test_scan_local_folder_layout_rerun_and_missing_audio(
     new = set(after) - set(before)
     assert new == {f"_scans/{s2.scan_id}.json"}
     assert {k: after[k] for k in before} == before
+    # the CLI: --truth prints F1 of the events against ground truth (here: the scan's own
+    # events plus one invented miss, so precision 1 and recall n / (n + 1))
+    import json
+
+    from avrl_batch.cli import main
+
+    ev = pa.concat_tables([got[files[k]]["events"] for k in ("a", "b_noaudio")])
+    truth = pa.table({
+        "source_uri": [*ev["source_uri"].to_pylist(), files["a"]],
+        "label": [*ev["label"].to_pylist(), "shoot"],
+        "start_s": [*ev["start_s"].to_pylist(), 1000.0],
+        "end_s": [*ev["end_s"].to_pylist(), 1010.0],
+    })
+    pq.write_table(truth, tmp_out.parent / "truth.parquet")
+    capsys.readouterr()
+    main(["scan", str(rec), "--model", str(model), "--out", str(tmp_out), "--segment", "20",
+          "--truth", str(tmp_out.parent / "truth.parquet"), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert res["sources_skipped"] == 5 and res["match"]["fn"] == 1
+    assert res["match"]["tp"] == ev.num_rows  # each event matches itself (IoU 1)
+    assert res["match"]["fp"] == s.events - ev.num_rows  # other sources' events: not in truth
     # --dry-run plans without writing
     dry = run_scan(ScanConfig(source=str(rec), model=str(model), out=str(tmp_out / "dry"),
                               segment_s=20.0, dry_run=True))
@@ -356,14 +381,14 @@ def test_driver_killed_midway_then_rerun(
     _, _, model = archive
     rec = tmp_path / "rec"
     paths = [
-        str(recording(rec / f"cam{i:02d}" / f"cam{i:02d}_20260301T0{i}0000Z.mp4", 16, seed=i))
-        for i in range(8)
+        str(recording(rec / f"cam{i:02d}" / f"cam{i:02d}_20260301T0{i}0000Z.mp4", 12, seed=i))
+        for i in range(6)
     ]
     out = tmp_path / "out"
     address = ray.get_runtime_context().gcs_address
     cmd = [
         str(Path(sys.executable).with_name("avrl")), "scan", str(rec), "--model", str(model),
-        "--out", str(out), "--segment", "8", "--batch-size", "4", "--address", address, "--json",
+        "--out", str(out), "--segment", "6", "--batch-size", "4", "--address", address, "--json",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
@@ -380,9 +405,9 @@ def test_driver_killed_midway_then_rerun(
             proc.kill()
     done_first = len(list((out / "events").rglob("*.parquet")))
     assert 1 <= done_first < len(paths)
-    s = run_scan(ScanConfig(source=str(rec), model=str(model), out=str(out), segment_s=8.0))
+    s = run_scan(ScanConfig(source=str(rec), model=str(model), out=str(out), segment_s=6.0))
     assert s.sources_skipped == done_first
     assert s.sources_ok == len(paths) - done_first and s.sources_failed == 0
     got = check_outputs(str(out), paths)
     for p in paths:
-        assert got[p]["windows"]["window_index"].to_pylist() == list(range(8))
+        assert got[p]["windows"]["window_index"].to_pylist() == list(range(6))
