@@ -38,8 +38,9 @@ def connect(
 ) -> None:
     """Connect this process to Ray, or start a private local Ray. Idempotent.
 
-    - ``address=None`` and ``RAY_ADDRESS`` unset: start a local Ray (``num_cpus`` CPUs, or
-      all); the dashboard is off unless ``dashboard=True``, and then bound to 127.0.0.1.
+    - ``address=None`` and ``RAY_ADDRESS`` unset: start a private local Ray (``num_cpus``
+      CPUs, or all), never joining another cluster on this machine; the dashboard is off
+      unless ``dashboard=True``, and then bound to 127.0.0.1.
     - ``address=None`` and ``RAY_ADDRESS`` set (inside ``ray job submit``): join that cluster.
     - ``"auto"``: join the cluster started on this machine by ``ray start``.
     - ``"HOST:PORT"`` (GCS) or ``"ray://HOST:10001"`` (Ray Client): join that cluster.
@@ -58,7 +59,11 @@ def connect(
     address = address or os.environ.get("RAY_ADDRESS") or None
     common: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     if address is None:
+        # "local", not None: ray.init() without an address joins whatever cluster the last
+        # `ray start` on this machine announced in /tmp/ray (someone else's, in a shared CI
+        # box); a local run must get a private Ray of its own.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=dashboard,
             dashboard_host=LOCAL_HOST,
@@ -175,7 +180,16 @@ def job_argv(
     # "--" keeps a positional value that starts with "-" from being read as an option; it can
     # only go last, so the overrides' own positionals (if any) come before it.
     tail = ["--", *positional] if positional else []
-    return [command, *options, *overrides, *tail]
+    full = [command, *options, *overrides, *tail]
+    # Parse the result the way the CLI will, so an unknown option, a bad value or a missing
+    # argument fails here (at submit time) rather than minutes later on the cluster.
+    try:
+        cmd.make_context(command, full[1:])
+    except Exception as exc:
+        if not hasattr(exc, "format_message"):  # a click usage error (Typer vendors click)
+            raise
+        raise ConfigError(f"avrl {command} job: {exc.format_message()}") from None
+    return full
 
 
 def _scalar(value: Any, key: object) -> str:
