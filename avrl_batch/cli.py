@@ -61,4 +61,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run as `python -m avrl_batch.cli`: commands register on the imported module's `app`,
+    # not on this __main__ copy, so dispatch through the real module
+    from avrl_batch.cli import main as _main
+
+    _main()
