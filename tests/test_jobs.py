@@ -101,6 +101,7 @@ def _stop(pgid: int, temp_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[Head]:
+    # 4 logical CPUs on 2 cores: two tiny scan jobs run at once (an actor + decode tasks each)
     # a short private path: Ray's unix sockets live under it (108-byte limit)
     base = tempfile.mkdtemp(prefix="avrlray-", dir="/tmp")
     temp_dir = os.path.join(base, "ray")
@@ -112,7 +113,7 @@ def ray_head() -> Iterator[Head]:
             "--node-ip-address=127.0.0.1", f"--port={gcs}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-            "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -209,52 +210,54 @@ def test_scan_job_via_ray_job_submit_and_avrl_submit_matches_local_scan(
     from avrl_batch.cli import main
 
     root = footage["root"]
-    # the reference: a local `avrl scan` (this process's local Ray)
-    main(["scan", *_scan_args(footage, root / "out_local"), "--json"])
-    assert list((root / "out_local" / "_scans").glob("*.json"))
-
     # 1. the plain Ray CLI, as the README shows it
     cli_id = f"avrl-test-cli-{uuid.uuid4().hex[:8]}"
     excludes = json.dumps({"excludes": [".venv", ".git", "__pycache__", ".pytest_cache"]})
-    res = subprocess.run(
+    ray_cli = subprocess.Popen(
         [
             str(BIN / "ray"), "job", "submit", "--address", ray_head.address,
             "--submission-id", cli_id, "--working-dir", ".", "--runtime-env-json", excludes,
             "--", "python", "jobs/scan.py", "--config", "jobs/configs/scan.yaml",
             *_scan_args(footage, root / "out_ray_cli"),
         ],
-        cwd=ROOT, env=ray_head.env, capture_output=True, text=True, timeout=420,
+        cwd=ROOT, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    cli = _job_info(ray_head, cli_id)
-    assert cli["info"]["status"] == "SUCCEEDED", (res.stdout[-3000:], res.stderr[-3000:])
-    _assert_same_outputs(root / "out_ray_cli", root / "out_local")
-
     # 2. avrl submit, from a shell that holds AWS credentials: they must stay here
     submit_env = {**ray_head.env, "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
                   "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_SESSION_TOKEN": FAKE_SECRET + "-s"}
     avrl_id = f"avrl-test-submit-{uuid.uuid4().hex[:8]}"
-    res = subprocess.run(
+    avrl_submit = subprocess.Popen(
         [
             str(BIN / "avrl"), "submit", "scan", "--address", ray_head.address,
             "--submission-id", avrl_id, "--timeout", "400",
             "--", *_scan_args(footage, root / "out_avrl_submit"),
         ],
-        cwd=ROOT, env=submit_env, capture_output=True, text=True, timeout=420,
+        cwd=ROOT, env=submit_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
-    assert res.stdout.splitlines()[0] == avrl_id  # the job id comes first on stdout
-    assert "SUCCEEDED" in res.stderr
+    # the reference, while both jobs run: a local `avrl scan` on this process's local Ray
+    main(["scan", *_scan_args(footage, root / "out_local"), "--json"])
+    assert list((root / "out_local" / "_scans").glob("*.json"))
+
+    cli_out, cli_err = ray_cli.communicate(timeout=420)
+    cli = _job_info(ray_head, cli_id)
+    assert cli["info"]["status"] == "SUCCEEDED", (cli_out[-3000:], cli_err[-3000:])
+    _assert_same_outputs(root / "out_ray_cli", root / "out_local")
+
+    out, err = avrl_submit.communicate(timeout=420)
+    assert avrl_submit.returncode == 0, (out[-3000:], err[-3000:])
+    assert out.splitlines()[0] == avrl_id  # the job id comes first on stdout
+    assert f"job {avrl_id} SUCCEEDED" in err
     sub = _job_info(ray_head, avrl_id)
     assert sub["info"]["status"] == "SUCCEEDED"
     _assert_same_outputs(root / "out_avrl_submit", root / "out_local")
     # the job's log streamed to the submitter ends with the scan's JSON summary
-    assert '"sources_ok"' in res.stdout
+    assert '"sources_ok"' in out
 
     # issue 8: no credential in job metadata, runtime env, entrypoint, message or logs
     stored = json.dumps(sub) + json.dumps(cli)
     for secret in (FAKE_KEY_ID, FAKE_SECRET):
         assert secret not in stored
-        assert secret not in res.stdout + res.stderr
+        assert secret not in out + err + cli_out + cli_err
     assert sub["info"]["metadata"]["avrl_command"] == "scan"
     assert sub["info"]["entrypoint"].startswith("python jobs/scan.py --config jobs/configs/scan")
 
