@@ -19,6 +19,7 @@ import numpy as np
 
 from avrl_batch import storage
 from avrl_batch.errors import ConfigError, DataError
+from avrl_batch.train.loop import STATE_FILE
 from avrl_batch.train.prepare import PreparedData, load_prepared, read_split
 
 PATCHES = ("temporal", "spatial")
@@ -64,15 +65,33 @@ class EvalResult:
 
 
 def load_model_uri(uri: str, *, endpoint_url: str | None = None) -> Any:
-    """A model file from a local path or an object URI (``LoadedModel``)."""
+    """A ``LoadedModel`` from a model file (local path or object URI) or from a training
+    checkpoint folder (``OUT/checkpoints/epoch_NNNN``, local or S3)."""
     from avrl_batch.errors import StorageError, WeightsError
     from avrl_batch.modelfile import model_from_bytes
 
+    state_uri = storage.join(uri, STATE_FILE) if not uri.endswith(".avrl") else None
+    if state_uri is not None and storage.exists(state_uri, endpoint_url=endpoint_url):
+        return _load_checkpoint(state_uri, endpoint_url)
     try:
         data = storage.read_bytes(uri, endpoint_url=endpoint_url)
     except StorageError as exc:
         raise WeightsError(f"model file not found: {uri} ({exc})") from exc
     return model_from_bytes(data, source=uri)
+
+
+def _load_checkpoint(state_uri: str, endpoint_url: str | None) -> Any:
+    from avrl_batch.config import ModelConfig
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import LoadedModel, load_weights_only, model_id_for
+
+    state = load_weights_only(storage.read_bytes(state_uri, endpoint_url=endpoint_url), state_uri)
+    cfg = ModelConfig.from_dict(state["model_config"])
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    model.eval()
+    meta = {"checkpoint": state_uri, "epoch": int(state["epoch"]), "history": state["history"]}
+    return LoadedModel(model=model, cfg=cfg, model_id=model_id_for(cfg, state["model"]), meta=meta)
 
 
 def occlude(frames: np.ndarray, patch: str | None, ratio: float, seed: int = 0) -> np.ndarray:

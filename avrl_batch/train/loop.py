@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, tc.epochs + 1):
         _maybe_fail(config, epoch, rank, world)
+        t_epoch = time.monotonic()
         gen.manual_seed(tc.seed * 100_003 + epoch * 1009 + rank)  # flips differ per worker/epoch
         torch.manual_seed(tc.seed * 100_003 + epoch * 1009 + rank)  # audio dropout draws
 
@@ -196,12 +198,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_sum = torch.zeros(1, dtype=torch.float64)
         correct = torch.zeros(n_cls, dtype=torch.float64)
         total = torch.zeros(n_cls, dtype=torch.float64)
-        for batch in train_shard.iter_torch_batches(
+        batches = train_shard.iter_torch_batches(
             batch_size=local_batch,
             device="cpu",
             local_shuffle_buffer_size=8 * local_batch,
             local_shuffle_seed=tc.seed + epoch * 7919 + rank,
-        ):
+        )
+        data_wait = 0.0  # time blocked on the data stream: >> compute means data-bound
+        t_wait = time.monotonic()
+        for batch in batches:
+            data_wait += time.monotonic() - t_wait
             video, audio, has_audio, labels = batch_inputs(
                 batch, cfg, device, flip_p=tc.flip_p, generator=gen
             )
@@ -218,6 +224,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 loss.backward()
                 opt.step()
             _accumulate(loss, logits, labels, loss_sum, correct, total)
+            t_wait = time.monotonic()
+        data_wait += time.monotonic() - t_wait
+        t_train = time.monotonic() - t_epoch
         train_m = _metrics_from_counts(
             float(_all_reduce_sum(loss_sum)[0]),
             _all_reduce_sum(correct),
@@ -260,6 +269,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "val_clips": val_m["n"],
             "world_size": world,
             "resumed_from_epoch": resumed_from,
+            "epoch_s": time.monotonic() - t_epoch,
+            "train_s": t_train,
+            "data_wait_s": data_wait,
         }
         history.append(row)
         _report(row, history, epoch, rank, model, opt, sched, tc, cfg)

@@ -1,0 +1,258 @@
+"""Training and evaluation on real synthetic clips, a real local Ray and a real moto S3 server.
+
+One session fixture generates the `ci` synthetic clips (plus two corrupt files) and prepares
+them once; the tests then train the `tiny` preset for 2-3 epochs with two Ray Train workers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avrl_batch.cli import main
+from avrl_batch.config import TrainConfig, preset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def prepared_ci(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`ci` clips + a random-bytes file and a truncated clip, prepared once for the tiny preset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avrl_batch.data.synth import generate
+    from avrl_batch.schema import CLIPS
+    from avrl_batch.train.prepare import prepare
+
+    root = tmp_path_factory.mktemp("ci")
+    res = generate(root / "synth", preset="ci", seed=0, recordings=False)
+    manifest = pq.read_table(res.manifest_path).to_pylist()
+    first = root / "synth" / manifest[0]["uri"]
+    (root / "synth" / "random.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    data = first.read_bytes()
+    (root / "synth" / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    manifest += [
+        {"uri": "random.mp4", "label": "run", "split": "train", "dark": False, "seed": 0},
+        {"uri": "truncated.mp4", "label": "fight", "split": "test", "dark": False, "seed": 0},
+    ]
+    path = root / "synth" / "with_corrupt.parquet"
+    pq.write_table(pa.Table.from_pylist(manifest, schema=CLIPS), path)
+    lines: list[str] = []
+    out = root / "prepared"
+    prepared = prepare(str(path), str(out), preset("tiny"), log=lines.append)
+    return {"uri": str(out), "prepared": prepared, "log": lines, "n_manifest": len(manifest)}
+
+
+def test_prepare_lists_and_skips_corrupt_clips(prepared_ci: dict) -> None:
+    from avrl_batch.train.prepare import load_prepared, read_split
+
+    prepared = load_prepared(prepared_ci["uri"])
+    skipped = {s["uri"]: s["reason"] for s in prepared.skipped}
+    assert set(skipped) == {"random.mp4", "truncated.mp4"}
+    assert "NotMedia" in skipped["random.mp4"]
+    assert skipped["truncated.mp4"]  # a reason, whatever stage caught it
+    assert any("random.mp4" in line for line in prepared_ci["log"])
+    assert any("truncated.mp4" in line for line in prepared_ci["log"])
+    # every good clip made it: ci has 6 train + 3 test clips per class
+    assert sum(prepared.n_clips(s) for s in prepared.counts) == prepared_ci["n_manifest"] - 2
+    assert prepared.n_clips("val") == 9  # one per class carved from train (no val in ci)
+    test = read_split(prepared, "test")
+    assert test["frames"].shape == (27, 8, 48, 48, 3) and test["frames"].dtype == np.uint8
+    assert test["logmel"].shape == (27, 2, 96, 64) and test["logmel"].dtype == np.float16
+    assert test["has_audio"].all() and test["dark"].any() and test["frames"].std() > 0
+
+
+def test_cli_train_two_workers_then_evaluate(
+    prepared_ci: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Acceptance 1: prepare -> `avrl train --preset tiny --workers 2` -> `avrl evaluate`."""
+    from avrl_batch.modelfile import load_model
+
+    out = tmp_path / "run"
+    data = prepared_ci["uri"]
+    main(["train", data, "--out", str(out), "--preset", "tiny", "--workers", "2",
+          "--epochs", "2", "--batch-size", "8"])  # fmt: skip
+    loaded = load_model(out / "model.avrl")
+    history = loaded.meta["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["world_size"] == 2 for h in history)
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
+    assert sorted(p.name for p in (out / "checkpoints").glob("epoch_*")) == [
+        "epoch_0001",
+        "epoch_0002",
+    ]
+    err = capsys.readouterr().err
+    assert "epoch   1" in err and "epoch   2" in err  # the per-epoch progress lines
+
+    png = tmp_path / "confusion.png"
+    main(["evaluate", str(out / "model.avrl"), "--data", data, "--plot", str(png)])
+    table = capsys.readouterr().out
+    for name in loaded.cfg.class_names:
+        assert name in table
+    assert "mean" in table and "overall" in table and "27 clips" in table
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+    # --resume continues the finished run to a third epoch from the epoch-2 checkpoint
+    main(["train", data, "--out", str(out), "--preset", "tiny", "--workers", "2",
+          "--epochs", "3", "--batch-size", "8", "--resume"])  # fmt: skip
+    history = load_model(out / "model.avrl").meta["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[2]["resumed_from_epoch"] == 2
+
+    main(["evaluate", str(out / "model.avrl"), "--data", data, "--subset", "dark",
+          "--patch", "temporal", "--ratio", "0.5", "--json"])  # fmt: skip
+    (res,) = json.loads(capsys.readouterr().out)
+    assert res["subset"] == "dark" and res["patch"] == "temporal"
+    assert 0 < res["n"] < 27 and sum(res["per_class_n"].values()) == res["n"]
+
+
+def test_fault_injection_resumes_from_checkpoint_on_s3(
+    prepared_ci: dict,
+    tmp_path: Path,
+    s3_endpoint: str,
+    s3_bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Acceptance 3 and 4: checkpoints and model on S3 (moto); a worker raises once at epoch 2,
+    FailureConfig(max_failures=1) restarts the group from the epoch-1 checkpoint; evaluate
+    loads the S3 model file and the S3 checkpoint back."""
+    import boto3
+
+    from avrl_batch.train.trainer import train
+
+    out = f"s3://{s3_bucket}/runs/av"
+    marker = tmp_path / "failed-once"
+    rows: list[dict] = []
+    result = train(
+        prepared_ci["uri"],
+        out,
+        preset("tiny"),
+        TrainConfig(epochs=3, batch_size=8),
+        workers=2,
+        max_failures=1,
+        endpoint_url=s3_endpoint,
+        on_epoch=rows.append,
+        fail_at_epoch=2,
+        fail_marker=str(marker),
+    )
+    assert marker.read_text().startswith("failed at epoch 2 on rank 1")
+    # attempt 1 reported epoch 1 and died at the start of epoch 2; attempt 2 resumed there
+    assert [(r["epoch"], r["resumed_from_epoch"]) for r in rows] == [(1, 0), (2, 1), (3, 1)]
+    assert [h["resumed_from_epoch"] for h in result.history] == [0, 1, 1]
+
+    keys = {
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint)
+        .list_objects_v2(Bucket=s3_bucket)
+        .get("Contents", [])
+    }
+    for e in (1, 2, 3):
+        assert f"runs/av/checkpoints/epoch_{e:04d}/state.pt" in keys
+    assert "runs/av/model.avrl" in keys
+
+    capsys.readouterr()
+    main(["evaluate", f"{out}/model.avrl", "--data", prepared_ci["uri"], "--json",
+          "--endpoint-url", s3_endpoint, "--compare", f"{out}/checkpoints/epoch_0003"])  # fmt: skip
+    from_file, from_ckpt = json.loads(capsys.readouterr().out)
+    assert from_file["model_id"] == result.model_id
+    # the last checkpoint holds the same weights as the model file
+    assert from_ckpt["model_id"] == from_file["model_id"]
+    assert from_ckpt["per_class_acc"] == from_file["per_class_acc"] and from_file["n"] == 27
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP correctness
+
+
+def _ddp_one_step(config: dict) -> None:
+    """One forward/backward of a DDP-wrapped model on this worker's slice of a fixed batch."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from avrl_batch.config import ModelConfig
+    from avrl_batch.model import build_model
+    from avrl_batch.train.loop import batch_inputs, forward_loss
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = ModelConfig.from_dict(config["model"])
+    torch.manual_seed(0)
+    model = ray.train.torch.prepare_model(build_model(cfg))
+    model.eval()  # BatchNorm on running statistics: see test_ddp_step_equals_single_process
+    batch = torch.load(config["batch_file"], weights_only=True)
+    b = batch["label"].shape[0] // world
+    local = {k: v[rank * b : (rank + 1) * b] for k, v in batch.items()}
+    video, audio, has_audio, labels = batch_inputs(local, cfg, torch.device("cpu"))
+    loss, _ = forward_loss(model, video, audio, has_audio, labels)
+    loss.backward()  # DDP all-reduces (averages) the gradients here
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    grads = {n: p.grad.detach().clone() for n, p in model.module.named_parameters()}
+    torch.save({"loss": mean_loss, "grads": grads}, f"{config['out_prefix']}{rank}.pt")
+    ray.train.report({"loss": float(mean_loss)})
+
+
+def test_ddp_step_equals_single_process(tmp_path: Path, ray_local: None) -> None:
+    """Acceptance 5: one step on 2 DDP workers with global batch B (B/2 each) gives the loss and
+    gradients of 1 process with batch B.
+
+    BatchNorm is why the check runs the model in eval mode: in training mode each worker
+    normalises with the statistics of its own B/2 clips, so the 2-worker loss is a different
+    function from the 1-worker one (that is what DDP without SyncBatchNorm does, not a bug).
+    With running statistics every sample's output depends on that sample alone; the mean of
+    the two half-batch mean losses is then the full-batch mean loss, and DDP's averaged
+    gradient must equal the full-batch gradient. That is the property DDP has to get right.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from avrl_batch.model import build_model
+    from avrl_batch.train.loop import batch_inputs, forward_loss
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfg = preset("tiny")
+    gen = torch.Generator().manual_seed(1)
+    b = 8
+    batch = {
+        "frames": torch.randint(0, 256, (b, cfg.frames, cfg.size, cfg.size, 3), generator=gen).to(
+            torch.uint8
+        ),
+        "logmel": torch.randn(b, cfg.audio_examples, 96, 64, generator=gen).to(torch.float16),
+        "label": torch.arange(b) % cfg.num_classes,
+        "has_audio": torch.tensor([True, False] * (b // 2)),
+    }
+    torch.save(batch, tmp_path / "batch.pt")
+
+    TorchTrainer(
+        _ddp_one_step,
+        train_loop_config={
+            "model": cfg.to_dict(),
+            "batch_file": str(tmp_path / "batch.pt"),
+            "out_prefix": str(tmp_path / "rank"),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=ray.train.RunConfig(name="ddp", storage_path=str(tmp_path / "ray")),
+    ).fit()
+
+    torch.manual_seed(0)
+    single = build_model(cfg).eval()
+    video, audio, has_audio, labels = batch_inputs(batch, cfg, torch.device("cpu"))
+    loss, _ = forward_loss(single, video, audio, has_audio, labels)
+    loss.backward()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+        assert set(got["grads"]) == {n for n, _ in single.named_parameters()}
+        for name, p in single.named_parameters():
+            torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
+    shutil.rmtree(tmp_path / "ray", ignore_errors=True)
