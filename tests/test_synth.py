@@ -147,3 +147,20 @@ def test_unknown_preset_is_a_one_line_error(tmp_path: Path, capsys) -> None:
         main(["synth", str(tmp_path / "x"), "--preset", "huge"])
     assert exc.value.code == 2
     assert "unknown synth preset 'huge'" in capsys.readouterr().err
+
+
+def test_day_long_plan_and_event_lookup_match_brute_force() -> None:
+    """A 24-hour recording plan: events in order, separated, and the streaming writer's
+    bisect lookup finds exactly the events a full scan finds."""
+    from avrl_batch.data.synth import _EventCache, plan_recording
+
+    events = plan_recording(3, 24 * 3600.0, 24 * 60, fps=10)
+    anomalies = [e for e in events if e.label in ANOMALY_CLASSES]
+    assert len(anomalies) == 24 * 60
+    assert {e.label for e in anomalies} == set(ANOMALY_CLASSES)
+    assert all(a.end_s <= b.start_s for a, b in zip(events, events[1:], strict=False))
+    cache = _EventCache(events, fps=10, sr=16_000)
+    rng = np.random.default_rng(0)
+    for t0 in rng.uniform(0, 24 * 3600.0, 2000):
+        brute = [k for k, e in enumerate(events) if e.start_s < t0 + 1.0 and e.end_s > t0]
+        assert list(cache.overlapping(t0, t0 + 1.0)) == brute

@@ -56,7 +56,7 @@ def audio_features(wave: np.ndarray) -> np.ndarray:
     bands = np.stack(
         [
             spec[:, (freqs >= lo) & (freqs < hi)].sum(1)
-            for lo, hi in zip(edges, edges[1:], strict=True)
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True)
         ],
         1,
     )  # (n, N_BANDS)
@@ -68,31 +68,65 @@ def audio_features(wave: np.ndarray) -> np.ndarray:
     )
 
 
+def _blobs(mask: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Centroids (N, 2) and width/height ratios of the connected regions of a binary mask."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros((0, 2)), []
+    idx = np.arange(1, n + 1)
+    cents = np.array(ndimage.center_of_mass(mask, lab, idx)).reshape(n, 2)
+    ratios = [
+        (sl[1].stop - sl[1].start) / (sl[0].stop - sl[0].start)
+        for sl in ndimage.find_objects(lab)
+        if sl is not None
+    ]
+    return cents, ratios
+
+
 def video_features(frames: np.ndarray) -> np.ndarray:
+    """Motion and figure statistics: people are what differs from the clip's median frame."""
     t, h, w = frames.shape
     diff = np.abs(np.diff(frames, axis=0))  # (T-1, H, W)
     energy = diff.mean((1, 2))
-    grid = diff.reshape(t - 1, 4, h // 4, 4, w // 4).mean((2, 4))  # (T-1, 4, 4)
-    # motion spread: how far moving pixels are from their centroid, per frame
-    ys, xs = np.mgrid[0:h, 0:w] / max(h, w)
-    wgt = diff / (diff.sum((1, 2), keepdims=True) + 1e-9)
-    cy, cx = (wgt * ys).sum((1, 2)), (wgt * xs).sum((1, 2))
-    spread = np.sqrt(
-        (wgt * ((ys - cy[:, None, None]) ** 2 + (xs - cx[:, None, None]) ** 2)).sum((1, 2))
-    )
-    q = np.array_split(energy, 4)
-    return np.concatenate(
+    bg = np.median(frames, axis=0)  # (H, W) the empty scene, people move
+    dev = np.abs(frames - bg)  # (T, H, W)
+    noise = 1.4826 * np.median(dev) + 1e-3
+    counts, moving, lin, spread, ratio = [], [], [], [], []
+    for i in range(t):
+        cents, ratios = _blobs(dev[i] > max(4 * noise, 0.03))
+        counts.append(len(cents))
+        ratio.append(max(ratios) if ratios else 0.0)
+        if len(cents) >= 3:
+            ev = np.linalg.eigvalsh(np.cov(cents.T))  # ascending
+            lin.append(ev[0] / (ev[1] + 1e-6))
+        if len(cents) >= 2:
+            spread.append(float(np.linalg.norm(cents - cents.mean(0), axis=1).mean()) / h)
+        if i:
+            moving.append(len(_blobs(diff[i - 1] > max(4 * noise, 0.03))[0]))
+    counts_a, moving_a = np.array(counts, float), np.array(moving, float)
+    sp = np.array(spread) if spread else np.zeros(2)
+    third = max(len(sp) // 3, 1)
+    return np.array(
         [
-            [energy.mean(), energy.max(), energy.std(), frames.mean(), frames.std()],
-            [x.mean() for x in q],
-            [
-                spread.mean(),
-                spread.max(),
-                spread[-len(spread) // 3 :].mean() - spread[: len(spread) // 3].mean(),
-            ],
-            np.sort(grid.max(0).reshape(-1)),
-            np.sort(grid.std(0).reshape(-1)),
-            [np.abs(np.diff(cx)).mean(), np.abs(np.diff(cy)).mean()],
+            energy.mean(),
+            energy.max(),
+            energy.std(),
+            frames.mean(),
+            noise,
+            counts_a.mean(),
+            counts_a.max(),
+            counts_a.std(),
+            moving_a.mean(),
+            moving_a.max(),
+            np.median(lin) if lin else 1.0,
+            sp.mean(),
+            sp[-third:].mean() - sp[:third].mean(),
+            np.median(ratio),
+            max(ratio),
+            ratio[-1] - ratio[0],
+            (diff > max(4 * noise, 0.03)).mean(),
         ]
     )
 

@@ -15,6 +15,7 @@ What each class looks and sounds like is in ``scenes.CLASS_CUES``.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -241,6 +242,7 @@ class _EventCache:
     def __init__(self, events: list[PlannedEvent], fps: int, sr: int, keep: int = 4) -> None:
         self.events, self.fps, self.sr, self.keep = events, fps, sr, keep
         self.live: dict[int, tuple[Episode, float]] = {}
+        self.starts = [e.start_s for e in events]
 
     def get(self, k: int) -> tuple[Episode, float]:
         if k not in self.live:
@@ -255,13 +257,12 @@ class _EventCache:
         return self.live[k]
 
     def overlapping(self, t0: float, t1: float) -> Iterator[int]:
-        # events are sorted by start and never overlap; a linear scan of a short list is
-        # fine for hours of footage (tens of events per hour)
-        for k, ev in enumerate(self.events):
-            if ev.start_s >= t1:
-                break
-            if ev.end_s > t0:
-                yield k
+        # events are sorted by start and never overlap, so only the last one starting
+        # before t1 and its predecessor can reach into [t0, t1) (a 24-hour file has ~1,700)
+        k = bisect.bisect_left(self.starts, t1) - 1
+        for j in (k - 1, k):
+            if j >= 0 and self.events[j].end_s > t0:
+                yield j
 
 
 class _Passersby:
