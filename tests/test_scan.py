@@ -95,6 +95,7 @@ def test_segments_are_window_aligned_and_cover_every_window_once(
         assert b - a <= max(segment, stride) + 1e-9
     assert ranges[-1][1] == duration
     assert segment_ranges(None, stride, segment) == [(0.0, math.inf)]
+    assert segment_ranges(0.0, stride, segment) == [(0.0, 0.0)]  # one (empty) segment
 
 
 def test_decode_by_segments_equals_one_pass(tmp_path: Path) -> None:

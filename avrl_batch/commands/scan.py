@@ -217,6 +217,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     t.add_row("footage scanned (h)", f"{r['footage_s'] / 3600:.3f}")
     t.add_row("wall time (s)", f"{r['wall_s']:.1f}")
     t.add_row("throughput (h footage / h)", f"{r['footage_hours_per_hour']:.1f}")
+    for role, mb in r.get("peak_rss_mb", {}).items():
+        t.add_row(f"peak RSS {role} (MiB)", f"{mb:.0f}")
     console.print(t)
     for e in r["errors"]:
         console.print(f"[red]failed[/red] {e['source_uri']}: {e['stage']}: {e['error_type']}: "

@@ -12,6 +12,7 @@ the driver is bounded by the sources in flight, not by the archive.
 
 from __future__ import annotations
 
+import resource
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,8 @@ class ScanSummary:
     errors: list[dict[str, str]] = field(default_factory=list)
     infer_nodes: dict[str, int] = field(default_factory=dict)  # node id -> windows inferred
     decode_nodes: dict[str, int] = field(default_factory=dict)  # node id -> segments decoded
+    # peak resident memory (MiB) of any decode worker / inference actor / the driver
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
     # source URIs by outcome: ok / failed / skipped (the manifest's record of the scan)
     sources: dict[str, list[str]] = field(default_factory=dict)
@@ -103,7 +106,15 @@ def _decode_rows(row: dict[str, Any], spec: Any, endpoint_url: str | None) -> An
     node = ray.get_runtime_context().get_node_id()
     for out in decode_segment(row, spec, endpoint_url=endpoint_url):
         out["decode_node"] = node
+        # the worker's peak RSS so far, on the trailer: memory per task must not grow with
+        # the file (bounded by the segment), and the summary shows it
+        out["rss_mb"] = peak_rss_mb() if out["kind"] != "window" else 0.0
         yield out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _probe_all(
@@ -362,6 +373,11 @@ def _execute(
             )
         summary.infer_nodes = dict(assembler.node_windows)
         summary.decode_nodes = dict(assembler.node_segments)
+        summary.peak_rss_mb = {
+            "decode": round(assembler.peak_rss["decode"], 1),
+            "infer": round(assembler.peak_rss["infer"], 1),
+        }
+    summary.peak_rss_mb["driver"] = round(peak_rss_mb(), 1)
     summary.events_by_label = dict(sorted(by_label.items()))
     summary.sources["ok"] = ok_uris
     summary.sources["failed"] = [e["source_uri"] for e in summary.errors]

@@ -189,7 +189,8 @@ def segment_ranges(
     if duration_s is None or not math.isfinite(duration_s):
         return [(0.0, math.inf)]
     if duration_s <= 0:
-        return []
+        # still one segment: its trailer (zero windows) is what completes the source
+        return [(0.0, 0.0)]
     per = max(1, math.floor(segment_s / stride_s + 1e-9))  # strides per segment
     n_windows = max(1, math.ceil(duration_s / stride_s - 1e-9))  # window starts < duration
     out = []

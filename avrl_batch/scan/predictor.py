@@ -9,6 +9,7 @@ driver stays a few hundred bytes per window.
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ PASS_THROUGH = (
     "error_type",
     "message",
     "decode_node",
+    "rss_mb",
 )
 
 
@@ -96,4 +98,8 @@ class Predictor:
         out["probs"] = probs
         out["thumbnail"] = thumbs
         out["infer_node"] = np.full(n, self.node_id, dtype=object)
+        # this actor's peak RSS (MiB), for the scan summary
+        out["infer_rss_mb"] = np.full(
+            n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, np.float64
+        )
         return out

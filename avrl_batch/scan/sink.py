@@ -242,10 +242,14 @@ class SourceAssembler:
         self.scan_id = scan_id
         self.node_windows: dict[str, int] = {}  # infer node id -> windows
         self.node_segments: dict[str, int] = {}  # decode node id -> segments
+        self.peak_rss = {"decode": 0.0, "infer": 0.0}  # MiB, max over workers
 
     def add_batch(self, batch: dict[str, np.ndarray]) -> list[FinishedSource]:
         done: list[str] = []
         n = len(batch["kind"])
+        for name, col in (("decode", "rss_mb"), ("infer", "infer_rss_mb")):
+            if col in batch and n:
+                self.peak_rss[name] = max(self.peak_rss[name], float(np.max(batch[col])))
         for i in range(n):
             key = str(batch["key"][i])
             p = self.pending.get(key)
