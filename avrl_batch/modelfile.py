@@ -66,6 +66,7 @@ def _serialise(
     model: torch.nn.Module, cfg: ModelConfig, meta: dict[str, Any] | None
 ) -> tuple[bytes, str]:
     inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    inner = getattr(inner, "_orig_mod", inner)  # and torch.compile
     state = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
     try:  # only JSON-like metadata is loadable with weights_only=True
         meta_plain = json.loads(json.dumps(meta or {}))

@@ -157,8 +157,10 @@ def video_input(
 
     Run it after the host-to-device copy: uint8 crosses the bus at a quarter of float32's bytes.
     """
-    if frames.dim() != 5 or frames.shape[-1] != 3:
-        raise ValueError(f"expected frames (B, T, H, W, 3), got {tuple(frames.shape)}")
+    if frames.dim() != 5 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(
+            f"expected uint8 frames (B, T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}"
+        )
     x = frames.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W), still uint8
     x = x.to(torch.float32).div_(255.0)
     m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
