@@ -106,6 +106,7 @@ def test_cli_train_two_workers_then_evaluate(
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[2]["resumed_from_epoch"] == 2
 
+    capsys.readouterr()
     main(["evaluate", str(out / "model.avrl"), "--data", data, "--subset", "dark",
           "--patch", "temporal", "--ratio", "0.5", "--json"])  # fmt: skip
     (res,) = json.loads(capsys.readouterr().out)

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 
 
 def init_ray(address: str | None = None) -> None:
-    """Start or join Ray once per process.
+    """Start or join Ray once per process (``avrl_batch.cluster.connect``): ``None`` gives a
+    private local Ray with this machine's CPUs (or joins ``RAY_ADDRESS`` inside a Ray job);
+    ``"auto"``, ``HOST:PORT`` or ``ray://HOST:10001`` join that cluster. An already initialised
+    Ray (a test's, a job's) is reused as it is."""
+    from avrl_batch.cluster import connect
 
-    ``None``: a local Ray with this machine's CPUs (or the cluster named by ``RAY_ADDRESS``);
-    ``"auto"``: the running cluster this node belongs to; ``ray://host:10001``: a remote cluster
-    through Ray Client. An already initialised Ray (a test's, a job's) is reused as it is.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict = {"configure_logging": False, "log_to_driver": False}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs["include_dashboard"] = False
-    ray.init(address=address, **kwargs)
+    connect(address)
 
 
 def quiet_ray_data() -> None:

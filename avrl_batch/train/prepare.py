@@ -310,6 +310,7 @@ def prepare(
     Corrupt or unreadable clips are skipped and listed (``log`` and ``skipped`` in the JSON).
     """
     import ray
+    from ray.data.expressions import col
 
     from avrl_batch.train.cluster import init_ray, quiet_ray_data
 
@@ -342,7 +343,7 @@ def prepare(
     shard_root = storage.join(out_uri, "shards", prepare_id)
     fs, fs_path = storage.filesystem(shard_root, endpoint_url=endpoint_url)
     (
-        ds.filter(expr="error == ''")
+        ds.filter(expr=col("error") == "")
         .drop_columns(["error"])
         .write_parquet(fs_path, filesystem=fs, partition_cols=["split"])
     )
@@ -413,8 +414,10 @@ def read_split(
         col = table.column(name).combine_chunks()
         if isinstance(col.type, pa.ExtensionType):  # Ray registered its tensor type
             col = col.storage
-        values = col.flatten().to_numpy(zero_copy_only=False)
-        return values.astype(dtype, copy=False).reshape((n, *shape))
+        values = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        if not values.flags.writeable:  # Arrow buffers are read-only; torch wants writable
+            values = values.copy()
+        return values.reshape((n, *shape))
 
     return {
         "frames": tensor("frames", (t, s, s, 3), np.uint8),  # (N, T, H, W, 3)

@@ -119,17 +119,20 @@ def train(
         paths = [
             storage.filesystem(u, endpoint_url=endpoint_url)[1] for u in prepared.shard_uris(split)
         ]
-        ds = ray.data.read_parquet(
-            paths, filesystem=data_fs, columns=list(TENSOR_COLUMNS), partitioning=None
-        )
         size = sum(i.size or 0 for i in data_fs.get_file_info(paths))
-        # Shards that fit easily in the object store are read once and kept there: each
+        # Shards that fit easily in the object store are read once, here, and kept there: each
         # epoch's streaming_split then hands out blocks instead of re-reading storage with new
-        # read tasks (on a small machine their start-up dominated epoch time). Larger data
-        # sets stream from storage every epoch, as memory needs.
+        # read tasks (on a small machine their start-up dominated the epoch). Larger data sets
+        # stream from storage every epoch with parallel read tasks, as memory needs.
         if 3 * size < 0.2 * store:  # x3: Parquet compression
-            ds = ds.materialize()
-        return ds
+            import pyarrow.parquet as pq
+
+            cols = list(TENSOR_COLUMNS)
+            return ray.data.from_arrow(
+                [pq.read_table(p, filesystem=data_fs, columns=cols) for p in paths]
+            )
+        ds = ray.data.read_parquet(paths, filesystem=data_fs, partitioning=None)
+        return ds.select_columns(list(TENSOR_COLUMNS))
 
     progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
     run_config = ray.train.RunConfig(

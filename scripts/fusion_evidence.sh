@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fusion evidence (issue 4, acceptance 2), the synthetic counterpart of the paper's Table V:
+# train the same tiny AVRL as audio-visual (concat), video-only and audio-only on the `bench`
+# synthetic clips, then compare mean per-class top-1 accuracy on the test split and on its dark
+# subset. Passes when AV beats both single-modality models by >= 5 points and the AV-minus-video
+# gain is larger on the dark subset than on the whole test set.
+#
+#   scripts/fusion_evidence.sh [OUT] [EPOCHS]        (defaults: fusion-evidence, 30)
+#
+# Environment: WORKERS (Ray Train workers per run, default 1), SEED (default 0).
+set -euo pipefail
+OUT=${1:-fusion-evidence}
+EPOCHS=${2:-30}
+WORKERS=${WORKERS:-1}
+SEED=${SEED:-0}
+AVRL=${AVRL:-avrl}
+
+mkdir -p "$OUT"
+[ -f "$OUT/synth/manifest.parquet" ] || "$AVRL" synth "$OUT/synth" --preset bench --seed "$SEED" --no-recordings
+[ -f "$OUT/prepared/prepared.json" ] || "$AVRL" prepare "$OUT/synth/manifest.parquet" --out "$OUT/prepared" --preset tiny
+for modality in av video audio; do
+  [ -f "$OUT/$modality/model.avrl" ] && continue
+  "$AVRL" train "$OUT/prepared" --out "$OUT/$modality" --preset tiny --modality "$modality" \
+    --epochs "$EPOCHS" --workers "$WORKERS" --batch-size 12 --seed "$SEED"
+done
+models=("$OUT/av/model.avrl" --compare "$OUT/video/model.avrl" --compare "$OUT/audio/model.avrl")
+"$AVRL" evaluate "${models[@]}" --data "$OUT/prepared" --plot "$OUT/confusion.png"
+"$AVRL" evaluate "${models[@]}" --data "$OUT/prepared" --subset dark
+"$AVRL" evaluate "${models[@]}" --data "$OUT/prepared" --json > "$OUT/test.json"
+"$AVRL" evaluate "${models[@]}" --data "$OUT/prepared" --subset dark --json > "$OUT/dark.json"
+
+python - "$OUT" <<'EOF'
+import json, sys
+out = sys.argv[1]
+full = {r["modality"]: 100 * r["mean_class_acc"] for r in json.load(open(f"{out}/test.json"))}
+dark = {r["modality"]: 100 * r["mean_class_acc"] for r in json.load(open(f"{out}/dark.json"))}
+print("| model | test mean per-class acc (%) | dark subset (%) |")
+print("|---|---|---|")
+for m in ("av", "video", "audio"):
+    print(f"| {m} | {full[m]:.1f} | {dark[m]:.1f} |")
+gain_full, gain_dark = full["av"] - full["video"], dark["av"] - dark["video"]
+ok = full["av"] >= full["video"] + 5 and full["av"] >= full["audio"] + 5 and gain_dark > gain_full
+print(f"AV - video: {gain_full:+.1f} on test, {gain_dark:+.1f} on dark; "
+      f"AV - audio: {full['av'] - full['audio']:+.1f}  -> {'PASS' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+EOF
