@@ -166,19 +166,28 @@ def test_add_fusion_needs_equal_feature_sizes() -> None:
 
 
 def test_tiny_training_step_is_well_under_a_second() -> None:
+    """CPU seconds of one step on ONE thread: a bound for 2 cores that holds on a shared,
+    busy machine too (wall time there measures the neighbours, not the model)."""
     torch.manual_seed(0)
     cfg = preset("tiny")
     model = build_model(cfg).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-3)
     video, audio, has_audio, labels = _batch(cfg, 4)
-    times = []
-    for _ in range(6):
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(video, audio, has_audio), labels)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    step_s = sorted(times[1:])[len(times[1:]) // 2]  # median after the first (warm-up) step
-    print(f"tiny preset: one training step (batch 4) takes {step_s * 1000:.0f} ms")
-    assert step_s < 0.5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cpu, wall = [], []
+        for _ in range(6):
+            c0, w0 = time.process_time(), time.perf_counter()
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(video, audio, has_audio), labels)
+            loss.backward()
+            opt.step()
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+    finally:
+        torch.set_num_threads(threads)
+    step_cpu = sorted(cpu[1:])[2]  # median of 5, after the warm-up step
+    step_wall = sorted(wall[1:])[2]
+    print(f"tiny step, batch 4, 1 thread: {step_cpu:.3f} s CPU, {step_wall:.3f} s wall")
+    assert step_cpu < 0.5
