@@ -35,6 +35,7 @@ def connect(
     *,
     num_cpus: int | None = None,
     dashboard: bool = False,
+    log_to_driver: bool = False,
 ) -> None:
     """Connect this process to Ray, or start a private local Ray. Idempotent.
 
@@ -45,6 +46,9 @@ def connect(
     - ``"auto"``: join the cluster started on this machine by ``ray start``.
     - ``"HOST:PORT"`` (GCS) or ``"ray://HOST:10001"`` (Ray Client): join that cluster.
     - ``"http://HEAD:8265"`` is a job-server address: use ``avrl submit`` for it.
+
+    Worker output stays in Ray's logs unless ``log_to_driver``: the CLI prints its own
+    progress, and a worker's exception reaches the driver anyway.
     """
     if address and address.startswith(_JOB_SERVER_SCHEMES):
         raise ConfigError(
@@ -57,7 +61,8 @@ def connect(
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    common: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    common: dict[str, Any] = {"log_to_driver": log_to_driver, "configure_logging": False}
     if address is None:
         # "local", not None: ray.init() without an address joins whatever cluster the last
         # `ray start` on this machine announced in /tmp/ray (someone else's, in a shared CI
@@ -74,8 +79,8 @@ def connect(
         ray.init(address=address, **common)
     except ConnectionError as exc:
         raise ConfigError(
-            f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
-            "`ray start --head --dashboard-host=127.0.0.1` or leave the address out to run locally"
+            f"cannot reach a Ray cluster at {address!r} ({str(exc).splitlines()[0]}); start one "
+            "with `ray start --head --dashboard-host=127.0.0.1` or leave the address out"
         ) from None
 
 
@@ -205,6 +210,7 @@ def run_job(command: str, argv: Sequence[str]) -> int:
     <command>``. Joins the cluster the job runs on (``RAY_ADDRESS``, set by the job runner)
     and runs the CLI in-process; returns the exit status."""
     import argparse
+    import sys
 
     from avrl_batch.cli import main
 
@@ -222,7 +228,7 @@ def run_job(command: str, argv: Sequence[str]) -> int:
         # Inside a job RAY_ADDRESS names the cluster; outside one this starts a local Ray.
         connect(os.environ.get("RAY_ADDRESS") or None)
     except ConfigError as exc:
-        print(f"error: {exc}", flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print("avrl " + " ".join(full), flush=True)
     try:
