@@ -300,16 +300,18 @@ def test_scan_local_folder_layout_rerun_and_missing_audio(
     from avrl_batch.cli import main
 
     ev = pa.concat_tables([got[files[k]]["events"] for k in ("a", "b_noaudio")])
+    # URIs relative to the truth table's folder, as `avrl synth` writes them
+    rel = [str(Path(u).relative_to(rec.parent)) for u in ev["source_uri"].to_pylist()]
     truth = pa.table({
-        "source_uri": [*ev["source_uri"].to_pylist(), files["a"]],
+        "source_uri": [*rel, str(Path(files["a"]).relative_to(rec.parent))],
         "label": [*ev["label"].to_pylist(), "shoot"],
         "start_s": [*ev["start_s"].to_pylist(), 1000.0],
         "end_s": [*ev["end_s"].to_pylist(), 1010.0],
     })
-    pq.write_table(truth, tmp_out.parent / "truth.parquet")
+    pq.write_table(truth, rec.parent / "truth.parquet")
     capsys.readouterr()
     main(["scan", str(rec), "--model", str(model), "--out", str(tmp_out), "--segment", "20",
-          "--truth", str(tmp_out.parent / "truth.parquet"), "--json"])
+          "--truth", str(rec.parent / "truth.parquet"), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert res["sources_skipped"] == 5 and res["match"]["fn"] == 1
     assert res["match"]["tp"] == ev.num_rows  # each event matches itself (IoU 1)

@@ -96,6 +96,12 @@ def scan(
         camera_pattern=camera_pattern,
         timeline=tl,
     )
+    import logging
+
+    import ray.data  # noqa: F401 - configures its loggers; quieten them after that
+
+    # Ray Data logs each execution's start and end; the CLI shows its own progress/summary
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     if as_json:
         summary = run_scan(cfg)
     else:
@@ -139,7 +145,9 @@ def _run_with_progress(cfg: Any, run_scan: Any) -> Any:
 def _match(out: str, truth: str, endpoint_url: str | None) -> dict[str, Any]:
     """F1 of the scan's events against ground truth at temporal IoU 0.3 (issue 5 point 5)."""
     import io
+    import os
 
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -150,19 +158,24 @@ def _match(out: str, truth: str, endpoint_url: str | None) -> dict[str, Any]:
     files = storage.list_files(
         storage.join(out, "events"), suffix=".parquet", endpoint_url=endpoint_url
     )
-    import pyarrow as pa
-
     tables = [
         pq.read_table(io.BytesIO(storage.read_bytes(f, endpoint_url=endpoint_url)), schema=EVENTS)
         for f in files
     ]
     pred = pa.concat_tables([EVENTS.empty_table(), *tables])
+    from avrl_batch.data.synth import resolve_uri
+
     data = storage.read_bytes(truth, endpoint_url=endpoint_url)
     gt = (
         pacsv.read_csv(io.BytesIO(data))
         if truth.lower().endswith(".csv")
         else pq.read_table(io.BytesIO(data))
     )
+    # `avrl synth` writes URIs relative to the truth table's folder; the scan writes the
+    # canonical URIs that storage lists (absolute paths, s3://...)
+    base = truth if "://" in truth else os.path.abspath(truth)
+    uris = [resolve_uri(base, u) for u in gt.column("source_uri").to_pylist()]
+    gt = gt.set_column(gt.schema.get_field_index("source_uri"), "source_uri", pa.array(uris))
     res = match_events(pred, gt, iou=0.3)
     return {
         "iou": 0.3,

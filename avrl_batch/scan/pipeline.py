@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from avrl_batch import storage
-from avrl_batch.errors import AvrlError, ConfigError
+from avrl_batch.errors import ConfigError
 from avrl_batch.scan import sink
 from avrl_batch.scan.naming import scan_id_now
 from avrl_batch.scan.plan import (
@@ -346,9 +346,14 @@ def _execute(
                         windows, cfg.timeline, thumbnails=fin.thumbnails
                     )
                     sink.write_source(out, fin.task, windows, events, endpoint_url=ep)
-                except AvrlError as exc:
+                except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
+                    # Reported, but no error object: a failed write (storage down, denied)
+                    # is not a property of the recording, so a rerun should try it again.
                     kind, msg = error_of(exc)
-                    record_error(SourceError(fin.task.uri, fin.task.key, "write", kind, msg))
+                    record_error(
+                        SourceError(fin.task.uri, fin.task.key, "write", kind, msg),
+                        persist=False,
+                    )
                     report()
                     continue
                 summary.sources_ok += 1
