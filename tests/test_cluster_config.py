@@ -104,6 +104,10 @@ def test_ray_cluster_yaml_shape() -> None:
     # the dashboard / job server listens on loopback only, reached through `ray dashboard`
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
+    # token authentication on every node, with the token file copied to every node
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert "export RAY_AUTH_MODE=token;" in cfg[key][-1], key
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     commands = json.dumps({k: v for k, v in cfg.items() if k.endswith("_commands")})
     assert "0.0.0.0" not in commands
     text = (ROOT / "ray_cluster.yaml").read_text()

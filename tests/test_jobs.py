@@ -252,6 +252,9 @@ def test_scan_job_via_ray_job_submit_and_avrl_submit_matches_local_scan(
     _assert_same_outputs(root / "out_avrl_submit", root / "out_local")
     # the job's log streamed to the submitter ends with the scan's JSON summary
     assert '"sources_ok"' in out
+    for name, job in (("ray job submit", cli), ("avrl submit", sub)):
+        info = job["info"]
+        print(f"{name}: job ran {(info['end_time'] - info['start_time']) / 1000:.1f} s")
 
     # issue 8: no credential in job metadata, runtime env, entrypoint, message or logs
     stored = json.dumps(sub) + json.dumps(cli)
