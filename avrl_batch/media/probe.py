@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from avrl_batch.media.errors import (
+    DecodeFailed,
     EmptyFile,
     ExceedsCaps,
     NotMedia,
@@ -155,7 +156,12 @@ def inspect(container: Any, name: str, caps: MediaCaps) -> MediaInfo:
     cc = vs.codec_context
     width, height = int(cc.width or 0), int(cc.height or 0)
     if width <= 0 or height <= 0:
-        raise Truncated(name, "the video stream declares no frame size (corrupt header)")
+        # FFmpeg zeroes a size it refuses (e.g. a header patched to 100000x100000)
+        raise DecodeFailed(
+            name,
+            "the video stream declares no usable frame size (corrupt header, or dimensions "
+            "FFmpeg refuses); re-encode the file",
+        )
     if width * height > caps.max_pixels:
         raise ExceedsCaps(
             name, f"{width}x{height} frames exceed the cap of {caps.max_pixels} pixels"
