@@ -49,6 +49,7 @@ POISON_LOG_ENV = "AVRL_TEST_POISON_LOG"
 
 DEFAULT_TIMEOUT_S = 120.0  # longest silence from the decoder: one window, or one probe
 DEFAULT_ATTEMPTS = 2  # a source that kills or wedges the decoder twice is quarantined
+STARTUP_TIMEOUT_S = 120.0  # interpreter start + imports, on a loaded machine
 
 
 class DecoderCrashed(MediaError):
@@ -126,6 +127,17 @@ class DecoderProcess:
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
         self.starts += 1
+        # wait for the child to have imported PyAV & co., so that the time limit of the
+        # first job measures decoding, not interpreter start-up on a busy machine
+        try:
+            ok = self._conn.poll(STARTUP_TIMEOUT_S) and self._conn.recv()[0] == "ready"
+        except (EOFError, OSError):
+            ok = False
+        if not ok:
+            code = self._kill()
+            raise _Died(
+                DecoderCrashed, f"the decoder process did not start ({_signal_name(code)})"
+            )
 
     def _kill(self) -> int | None:
         """Kill the child (if alive) and reap it; its exit status."""
@@ -351,6 +363,11 @@ def _child_main(fd: int) -> None:
     """The decoder process: run jobs from the parent until it goes away."""
     conn = Connection(fd)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    import av  # noqa: F401
+
+    import avrl_batch.media  # noqa: F401 - imported before "ready": see DecoderProcess._start
+
+    conn.send(("ready", os.getpid()))
     while True:
         try:
             kind, fn, args, kwargs, source, stage = conn.recv()
@@ -381,6 +398,7 @@ def probe_source_isolated(
     key: str,
     *,
     isolation: Isolation = Isolation(),
+    proc: DecoderProcess | None = None,
     **kwargs: Any,
 ) -> Any:
     """``plan.probe_source`` in the decoder process: a SourceTask, or a SourceError (stage
@@ -390,7 +408,7 @@ def probe_source_isolated(
     try:
         return run_isolated(
             probe_source, uri, version, size, key, source=uri, stage="probe",
-            isolation=isolation, **kwargs,
+            isolation=isolation, proc=proc, **kwargs,
         )
     except MediaError as exc:
         error_type, message = error_of(exc)
@@ -403,6 +421,7 @@ def decode_segment_isolated(
     *,
     endpoint_url: str | None = None,
     isolation: Isolation = Isolation(),
+    proc: DecoderProcess | None = None,
 ) -> Iterator[dict[str, Any]]:
     """``decode.decode_segment`` in the decoder process: the segment's window rows, each
     once, then its trailer; a decoder crash or hang (twice) becomes the error trailer."""
@@ -413,7 +432,7 @@ def decode_segment_isolated(
     try:
         for row in stream_isolated(
             decode_segment, seg, spec, source=seg["source_uri"], stage="decode",
-            isolation=isolation, endpoint_url=endpoint_url,
+            isolation=isolation, proc=proc, endpoint_url=endpoint_url,
             # a retry re-sends the rows already passed on: skip them (windows by index; the
             # trailer comes last, so a retry after it never yields a second one)
             item_id=lambda r: r["window_index"] if r["kind"] == WINDOW else "trailer",
