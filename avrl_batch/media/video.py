@@ -299,7 +299,7 @@ def _scan(
     else:
         # end of file: flush the decoder, then the remaining targets take the last frame
         if not video_done:
-            for vframe in vs.decode(None):
+            for vframe in _drain(vs):
                 stats.frames_decoded += 1
                 t = float(vframe.time) - origin if vframe.time is not None else prev_t
                 while next_target < len(targets) and targets[next_target][0] < t - _EPS_S:
@@ -311,7 +311,11 @@ def _scan(
                 f"no video frames from {start_s:.2f} s on although the file declares "
                 f"{file_end_s:.2f} s; the file is probably cut short — re-copy it",
             )
-        if next_target < len(targets) and targets[next_target][0] > prev_t + _TRUNCATED_GAP_S:
+        if next_target < len(targets) and (
+            targets[next_target][0] > prev_t + _TRUNCATED_GAP_S
+            # frames are still wanted and the header promised over a second more video
+            or file_end_s > prev_t + _TRUNCATED_GAP_S
+        ):
             raise Truncated(
                 name,
                 f"video ends at {prev_t:.2f} s but the file declares {file_end_s:.2f} s; "
@@ -321,6 +325,18 @@ def _scan(
             assign(prev, prev_t)
         audio_done = True
         yield from ready()
+
+
+def _drain(vs: Any) -> Iterator[Any]:
+    """Frames still buffered in the decoder at the end of the file. demux() ends with an
+    empty packet per stream whose decode already drained the decoder; a second flush then
+    raises EOFError (seen on MJPEG in Matroska), which means "nothing left", not damage."""
+    import av
+
+    try:
+        yield from vs.decode(None)
+    except av.error.EOFError:
+        return
 
 
 def _finish(w: _Pending, abuf: AudioBuffer | None, n_examples: int, audio: bool) -> Window:

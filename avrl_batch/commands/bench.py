@@ -1,0 +1,253 @@
+"""`avrl bench decode|model|scan|baseline|footage`: throughput and memory figures.
+
+Every figure is a median over --runs runs, carries the machine and its load, and ratios come
+from variants measured in the same invocation, interleaved run by run (avrl_batch/bench/).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import typer
+
+from avrl_batch.cli import app
+
+bench_app = typer.Typer(
+    help=(
+        "Benchmarks: decode vs the FFmpeg limit, model clips/s, scan hours/hour and memory, "
+        "and the naive baseline.\n\nExample: avrl bench decode --runs 3"
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+DEFAULT_WORK = Path("/tmp/avrl-bench")
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    from avrl_batch.errors import ConfigError
+
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        vals = ()
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"{what} must be positive integers separated by commas, got {text!r}")
+    return vals
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _emit(doc: dict, as_json: bool, lines: list[str], save: Path | None) -> None:
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(doc, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    m = doc["machine"]
+    typer.echo(
+        f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
+        f"{m['memory_gib']} GiB; load avg 1 min {doc['load_avg_1m']['before']} -> "
+        f"{doc['load_avg_1m']['after']}"
+    )
+    for line in lines:
+        typer.echo(line)
+
+
+def _footage(work: Path, kind: str, seconds: float) -> Path:
+    from rich.console import Console
+
+    from avrl_batch.bench.footage import footage_path, make_footage
+
+    path = footage_path(work / "footage", kind, seconds)
+    if not path.exists():
+        Console(stderr=True).print(f"making {seconds:g} s of {kind} footage -> {path}")
+    return make_footage(work / "footage", kind, seconds)
+
+
+def _copies(work: Path, src: Path, n: int) -> Path:
+    """A folder holding ``n`` copies of ``src`` (distinct names = distinct sources)."""
+    folder = work / "sources" / f"{src.stem}_x{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        dest = folder / f"cam{i + 1:02d}{src.suffix}"
+        if not dest.exists():
+            shutil.copyfile(src, dest)
+    return folder
+
+
+@bench_app.command("footage")
+def footage_cmd(
+    kind: str = typer.Argument(
+        ..., help="h264-360p|h264-720p|h264-1080p|hevc-720p|hevc-1080p|mjpeg-720p|h264-96p|h264-32p"
+    ),
+    seconds: float = typer.Argument(60.0, help="Length of the recording."),
+    work: Path = typer.Option(DEFAULT_WORK, "--work", help="Footage goes to WORK/footage."),
+) -> None:
+    """Make (or reuse) benchmark footage and print its path.
+
+    Example: avrl bench footage h264-720p 60
+    """
+    typer.echo(str(_footage(work, kind, seconds)))
+
+
+@bench_app.command("decode")
+def decode_cmd(
+    sources: list[Path] = typer.Argument(None, help="Video files; none: make the default set."),
+    preset: str = typer.Option("small", "--preset", help="Window geometry of this preset."),
+    runs: int = typer.Option(3, "--runs", min=1),
+    threads: str = typer.Option("1,2", "--threads", help="Cores (= decoder threads), e.g. 1,2"),
+    seconds: float = typer.Option(
+        60.0, "--seconds", help="Length of made 720p footage (1080p/HEVC: half)."
+    ),
+    work: Path = typer.Option(DEFAULT_WORK, "--work"),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save", help="Also write the JSON document here."),
+) -> None:
+    """Windowed frame + audio decode vs a full decode (the limit), per codec and resolution.
+
+    Example: avrl bench decode --runs 3 --threads 1,2
+    """
+    from avrl_batch.bench import decode
+    from avrl_batch.bench.footage import DECODE_KINDS
+
+    files = list(sources or [])
+    if not files:
+        files = [
+            _footage(work, k, seconds if k.endswith("720p") else seconds / 2) for k in DECODE_KINDS
+        ]
+    doc = decode.bench_decode(files, preset=preset, runs=runs, threads=_ints(threads, "--threads"))
+    _emit(doc, as_json, decode.table(doc), save)
+
+
+@bench_app.command("model")
+def model_cmd(
+    presets: str = typer.Option("tiny,small,paper", "--presets"),
+    fusions: str = typer.Option(
+        "concat", "--fusions", help="e.g. concat,concat_ln,concat_um,add,lf"
+    ),
+    batch_sizes: str = typer.Option("1,8", "--batch-sizes"),
+    paper_batch_sizes: str = typer.Option(
+        "1", "--paper-batch-sizes", help="The paper model takes seconds per clip on a CPU."
+    ),
+    variants: str = typer.Option(
+        None,
+        "--variants",
+        help="'+'-joined fp32|fp16|bf16|cl|compile, comma-separated; default per device.",
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto"),
+    runs: int = typer.Option(3, "--runs", min=1),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: all)."),
+    min_run_s: float = typer.Option(
+        0.5, "--min-run-s", help="A run repeats the batch until it lasts this long."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save"),
+) -> None:
+    """Clips/s and GFLOPs/s per preset, fusion, batch size and precision/layout variant.
+
+    Example: avrl bench model --device cuda --variants fp32,fp16,bf16+cl,fp16+cl+compile
+    """
+    from avrl_batch.bench import model
+
+    doc = model.bench_model(
+        presets=_names(presets),
+        fusions=_names(fusions),
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+        paper_batch_sizes=_ints(paper_batch_sizes, "--paper-batch-sizes"),
+        variants=_names(variants) if variants else None,
+        device=device,
+        runs=runs,
+        threads=threads,
+        min_run_s=min_run_s,
+    )
+    lines = model.table(doc) + [
+        f"median speed-up over fp32: {doc['median_speedup_by_variant']}",
+        f"helped (> 1.05x): {', '.join(doc['helped']) or 'none'}",
+    ]
+    _emit(doc, as_json, lines, save)
+
+
+@bench_app.command("scan")
+def scan_cmd(
+    sources: list[Path] = typer.Argument(
+        None, help="Each is scanned on its own; none: 3 copies of 60 s of 720p H.264."
+    ),
+    preset: str = typer.Option("small", "--preset", help="Random model of this preset."),
+    workers: str = typer.Option("1,2", "--workers", help="Decode workers (= cores), e.g. 1,2"),
+    runs: int = typer.Option(3, "--runs", min=1),
+    segment: float = typer.Option(None, "--segment", help="Scan segment seconds."),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    memory: bool = typer.Option(
+        False,
+        "--memory",
+        help="Scan a 5-minute and a 60-minute low-resolution recording (peak memory figure).",
+    ),
+    work: Path = typer.Option(DEFAULT_WORK, "--work"),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save"),
+) -> None:
+    """End-to-end scan hours of footage per hour with 1 and 2 workers, and peak worker memory.
+
+    Example: avrl bench scan --memory --workers 2 --runs 3
+    """
+    from avrl_batch.bench import scan
+
+    srcs: list[Path] = list(sources or [])
+    if memory:
+        srcs += [_footage(work, "h264-96p", 300.0), _footage(work, "h264-96p", 3600.0)]
+    if not srcs:
+        srcs = [_copies(work, _footage(work, "h264-720p", 60.0), 3)]
+    doc = scan.bench_scan(
+        srcs,
+        preset=preset,
+        workers=_ints(workers, "--workers"),
+        runs=runs,
+        work=work / "work",
+        segment_s=segment,
+        batch_size=batch_size,
+    )
+    lines = scan.table(doc)
+    for r in doc["results"]:
+        if "scaling" in r:
+            lines.append(
+                f"{Path(r['source']).name}: {r['scaling']['workers'][1]} vs "
+                f"{r['scaling']['workers'][0]} workers = {r['scaling']['ratio']:.2f}x"
+            )
+    if "memory" in doc:
+        mem = doc["memory"]
+        lines.append(
+            f"peak decode worker memory, longest / shortest recording: "
+            f"{mem['ratio_decode_worker']}x (any worker: {mem['ratio_worker_max']}x)"
+        )
+    _emit(doc, as_json, lines, save)
+
+
+@bench_app.command("baseline")
+def baseline_cmd(
+    source: Path = typer.Argument(None, help="Folder of recordings; none: 3 x 60 s of 720p."),
+    preset: str = typer.Option("small", "--preset"),
+    runs: int = typer.Option(3, "--runs", min=1),
+    workers: int = typer.Option(None, "--workers", help="Scan decode workers (default: cores)."),
+    segment: float = typer.Option(None, "--segment"),
+    work: Path = typer.Option(DEFAULT_WORK, "--work"),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save"),
+) -> None:
+    """Naive research-code scan (whole file in memory, clip by clip) vs avrl scan, same files
+    and model: speed-up and memory ratio.
+
+    Example: avrl bench baseline --preset small --runs 3
+    """
+    from avrl_batch.bench import baseline
+
+    src = source or _copies(work, _footage(work, "h264-720p", 60.0), 3)
+    doc = baseline.bench_baseline(
+        src, preset=preset, runs=runs, workers=workers, work=work / "work", segment_s=segment
+    )
+    _emit(doc, as_json, baseline.table(doc), save)
