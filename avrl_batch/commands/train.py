@@ -217,7 +217,8 @@ def evaluate_cmd(
         return
     from rich.console import Console
 
-    console = Console(width=max(120, 20 + 9 * (len(results[0].class_names) + 2)))
+    # wide enough for the whole Table II row (a pipe or a CI log has no terminal width)
+    console = Console(width=40 + 12 * (len(results[0].class_names) + 2))
     console.print(results_table(results))
     if plot:
         console.print(f"confusion matrix written to {plot}")
