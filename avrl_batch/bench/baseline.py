@@ -3,8 +3,9 @@
 The naive baseline, per file (the way a clip classifier's evaluation script is usually
 turned into a long-video scanner):
 
-1. decode the whole video into memory: every frame converted to full-size RGB and kept
-   (``frame.to_ndarray(format="rgb24")`` into a list, then one stacked array);
+1. decode the whole video into memory with PyAV's default settings: every frame converted
+   to full-size RGB and kept (``frame.to_ndarray(format="rgb24")`` into a list, then one
+   stacked array);
 2. load the whole audio track with ``librosa.load(path, sr=16000, mono=True)``; where librosa
    cannot read the container (MP4/MKV need audioread's FFmpeg backend, i.e. a system
    ``ffmpeg`` binary, which PyAV-only installs lack) the whole track is decoded into memory
@@ -79,8 +80,8 @@ def naive_scan_file(path: str, model_path: str) -> dict[str, Any]:
     model, cfg = loaded.model.eval(), loaded.cfg
     # 1. every frame, full size, RGB, in memory
     with av.open(path) as container:
+        # PyAV's defaults (slice threading), as research scripts leave them
         vs = container.streams.video[0]
-        vs.thread_type = "AUTO"
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(vs)]
         fps = float(vs.average_rate)
     video = np.stack(frames)  # (N, H, W, 3) uint8: the whole file

@@ -75,6 +75,35 @@ def windowed_decode(
     }
 
 
+def _warm_up(path: str | Path, preset: str) -> None:
+    from avrl_batch.config import preset as get_preset
+    from avrl_batch.media import iter_windows
+
+    cfg = get_preset(preset)
+    for _ in iter_windows(
+        str(path),
+        0.0,
+        0.1,
+        window_s=cfg.window_s,
+        stride_s=cfg.window_s,
+        frames=cfg.frames,
+        size=cfg.size,
+    ):
+        pass
+    full_decode_seconds(path, 1.0)
+
+
+def full_decode_seconds(path: str | Path, seconds: float) -> None:
+    """Decode the first ``seconds`` of video (warms the codec and the page cache)."""
+    import av
+
+    with av.open(str(path)) as container:
+        vs = container.streams.video[0]
+        for frame in container.decode(vs):
+            if frame.time is not None and frame.time >= seconds:
+                break
+
+
 def bench_decode(
     files: list[str | Path],
     *,
@@ -97,7 +126,9 @@ def bench_decode(
                 "windows_video": lambda f=f: windowed_decode(f, preset=preset, audio=False),
             }
             with cores(n):
-                m: dict[str, Measured] = interleaved(variants, runs)
+                # one window first: resampy's JIT compile and the imports are not decode cost
+                _warm_up(f, preset)
+                m: dict[str, Measured] = interleaved(variants, runs, warmup=False)
             dur = info.duration_s
             row: dict[str, Any] = {
                 "file": Path(f).name,

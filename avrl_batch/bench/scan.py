@@ -30,7 +30,9 @@ class RssSampler:
     """Peak RSS (MiB) of each Ray worker process below this one, sampled every ``every_s``."""
 
     every_s: float = 0.2
-    peaks: dict[int, float] = field(default_factory=dict)
+    peaks: dict[int, float] = field(default_factory=dict)  # worker + its child processes
+    own_peaks: dict[int, float] = field(default_factory=dict)  # the worker process alone
+    child_peaks: dict[int, float] = field(default_factory=dict)  # its children (decoder)
     roles: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -54,14 +56,24 @@ class RssSampler:
         for proc in me.children(recursive=True):
             try:
                 cmd = proc.cmdline()
+                role = self.role_of(cmd[0] if cmd else "")
+                if role is None:
+                    continue
                 rss = proc.memory_info().rss / MiB
+                # a decode worker's FFmpeg runs in a decoder child (scan/isolate.py): the
+                # worker's memory is its own plus its children's
+                kids = 0.0
+                for child in proc.children(recursive=True):
+                    try:
+                        kids += child.memory_info().rss / MiB
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                        pass
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            role = self.role_of(cmd[0] if cmd else "")
-            if role is None:
-                continue
             pid = proc.pid
-            self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss)
+            self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss + kids)
+            self.own_peaks[pid] = max(self.own_peaks.get(pid, 0.0), rss)
+            self.child_peaks[pid] = max(self.child_peaks.get(pid, 0.0), kids)
             # a worker that ever ran a decode task or the actor keeps that role
             if self.roles.get(pid) in (None, "other"):
                 self.roles[pid] = role
@@ -81,16 +93,20 @@ class RssSampler:
             self._thread.join()
 
     def summary(self) -> dict[str, float]:
-        by: dict[str, list[float]] = {"decode": [], "infer": [], "other": []}
-        for pid, peak in self.peaks.items():
-            by[self.roles.get(pid, "other")].append(peak)
+        def peak(table: dict[int, float], role: str) -> float:
+            vals = [v for pid, v in table.items() if self.roles.get(pid) == role]
+            return round(max(vals, default=0.0), 1)
+
         return {
-            "decode_max_mb": round(max(by["decode"], default=0.0), 1),
-            "infer_max_mb": round(max(by["infer"], default=0.0), 1),
+            # a decode worker with its decoder child process: the memory one decode slot needs
+            "decode_max_mb": peak(self.peaks, "decode"),
+            "decode_worker_own_max_mb": peak(self.own_peaks, "decode"),
+            "decoder_child_max_mb": peak(self.child_peaks, "decode"),
+            "infer_max_mb": peak(self.peaks, "infer"),
             "worker_max_mb": round(max(self.peaks.values(), default=0.0), 1),
             # every worker's peak added up: an upper bound on what the scan held at once
             "workers_sum_mb": round(sum(self.peaks.values()), 1),
-            "decode_processes": len(by["decode"]),
+            "decode_processes": sum(1 for r in self.roles.values() if r == "decode"),
         }
 
 
@@ -217,6 +233,8 @@ def _agg(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "hours_per_hour_runs": [round(r["hours_per_hour"], 3) for r in runs],
         "hours_per_hour_with_ray_start": med("hours_per_hour_with_ray_start"),
         "peak_decode_worker_mb": med("sampled", "decode_max_mb"),
+        "peak_decode_worker_own_mb": med("sampled", "decode_worker_own_max_mb"),
+        "peak_decoder_child_mb": med("sampled", "decoder_child_max_mb"),
         "peak_infer_actor_mb": med("sampled", "infer_max_mb"),
         "peak_worker_mb": med("sampled", "worker_max_mb"),
         "workers_sum_mb": med("sampled", "workers_sum_mb"),
@@ -305,6 +323,7 @@ def _mem(agg: dict[str, Any]) -> dict[str, Any]:
         "footage_s",
         "segments",
         "peak_decode_worker_mb",
+        "peak_decoder_child_mb",
         "peak_infer_actor_mb",
         "peak_worker_mb",
         "pipeline_decode_rss_mb",
