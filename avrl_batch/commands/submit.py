@@ -113,24 +113,28 @@ def _client(address: str):
 
 
 def _wait(client: Any, job_id: str, timeout_s: float) -> str:
-    """Stream the job's log to stdout until it ends; returns its final status name."""
-    printed = 0
-    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
-    while True:
-        status = str(client.get_job_status(job_id).value)
-        logs = client.get_job_logs(job_id)
-        if len(logs) > printed:
-            sys.stdout.write(logs[printed:])
+    """Stream the job's log to stdout until it ends (Ray's websocket tail, as `ray job submit`
+    does); returns its final status name."""
+    import asyncio
+
+    async def follow() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
             sys.stdout.flush()
-            printed = len(logs)
-        if status in _TERMINAL:
-            return status
-        if deadline is not None and time.monotonic() > deadline:
-            raise ConfigError(
-                f"job {job_id} still {status} after {timeout_s:g} s; it keeps running: "
-                f"follow it with `ray job logs -f {job_id}` or stop it with `ray job stop {job_id}`"
-            )
-        time.sleep(1.0)
+
+    try:
+        asyncio.run(asyncio.wait_for(follow(), timeout_s if timeout_s > 0 else None))
+    except RuntimeError as exc:  # the stream broke off (network); the job itself goes on
+        typer.echo(f"log stream of {job_id} ended early ({exc}); waiting for its status", err=True)
+    except asyncio.TimeoutError:
+        raise ConfigError(
+            f"job {job_id} still running after {timeout_s:g} s; it keeps running: follow it "
+            f"with `ray job logs -f {job_id}` or stop it with `ray job stop {job_id}`"
+        ) from None
+    # the log stream closes as the driver exits; the status turns terminal just after
+    while (status := str(client.get_job_status(job_id).value)) not in _TERMINAL:
+        time.sleep(0.5)
+    return status
 
 
 def submit_job(
