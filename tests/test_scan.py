@@ -21,7 +21,7 @@ from scanhelp import check_outputs, make_archive, output_files, recording, tiny_
 
 from avrl_batch import storage
 from avrl_batch.errors import ConfigError
-from avrl_batch.scan import ScanConfig, run_scan, sink
+from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan, sink
 from avrl_batch.scan.decode import decode_segment
 from avrl_batch.scan.naming import (
     date_partition,
@@ -31,7 +31,7 @@ from avrl_batch.scan.naming import (
 )
 from avrl_batch.scan.plan import Segment, SourceTask, WindowSpec, probe_source, segment_ranges
 from avrl_batch.scan.timeline import events_from_windows
-from avrl_batch.schema import CLASS_NAMES
+from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES
 
 UTC = timezone.utc
 
@@ -345,11 +345,19 @@ def test_scan_s3_bucket(
         out=out,
         segment_s=30.0,
         endpoint_url=s3_endpoint,
+        # thresholds at 0: every anomaly class is one event over the whole recording, so the
+        # event path (peak window -> JPEG thumbnail from the actor) runs end to end
+        timeline=TimelineConfig(enter=0.0, exit=0.0),
     )
     s = run_scan(cfg)
     assert (s.sources_ok, s.sources_failed) == (4, 1)
     got = check_outputs(out, list(uris.values()), endpoint_url=s3_endpoint)
     assert got[uris["b_noaudio"]]["windows"]["has_audio"].to_pylist() == [False] * 12
+    for name, n in (("a", 25), ("b_noaudio", 12), ("c_dayfolder", 10), ("d_noname", 6)):
+        ev = got[uris[name]]["events"]
+        assert sorted(ev["label"].to_pylist()) == sorted(ANOMALY_CLASSES)
+        assert ev["n_windows"].to_pylist() == [n] * len(ANOMALY_CLASSES)
+        assert all(t.startswith(b"\xff\xd8") for t in ev["thumbnail"].to_pylist())  # JPEG
     # pyarrow's S3 filesystem reads the dataset; DuckDB queries it
     import pyarrow.dataset as pads
 
