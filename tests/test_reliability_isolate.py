@@ -97,6 +97,7 @@ def test_decode_segment_isolated_equals_in_process(tmp_path: Path, poison_env: P
     isolated = list(isolate.decode_segment_isolated(seg, spec, proc=proc))
     assert [r["kind"] for r in isolated] == ["window"] * 3 + ["done"]
     assert len(direct) == len(isolated)
+    assert isolated[-1].pop("decoder_rss_mb") > 0  # the decoder's memory, for the summary
     for a, b in zip(direct, isolated, strict=True):
         assert a.keys() == b.keys()
         for k in a:

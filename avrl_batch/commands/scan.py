@@ -50,6 +50,10 @@ def scan(
         None, help="ground-truth events (Parquet/CSV: source_uri,label,start_s,end_s): print "
         "F1 of the scan's events at temporal IoU 0.3"
     ),
+    decode_timeout: float = typer.Option(
+        120.0, help="quarantine a file (error row) that leaves the decoder silent this many s, "
+        "or crashes it, twice"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; scan nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
@@ -94,6 +98,7 @@ def scan(
         address=address,
         dry_run=dry_run,
         camera_pattern=camera_pattern,
+        decode_timeout_s=decode_timeout,
         timeline=tl,
     )
     import logging

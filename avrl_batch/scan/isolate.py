@@ -415,6 +415,21 @@ def probe_source_isolated(
         return SourceError(uri, key, "probe", error_type, message)
 
 
+def _decode_segment_in_child(
+    seg: dict[str, Any], spec: Any, *, endpoint_url: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """decode_segment, with the decoder process's peak RSS (MiB) on the trailer: decoding
+    happens here, so this is the memory that must stay bounded by the segment."""
+    import resource
+
+    from avrl_batch.scan.decode import WINDOW, decode_segment
+
+    for row in decode_segment(seg, spec, endpoint_url=endpoint_url):
+        if row["kind"] != WINDOW:
+            row["decoder_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        yield row
+
+
 def decode_segment_isolated(
     seg: dict[str, Any],
     spec: Any,
@@ -424,14 +439,15 @@ def decode_segment_isolated(
     proc: DecoderProcess | None = None,
 ) -> Iterator[dict[str, Any]]:
     """``decode.decode_segment`` in the decoder process: the segment's window rows, each
-    once, then its trailer; a decoder crash or hang (twice) becomes the error trailer."""
-    from avrl_batch.scan.decode import ERROR, WINDOW, _row, decode_segment
+    once, then its trailer (with ``decoder_rss_mb``: the decoder's peak RSS); a decoder
+    crash or hang (twice) becomes the error trailer."""
+    from avrl_batch.scan.decode import ERROR, WINDOW, _row
     from avrl_batch.scan.plan import error_of
 
     n = 0
     try:
         for row in stream_isolated(
-            decode_segment, seg, spec, source=seg["source_uri"], stage="decode",
+            _decode_segment_in_child, seg, spec, source=seg["source_uri"], stage="decode",
             isolation=isolation, proc=proc, endpoint_url=endpoint_url,
             # a retry re-sends the rows already passed on: skip them (windows by index; the
             # trailer comes last, so a retry after it never yields a second one)

@@ -30,7 +30,6 @@ from avrl_batch.scan.plan import (
     SourceTask,
     error_of,
     keyed_sources,
-    probe_source,
     split_done,
     window_spec,
 )
@@ -97,18 +96,27 @@ def _data_context() -> None:
     ctx.print_on_execution_start = False
 
 
-def _decode_rows(row: dict[str, Any], spec: Any, endpoint_url: str | None) -> Any:
-    """flat_map UDF: one segment -> its window rows + trailer, tagged with the decode node."""
+def _decode_rows(
+    row: dict[str, Any], spec: Any, endpoint_url: str | None, timeout_s: float
+) -> Any:
+    """flat_map UDF: one segment -> its window rows + trailer, tagged with the decode node.
+
+    Decoding runs in this worker's decoder process (scan/isolate.py): a file that crashes
+    or hangs FFmpeg becomes the segment's error trailer instead of killing the worker, which
+    Ray Data would retry without end."""
     import ray
 
-    from avrl_batch.scan.decode import decode_segment
+    from avrl_batch.scan.isolate import Isolation, decode_segment_isolated
 
     node = ray.get_runtime_context().get_node_id()
-    for out in decode_segment(row, spec, endpoint_url=endpoint_url):
+    for out in decode_segment_isolated(
+        row, spec, endpoint_url=endpoint_url, isolation=Isolation(timeout_s=timeout_s)
+    ):
         out["decode_node"] = node
-        # the worker's peak RSS so far, on the trailer: memory per task must not grow with
-        # the file (bounded by the segment), and the summary shows it
-        out["rss_mb"] = peak_rss_mb() if out["kind"] != "window" else 0.0
+        # peak RSS so far (the decoder process's, or this worker's if larger), on the
+        # trailer: memory per task must not grow with the file, and the summary shows it
+        decoder_rss = out.pop("decoder_rss_mb", 0.0)
+        out["rss_mb"] = max(peak_rss_mb(), decoder_rss) if out["kind"] != "window" else 0.0
         yield out
 
 
@@ -122,13 +130,17 @@ def _probe_all(
 ) -> list[SourceTask | SourceError]:
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=cfg.probe_retries)(probe_source)
+    from avrl_batch.scan.isolate import Isolation, probe_source_isolated
+
+    # probing opens the file with FFmpeg too: in the decoder process, under the time limit
+    task = ray.remote(num_cpus=1, max_retries=cfg.probe_retries)(probe_source_isolated)
     refs = [
         task.remote(
             src.uri,
             src.version,
             src.size,
             key,
+            isolation=Isolation(timeout_s=cfg.decode_timeout_s),
             stride_s=stride_s,
             segment_s=cfg.segment_s,
             camera_pattern=cfg.camera_pattern,
@@ -313,7 +325,11 @@ def _execute(
             ray.data.from_items(segments, override_num_blocks=len(segments))
             .flat_map(
                 _decode_rows,
-                fn_kwargs={"spec": plan.spec, "endpoint_url": ep},
+                fn_kwargs={
+                    "spec": plan.spec,
+                    "endpoint_url": ep,
+                    "timeout_s": cfg.decode_timeout_s,
+                },
                 # Ray Data retries a task whose worker or node died (max_retries=-1 by
                 # default, and passing it is deprecated), so node loss costs time, not data
                 num_cpus=1,

@@ -51,6 +51,9 @@ class ScanConfig:
     scan_id: str | None = None  # None: a new time-sortable id
     # a probe task is retried this many times after its worker or node died
     probe_retries: int = 3
+    # probing and decoding run in a decoder process (scan/isolate.py): a source that crashes
+    # it, or leaves it silent this long (s), twice, ends as an error row
+    decode_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("window_s", "stride_s"):
@@ -60,6 +63,11 @@ class ScanConfig:
         if not (self.segment_s > 0 and math.isfinite(self.segment_s)):
             raise ConfigError(
                 f"--segment must be a positive number of seconds, got {self.segment_s}"
+            )
+        if not (self.decode_timeout_s > 0 and math.isfinite(self.decode_timeout_s)):
+            raise ConfigError(
+                f"--decode-timeout must be a positive number of seconds, got "
+                f"{self.decode_timeout_s}"
             )
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
