@@ -73,6 +73,9 @@ def ray_local() -> Iterator[None]:
 
     if not ray.is_initialized():
         ray.init(
+            # a private Ray: without an address, ray.init() joins the cluster the last
+            # `ray start` on this machine recorded in /tmp/ray (and then refuses num_cpus)
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

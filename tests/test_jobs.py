@@ -230,6 +230,7 @@ def test_scan_job_via_ray_job_submit_and_avrl_submit_matches_local_scan(
         [
             str(BIN / "avrl"), "submit", "scan", "--address", ray_head.address,
             "--submission-id", avrl_id, "--timeout", "400",
+            "--runtime-env", "deploy/runtime_env.yaml",  # the shipped one must be accepted
             "--", *_scan_args(footage, root / "out_avrl_submit"),
         ],
         cwd=ROOT, env=submit_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -261,6 +262,9 @@ def test_scan_job_via_ray_job_submit_and_avrl_submit_matches_local_scan(
     for secret in (FAKE_KEY_ID, FAKE_SECRET):
         assert secret not in stored
         assert secret not in out + err + cli_out + cli_err
+    runtime_env = sub["info"]["runtime_env"]
+    assert runtime_env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert {".venv", ".git", "tests/"} <= set(runtime_env["excludes"])
     assert sub["info"]["metadata"]["avrl_command"] == "scan"
     assert sub["info"]["entrypoint"].startswith("python jobs/scan.py --config jobs/configs/scan")
 
@@ -288,6 +292,16 @@ def test_avrl_submit_refuses_credentials_and_unknown_options(ray_head: Head, tmp
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert res.returncode != 0 and "no-such-option" in res.stderr
+    # a wrong token: one line that says how to give the right one
+    res = subprocess.run(
+        [str(BIN / "avrl"), "submit", "scan", "--address", ray_head.address, "--no-wait",
+         "--", "s3://b/", "--model", "m", "--out", "o"],
+        cwd=ROOT, env={**ray_head.env, "RAY_AUTH_TOKEN": "not-the-token"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 2 and "wants the cluster's token" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: the job server")
 
 
 def test_head_binds_dashboard_to_loopback_and_requires_the_token(ray_head: Head) -> None:

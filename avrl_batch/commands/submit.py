@@ -93,23 +93,22 @@ def check_no_credentials(entrypoint: str, runtime_env: dict, metadata: dict[str,
             )
 
 
-def _client(address: str):
+def _client(address: str) -> Any:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address)  # checks the connection and the token
     except ConnectionError as exc:
         raise ConfigError(
             f"cannot reach the Ray job server at {address} ({str(exc).splitlines()[0]}); "
             "forward it first with `ray dashboard ray_cluster.yaml` or check --address"
         ) from None
-    except Exception as exc:
-        if type(exc).__name__ == "AuthenticationError":
-            raise ConfigError(
-                f"the job server at {address} refused the token; set RAY_AUTH_MODE=token and "
-                "RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token) to the cluster's token"
-            ) from None
-        raise
+    except AuthenticationError:
+        raise ConfigError(
+            f"the job server at {address} wants the cluster's token; export RAY_AUTH_MODE=token "
+            "and put the token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH)"
+        ) from None
 
 
 def _wait(client: Any, job_id: str, timeout_s: float) -> str:
