@@ -101,7 +101,7 @@ def decode_cmd(
     sources: list[Path] = typer.Argument(None, help="Video files; none: make the default set."),
     preset: str = typer.Option("small", "--preset", help="Window geometry of this preset."),
     runs: int = typer.Option(3, "--runs", min=1),
-    threads: str = typer.Option("1,2", "--threads", help="Cores (= decoder threads), e.g. 1,2"),
+    threads: str = typer.Option("1", "--threads", help="Cores (= decoder threads), e.g. 1,2"),
     seconds: float = typer.Option(
         60.0, "--seconds", help="Length of made 720p footage (1080p/HEVC: half)."
     ),
@@ -251,3 +251,30 @@ def baseline_cmd(
         src, preset=preset, runs=runs, workers=workers, work=work / "work", segment_s=segment
     )
     _emit(doc, as_json, baseline.table(doc), save)
+
+
+@bench_app.command("show")
+def show_cmd(
+    documents: list[Path] = typer.Argument(..., help="JSON files written by --save."),
+) -> None:
+    """Print the markdown tables of saved benchmark documents (for the README).
+
+    Example: avrl bench show /tmp/avrl-bench/results/*.json
+    """
+    from avrl_batch.bench import baseline, decode, model, scan
+    from avrl_batch.errors import ConfigError
+
+    tables = {
+        "decode": decode.table,
+        "model": model.table,
+        "scan": scan.table,
+        "baseline": baseline.table,
+    }
+    for path in documents:
+        try:
+            doc = json.loads(path.read_text())
+            render = tables[doc["bench"]]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{path} is not a benchmark document written by --save") from exc
+        typer.echo(f"\n{path.name}: {doc['bench']}, {doc['utc']}")
+        _emit(doc, False, render(doc), None)
