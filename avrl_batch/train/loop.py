@@ -137,13 +137,32 @@ def _metrics_from_counts(
 def _maybe_fail(config: dict[str, Any], epoch: int, rank: int, world: int) -> None:
     """Test hook for fault injection (``fail_at_epoch`` + ``fail_marker`` in the loop config):
     the highest-rank worker raises once at the start of that epoch. The marker file makes it
-    once: the restarted worker group finds it and trains on."""
+    once: the restarted worker group finds it and trains on.
+
+    It first waits until Ray Train has registered the previous epoch's checkpoint (listed in
+    the run's ``checkpoint_manager_snapshot.json``): Ray Train V2's controller handles a
+    worker error before reports still queued from the same poll, so a failure within a poll
+    interval (2 s) of a report can drop that report and resume one epoch earlier. A real
+    crash mid-epoch is far from the report; the wait makes the test see that case."""
     at = config.get("fail_at_epoch")
     marker = config.get("fail_marker")
     if at is None or epoch != at or rank != world - 1 or not marker:
         return
     if os.path.exists(marker):
         return
+    snapshot = config.get("fail_snapshot")
+    if snapshot and epoch > 1:
+        from avrl_batch import storage
+
+        previous = f"epoch_{epoch - 1:04d}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            endpoint = config.get("endpoint_url")
+            if storage.exists(snapshot, endpoint_url=endpoint) and previous in storage.read_bytes(
+                snapshot, endpoint_url=endpoint
+            ).decode("utf-8", "replace"):
+                break
+            time.sleep(0.5)
     Path(marker).write_text(f"failed at epoch {epoch} on rank {rank}\n")
     raise RuntimeError(f"injected failure at epoch {epoch} (test hook fail_at_epoch)")
 
@@ -169,7 +188,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
+        # a private copy per worker: as_directory() shares one download folder between the
+        # workers of a node, and a worker could read a file another is still writing
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint.to_directory(d)
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import posixpath
+import random
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -318,6 +319,9 @@ def prepare(
     if not any(r["split"] == "train" for r in rows):
         raise DataError(f"{manifest_uri}: no clips in the 'train' split; label some as split=train")
     moved = carve_val(rows, val_fraction)
+    # manifests are usually grouped by class; shards in that order would feed SGD single-class
+    # batches wherever the trainer can only shuffle locally (large, streamed data sets)
+    random.Random(0).shuffle(rows)
 
     init_ray(address)
     quiet_ray_data()
@@ -345,6 +349,7 @@ def prepare(
     (
         ds.filter(expr=col("error") == "")
         .drop_columns(["error"])
+        .repartition(max(1, len(good) // 256))  # ~256 clips a shard, not one file per task
         .write_parquet(fs_path, filesystem=fs, partition_cols=["split"])
     )
     prefix = out_uri.rstrip("/") + "/"

@@ -16,6 +16,7 @@ storage_path)`` finds the run's checkpoint snapshot in storage and hands its lat
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -128,11 +129,16 @@ def train(
             import pyarrow.parquet as pq
 
             cols = list(TENSOR_COLUMNS)
-            return ray.data.from_arrow(
+            ds = ray.data.from_arrow(
                 [pq.read_table(p, filesystem=data_fs, columns=cols) for p in paths]
             )
+            # a full reshuffle every epoch (each epoch re-executes the dataset): SGD needs
+            # batches that mix classes, and prepared shards may be in any order
+            return ds.random_shuffle() if split == "train" else ds
         ds = ray.data.read_parquet(paths, filesystem=data_fs, partitioning=None)
-        return ds.select_columns(list(TENSOR_COLUMNS))
+        ds = ds.select_columns(list(TENSOR_COLUMNS))
+        # streamed: shuffle the block order per epoch; the loop's local buffer mixes rows
+        return ds.randomize_block_order() if split == "train" else ds
 
     progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
     run_config = ray.train.RunConfig(
@@ -145,7 +151,12 @@ def train(
     )
     loop_config: dict[str, Any] = {"model": cfg.to_dict(), "train": asdict(tc)}
     if fail_at_epoch is not None:
-        loop_config.update(fail_at_epoch=fail_at_epoch, fail_marker=fail_marker)
+        loop_config.update(
+            fail_at_epoch=fail_at_epoch,
+            fail_marker=fail_marker,
+            fail_snapshot=storage.join(ckpt_root, SNAPSHOT_NAME),
+            endpoint_url=endpoint_url,
+        )
     from avrl_batch.train.loop import train_loop_per_worker
 
     trainer = TorchTrainer(
@@ -195,7 +206,8 @@ def _write_model_file(
     from avrl_batch.modelfile import model_id_for, model_to_bytes
     from avrl_batch.train.loop import STATE_FILE
 
-    with checkpoint.as_directory() as d:
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint.to_directory(d)
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
