@@ -237,10 +237,20 @@ class _ProgressRelay:
     while ``fit()`` blocks the main thread (which keeps Ray's Ctrl-C handling)."""
 
     def __init__(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.on_epoch = on_epoch
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # on the driver's node: a queue actor on a worker node would die with that node and
+        # take the controller (whose callback puts on it) down with it (issue 8, node loss)
+        here = ray.get_runtime_context().get_node_id()
+        self.queue = Queue(
+            actor_options={
+                "num_cpus": 0,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False),
+            }
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
 
@@ -252,7 +262,10 @@ class _ProgressRelay:
         class EpochMetrics(UserCallback):
             def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
                 if metrics:
-                    queue.put(metrics[0])  # every worker reports the same all-reduced row
+                    try:  # progress lines are best effort: never fail training over them
+                        queue.put(metrics[0])  # every worker reports the same all-reduced row
+                    except Exception:  # noqa: BLE001
+                        pass
 
         return EpochMetrics()
 
