@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from avrl_batch.bench.report import envelope, load_average, median
+from avrl_batch.bench.report import cpu_seconds, envelope, load_average, median
 
 
 def _load_audio(path: str) -> tuple[np.ndarray | None, str]:
@@ -114,6 +114,7 @@ def naive_scan_file(path: str, model_path: str) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "audio_loader": loader,
+        "cpu_s": cpu_seconds(),
     }
 
 
@@ -127,6 +128,7 @@ def naive_scan(files: list[str], model_path: str) -> dict[str, Any]:
         out["footage_s"] += r["footage_s"]
         out["peak_rss_mb"] = r["peak_rss_mb"]
         out["audio_loader"] = r["audio_loader"]
+        out["cpu_s"] = r["cpu_s"]  # cumulative for the process
     out["wall_s"] = time.perf_counter() - t0
     return out
 
@@ -191,10 +193,14 @@ def bench_baseline(
     scan_total = median(
         [r["sampled"]["workers_sum_mb"] + r["driver_peak_rss_mb"] for r in scan_runs]
     )
+    naive_cpu_hph = median([r["footage_s"] / r["cpu_s"] for r in naive_runs])
+    scan_cpu_hph = median([r["hours_per_cpu_hour"] for r in scan_runs])
     doc = {
         "preset": preset,
         "runs": runs,
         "files": [Path(f).name for f in local],
+        # footage hours per CPU-hour (robust to other load on a shared machine)
+        "cpu_speedup": round(scan_cpu_hph / naive_cpu_hph, 3),
         "footage_s": round(footage, 3),
         "baseline": {
             "hours_per_hour": round(naive_hph, 3),
@@ -202,6 +208,7 @@ def bench_baseline(
             "peak_rss_mb": round(naive_mem, 1),
             "peak_rss_mb_runs": [round(r["peak_rss_mb"], 1) for r in naive_runs],
             "audio_loader": naive_runs[0]["audio_loader"],
+            "hours_per_cpu_hour": round(naive_cpu_hph, 3),
             "windows": naive_runs[0]["windows"],
         },
         "scan": {
@@ -212,6 +219,7 @@ def bench_baseline(
                 median([r["hours_per_hour_with_ray_start"] for r in scan_runs]), 3
             ),
             "peak_worker_mb": round(scan_worker, 1),
+            "hours_per_cpu_hour": round(scan_cpu_hph, 3),
             # every Ray worker's peak plus the driver's: all the memory the scan used
             "total_mb": round(scan_total, 1),
             "windows": scan_runs[0]["windows"],
@@ -226,14 +234,18 @@ def bench_baseline(
 
 def table(doc: dict[str, Any]) -> list[str]:
     b, s = doc["baseline"], doc["scan"]
+    nan = float("nan")
     return [
-        "| | h footage / h | peak memory MiB |",
-        "|---|---|---|",
-        f"| naive baseline (1 process) | {b['hours_per_hour']:.2f} | {b['peak_rss_mb']:.0f} |",
+        "| | h footage / h | h footage / CPU-h | peak memory MiB |",
+        "|---|---|---|---|",
+        f"| naive baseline (1 process) | {b['hours_per_hour']:.2f} | "
+        f"{b.get('hours_per_cpu_hour', nan):.2f} | {b['peak_rss_mb']:.0f} |",
         f"| avrl scan, {s['workers']} decode workers | {s['hours_per_hour']:.2f} | "
+        f"{s.get('hours_per_cpu_hour', nan):.2f} | "
         f"{s['peak_worker_mb']:.0f} per worker, {s['total_mb']:.0f} all processes |",
-        f"| ratio | {doc['speedup']:.2f}x | {doc['memory_ratio_worker']:.1f}x per worker, "
-        f"{doc['memory_ratio_total']:.1f}x total |",
+        f"| ratio | {doc['speedup']:.2f}x | {doc.get('cpu_speedup', nan):.2f}x | "
+        f"{doc['memory_ratio_worker']:.1f}x per worker, {doc['memory_ratio_total']:.1f}x total |",
+        f"audio: {b['audio_loader']}",
     ]
 
 

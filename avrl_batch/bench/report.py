@@ -63,6 +63,14 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds used so far by this process (every thread)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -113,10 +121,13 @@ def interleaved(
             fn()  # first-call costs (imports, codec init, page cache) are not the steady state
     for _ in range(runs):
         for name, fn in variants.items():
+            c0 = cpu_seconds()
             t0 = time.perf_counter()
             figures = fn() or {}
             dt = time.perf_counter() - t0
-            out[name].add(dt, **figures)
+            # CPU time of this process (all its threads): on a shared machine wall time
+            # measures the neighbours too, CPU time mostly measures the work
+            out[name].add(dt, cpu_s=cpu_seconds() - c0, **figures)
     return out
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avrl_batch.bench.report import envelope, load_average, median
+from avrl_batch.bench.report import cpu_seconds, envelope, load_average, median
 
 MiB = 1024 * 1024
 
@@ -33,6 +33,7 @@ class RssSampler:
     peaks: dict[int, float] = field(default_factory=dict)  # worker + its child processes
     own_peaks: dict[int, float] = field(default_factory=dict)  # the worker process alone
     child_peaks: dict[int, float] = field(default_factory=dict)  # its children (decoder)
+    cpu: dict[int, float] = field(default_factory=dict)  # CPU seconds, last seen, per process
     roles: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -66,8 +67,12 @@ class RssSampler:
                 for child in proc.children(recursive=True):
                     try:
                         kids += child.memory_info().rss / MiB
+                        ct = child.cpu_times()
+                        self.cpu[child.pid] = ct.user + ct.system
                     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                         pass
+                t = proc.cpu_times()
+                self.cpu[proc.pid] = t.user + t.system
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             pid = proc.pid
@@ -107,6 +112,8 @@ class RssSampler:
             # every worker's peak added up: an upper bound on what the scan held at once
             "workers_sum_mb": round(sum(self.peaks.values()), 1),
             "decode_processes": sum(1 for r in self.roles.values() if r == "decode"),
+            # CPU seconds of every worker and its children (as last sampled)
+            "workers_cpu_s": round(sum(self.cpu.values()), 2),
         }
 
 
@@ -191,6 +198,7 @@ def scan_once(
     # nice 0 compete on equal terms, which is what a dedicated scan node gives them.
     os.environ.setdefault("RAY_worker_niceness", "0")
     t0 = time.perf_counter()
+    c0 = cpu_seconds()
     with RssSampler() as sampler:
         connect(None, num_cpus=workers + 1)
         # the raylet forks every worker, so pinning it (and the workers it prestarted) pins
@@ -203,6 +211,7 @@ def scan_once(
         finally:
             ray.shutdown()
     wall = time.perf_counter() - t0
+    driver_cpu = cpu_seconds() - c0
     shutil.rmtree(out, ignore_errors=True)
     if summary.sources_failed:
         from avrl_batch.errors import AvrlError
@@ -220,6 +229,10 @@ def scan_once(
         "pipeline_peak_rss_mb": summary.peak_rss_mb,
         "sampled": sampler.summary(),
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        # footage hours per CPU-hour of the scan's processes: robust to a shared machine
+        "cpu_s": sampler.summary()["workers_cpu_s"] + driver_cpu,
+        "hours_per_cpu_hour": summary.footage_s
+        / max(sampler.summary()["workers_cpu_s"] + driver_cpu, 1e-9),
     }
 
 
@@ -239,6 +252,8 @@ def _agg(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "hours_per_hour": med("hours_per_hour"),
         "hours_per_hour_runs": [round(r["hours_per_hour"], 3) for r in runs],
         "hours_per_hour_with_ray_start": med("hours_per_hour_with_ray_start"),
+        "cpu_s": med("cpu_s"),
+        "hours_per_cpu_hour": med("hours_per_cpu_hour"),
         "peak_decode_worker_mb": med("sampled", "decode_max_mb"),
         "peak_decode_worker_own_mb": med("sampled", "decode_worker_own_max_mb"),
         "peak_decoder_child_mb": med("sampled", "decoder_child_max_mb"),
@@ -345,14 +360,16 @@ def _ratio(a: float, b: float) -> float | None:
 def table(doc: dict[str, Any]) -> list[str]:
     lines = [
         "| source | workers | footage s | segments | h footage / h (median) | runs | "
-        "peak decode worker MiB | inference actor MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "h footage / CPU-h | peak decode worker MiB (worker + decoder) | inference actor MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         for w, a in r["by_workers"].items():
             lines.append(
                 f"| {Path(r['source']).name} | {w} | {a['footage_s']:.0f} | {a['segments']} | "
                 f"{a['hours_per_hour']:.2f} | {a['hours_per_hour_runs']} | "
-                f"{a['peak_decode_worker_mb']:.0f} | {a['peak_infer_actor_mb']:.0f} |"
+                f"{a.get('hours_per_cpu_hour', float('nan')):.2f} | "
+                f"{a['peak_decode_worker_mb']:.0f} ({a.get('peak_decode_worker_own_mb', 0):.0f}"
+                f" + {a.get('peak_decoder_child_mb', 0):.0f}) | {a['peak_infer_actor_mb']:.0f} |"
             )
     return lines
