@@ -88,7 +88,7 @@ def test_scan_survives_repeated_worker_node_loss(cluster: object, tmp_path: Path
 def test_training_survives_repeated_worker_node_loss(
     cluster: object, prepared_small: str, tmp_path: Path
 ) -> None:
-    """Two Ray Train workers; a worker node is killed in epoch 2 and again in epoch 3;
+    """Two Ray Train workers; a node hosting one is killed in epoch 2 and again in epoch 3;
     FailureConfig restarts the group from the last checkpoint each time and training ends
     with every epoch in the history."""
     from avrl_batch.config import TrainConfig, preset
@@ -122,17 +122,25 @@ def test_training_survives_repeated_worker_node_loss(
             if row["epoch"] in (1, 2) and len(kills) < row["epoch"]:
                 kill_a_training_node()
 
-    t0 = time.monotonic()
-    result = train(data, str(tmp_path / "run"), preset("tiny"),
-                   TrainConfig(epochs=4, batch_size=6), workers=2, cpus_per_worker=1.0,
-                   max_failures=4, on_epoch=on_epoch)
-    faulty_s = time.monotonic() - t0
+    def run(name: str, hook: object) -> tuple[object, float]:
+        t0 = time.monotonic()
+        result = train(data, str(tmp_path / name), preset("tiny"),
+                       TrainConfig(epochs=3, batch_size=6), workers=2, cpus_per_worker=1.0,
+                       max_failures=4, on_epoch=hook)  # type: ignore[arg-type]
+        return result, time.monotonic() - t0
+
+    _, base_s = run("base", None)  # the same training without failures, for the figure
+    result, faulty_s = run("faulty", on_epoch)
     assert len(kills) == 2
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
-    restarts = sum(1 for h in epochs if h.get("resumed_from_epoch"))
-    print(f"train node loss: {len(kills)} worker nodes killed during epochs 2-3; finished "
-          f"4 epochs in {faulty_s:.1f} s; epochs reported {[e['epoch'] for e in epochs]}; "
-          f"epochs run after a resume {restarts}")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]  # type: ignore[attr-defined]
+    # each epoch after a kill ran in a restarted worker group, from the last checkpoint
+    resumed = [h["resumed_from_epoch"] for h in result.history]  # type: ignore[attr-defined]
+    assert resumed[0] == 0 and resumed == sorted(resumed) and len(set(resumed) - {0}) == 2, (
+        resumed
+    )
+    print(f"train node loss: {len(kills)} worker nodes (hosting Ray Train workers) killed "
+          f"during epochs 2 and 3; 3 epochs in {base_s:.1f} s without failures, "
+          f"{faulty_s:.1f} s with; resumed_from_epoch per epoch {resumed}")
 
 
 def test_evaluate_and_scan_refuse_a_pickle_payload_model(
