@@ -1,3 +1,3 @@
-"""avrl-batch: find anomaly events in surveillance archives by listening and looking (AVRL on Ray)."""
+"""avrl-batch: find anomaly events in surveillance archives by listening and looking."""
 
 __version__ = "0.1.0"

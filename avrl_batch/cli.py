@@ -48,17 +48,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's own usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:
+        # usage errors from click, or from the copy of click that typer vendors
+        # (typer._click): both have format_message/exit_code; an Abort has neither
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                typer.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             typer.echo("aborted", err=True)
             sys.exit(1)
         raise
-
 
 if __name__ == "__main__":
     # run as `python -m avrl_batch.cli`: commands register on the imported module's `app`,
