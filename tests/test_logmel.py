@@ -8,7 +8,7 @@ from torchvggish import mel_features, vggish_input  # test-only oracle ([test] e
 
 from avrl_batch.media import logmel
 
-RATES = (8_000, 16_000, 44_100, 48_000)
+RATES = (8_000, 16_000, 22_050, 44_100, 48_000)
 
 
 def _waves(sample_rate: int, seconds: float = 3.1) -> dict[str, np.ndarray]:
@@ -99,3 +99,33 @@ def test_mono_16k_shapes() -> None:
     assert logmel.to_mono_16k(x, 8_000).dtype == np.float32
     with pytest.raises(ValueError):
         logmel.to_mono_16k(np.zeros((2, 2, 2)), 16_000)
+
+
+@pytest.mark.parametrize("sample_rate", (8_000, 11_025, 22_050, 32_000, 44_100, 48_000, 96_000))
+def test_fast_resampler_is_resampy_kaiser_best(sample_rate: int) -> None:
+    import resampy
+
+    rng = np.random.default_rng(sample_rate)
+    # odd lengths (a partial last block) and a one-sample input; at 48 kHz also 20 s, long
+    # enough that the product runs in two chunks (17.2 s each)
+    lengths = [1, 7, 4_095, int(3.3 * sample_rate)]
+    if sample_rate == 48_000:
+        lengths.append(20 * sample_rate + 11)
+    for n in lengths:
+        x = rng.uniform(-1.0, 1.0, n)
+        ours = logmel.resample_kaiser_best(x, sample_rate, 16_000)
+        if int(n * 16_000 / sample_rate) < 1:
+            assert ours.shape == (0,)  # resampy refuses an input this short
+            continue
+        ref = resampy.resample(x, sample_rate, 16_000, filter="kaiser_best")
+        assert ours.shape == ref.shape, n
+        assert float(np.abs(ours - ref).max()) <= 1e-8, (n, float(np.abs(ours - ref).max()))
+
+
+def test_fast_resampler_odd_rate_falls_back_to_resampy() -> None:
+    import resampy
+
+    x = np.random.default_rng(4).uniform(-1, 1, 16_001)
+    ours = logmel.resample_kaiser_best(x, 16_001, 16_000)  # 16000 phases: not tabulated
+    np.testing.assert_array_equal(ours, resampy.resample(x, 16_001, 16_000, filter="kaiser_best"))
+    assert logmel.resample_kaiser_best(x, 16_000, 16_000) is not x  # a copy, as resampy

@@ -5,14 +5,22 @@ A port of the math in tensorflow/models research/audioset/vggish (``mel_features
 exactly the input they were trained on. librosa's mel filters differ (Slaney scale, area
 normalisation, DC bin kept), so they are not used.
 
-Resampling uses resampy's ``kaiser_best`` filter, which is what the reference calls. soxr
-(VHQ or HQ) was measured against it on 3 s of audio: the log-mel differs by up to 0.03
-(tones) and 0.5-2.8 (white noise, chirps; worst at 8 kHz input where the bands above the
-4 kHz Nyquist hold only filter leakage whose log differs), far above the 1e-3 the model's
-input must match to, so soxr is not used here.
+Resampling computes exactly what resampy's ``kaiser_best`` filter (the reference's
+default) computes, but as one matrix product per block of output samples instead of
+resampy's per-sample loop: for a rational rate ratio L/M every output sample falls on one
+of L phases, so each phase's interpolated filter taps are tabulated once and the whole
+signal is resampled by BLAS (:func:`resample_kaiser_best`). It matches resampy to ~1e-11 and
+runs ~25-50x faster (1300-1900x realtime at 44.1/48 kHz on one core against 24-48x), which
+made resampling, not video, the cost of a scan's decode. soxr (VHQ or HQ) was measured
+against resampy and not used: its log-mel differs by up to 0.03 (tones) and 0.5-2.8 (white
+noise, chirps; worst at 8 kHz input, where the bands above the 4 kHz Nyquist hold only
+filter leakage whose log differs), far above the 1e-3 the model's input must match to.
 """
 
 from __future__ import annotations
+
+import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -37,7 +45,7 @@ EXAMPLE_HOP_FRAMES = int(round(EXAMPLE_HOP_SECONDS / STFT_HOP_SECONDS))  # 96
 _MEL_BREAK_HZ = 700.0
 _MEL_HIGH_Q = 1127.0
 
-RESAMPLE_FILTER = "kaiser_best"  # resampy filter; the reference's default
+RESAMPLE_FILTER = "kaiser_best"  # resampy filter; the reference's default (computed here)
 
 
 def hertz_to_mel(hz: np.ndarray | float) -> np.ndarray:
@@ -97,10 +105,97 @@ def to_mono_16k(
         raise ValueError(f"waveform must be (N,) or 2-D with a channel axis, got {x.shape}")
     x = x.astype(np.float64, copy=False)
     if sample_rate != SAMPLE_RATE and x.size:
+        x = resample_kaiser_best(x, sample_rate, SAMPLE_RATE)
+    return x.astype(np.float32)
+
+
+# every real audio rate (8k ... 192 kHz, 11.025k multiples) has at most 640 phases to 16 kHz
+_MAX_PHASES = 2048
+
+
+@lru_cache(maxsize=16)
+def _polyphase(sr_orig: int, sr_new: int) -> tuple[int, int, int, np.ndarray]:
+    """resampy's kaiser_best taps for every output phase of sr_orig -> sr_new, as one matrix.
+
+    Returns (outputs per block P, input step per block, taps left of an output's input
+    sample K_l, G (W, P)): output ``b * P + u`` = ``xpad[b * step : b * step + W] @ G[:, u]``
+    where ``xpad`` is the input with K_l - 1 zeros in front (resampy treats samples outside
+    the signal as zeros). Built with resampy's own arithmetic (its float time register,
+    integer table step, linear interpolation of the table), so only BLAS's summation order
+    differs from resampy's loop.
+    """
+    from resampy.filters import get_filter
+
+    g = math.gcd(sr_orig, sr_new)
+    up, down = sr_new // g, sr_orig // g  # the ratio is up / down
+    win, num_table, _ = get_filter(RESAMPLE_FILTER)  # half window; table entries per zero
+    ratio = sr_new / sr_orig
+    if ratio < 1:
+        win = ratio * win  # resampy scales the filter's gain when downsampling
+    delta = np.diff(win, append=win[-1])  # (n_win,) for linear interpolation in the table
+    scale = min(1.0, ratio)
+    index_step = int(scale * num_table)
+    # whole periods of `up` outputs per block, at least 64 outputs, so that the product is
+    # a matrix-matrix one even for 48 kHz (up = 1)
+    per_block = up * max(1, -(-64 // up))
+    t_out = np.arange(per_block) * (1.0 / ratio)  # (P,) resampy's time register
+    n = t_out.astype(np.int64)  # (P,) the input sample at or before each output
+    frac = scale * (t_out - n)
+
+    def wing(position: np.ndarray) -> np.ndarray:
+        # taps of one wing, (P, K): resampy's loop with its per-output tap count
+        index = position * num_table
+        offset = index.astype(np.int64)
+        eta = index - offset
+        count = (win.shape[0] - offset) // index_step  # (P,)
+        k = np.arange(int(count.max()))
+        pos = offset[:, None] + k * index_step  # (P, K)
+        valid = k < count[:, None]
+        pos = np.where(valid, pos, 0)
+        return np.where(valid, win[pos] + eta[:, None] * delta[pos], 0.0)
+
+    left, right = wing(frac), wing(scale - frac)  # left[u, i] weighs x[n_u - i]
+    k_l, k_r = left.shape[1], right.shape[1]
+    width = int(n[-1]) + k_l + k_r
+    taps = np.zeros((per_block, width))
+    rows = np.arange(per_block)[:, None]
+    # column c holds x[c - (k_l - 1)] of the block: x[n - i] and x[n + 1 + k]
+    taps[rows, n[:, None] - np.arange(k_l) + (k_l - 1)] += left
+    taps[rows, n[:, None] + 1 + np.arange(k_r) + (k_l - 1)] += right
+    return per_block, down * (per_block // up), k_l, np.ascontiguousarray(taps.T)
+
+
+def resample_kaiser_best(x: np.ndarray, sr_orig: int, sr_new: int) -> np.ndarray:
+    """``resampy.resample(x, sr_orig, sr_new, filter="kaiser_best")`` for 1-D float64 ``x``
+    and integer rates, to ~1e-11, computed blockwise with BLAS: float64 (N_out,),
+    N_out = int(len(x) * sr_new / sr_orig). Non-integer rates go to resampy itself."""
+    x = np.asarray(x, dtype=np.float64)
+    if sr_orig == sr_new:
+        return x.copy()
+    if int(sr_orig) != sr_orig or int(sr_new) != sr_new:
         import resampy
 
-        x = resampy.resample(x, sample_rate, SAMPLE_RATE, filter=RESAMPLE_FILTER)
-    return x.astype(np.float32)
+        return resampy.resample(x, sr_orig, sr_new, filter=RESAMPLE_FILTER)
+    n_out = int(x.shape[0] * float(sr_new) / float(sr_orig))
+    if n_out < 1:
+        return np.zeros(0, np.float64)
+    if sr_new // math.gcd(int(sr_orig), int(sr_new)) > _MAX_PHASES:
+        import resampy  # an odd rate (16001 Hz): too many phases to tabulate
+
+        return resampy.resample(x, sr_orig, sr_new, filter=RESAMPLE_FILTER)
+    per_block, step, k_l, taps = _polyphase(int(sr_orig), int(sr_new))
+    width = taps.shape[0]
+    n_blocks = -(-n_out // per_block)
+    xpad = np.zeros(max((n_blocks - 1) * step + width, k_l - 1 + x.size))
+    xpad[k_l - 1 : k_l - 1 + x.size] = x
+    rows = np.lib.stride_tricks.sliding_window_view(xpad, width)[::step]  # (>=n_blocks, W)
+    out = np.empty((n_blocks, per_block))
+    # a few MiB of gathered rows at a time: an hour of audio must not gather GiBs
+    chunk = max(1, (1 << 21) // width)
+    for b0 in range(0, n_blocks, chunk):
+        b1 = min(b0 + chunk, n_blocks)
+        out[b0:b1] = rows[b0:b1] @ taps  # (blocks, W) @ (W, P) -> (blocks, P)
+    return out.reshape(-1)[:n_out]  # (n_blocks * P,) -> (N_out,)
 
 
 def log_mel_spectrogram(wave16k: np.ndarray) -> np.ndarray:
