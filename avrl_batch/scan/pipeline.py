@@ -151,15 +151,43 @@ def _probe_all(
     return ray.get(refs)
 
 
-def _pool(cfg: ScanConfig) -> tuple[int, dict[str, float]]:
-    """Actor pool size and per-actor resources: GPUs when the cluster has them."""
+def _cpu_per_node() -> tuple[int, int]:
+    """(CPUs of the smallest alive node that has any, number of such nodes)."""
+    import ray
+
+    cpus = [
+        int(n["Resources"].get("CPU", 0))
+        for n in ray.nodes()
+        if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1
+    ]
+    return (min(cpus), len(cpus)) if cpus else (1, 1)
+
+
+def _pool(cfg: ScanConfig) -> tuple[int, dict[str, float], int | None]:
+    """Actor pool size, per-actor resources and torch threads per actor (None: leave
+    torch's default, i.e. on GPU nodes).
+
+    On CPU the model is the scan's bottleneck for every preset but tiny (PERF_NOTES), and an
+    actor with one torch thread left the other cores idle once decoding was fast (measured:
+    2 workers ran at 0.95x of 1). So the actor's torch threads are the CPUs free on a node
+    at the start less a quarter (at least one) for decode tasks; the predictor caps them
+    at the cores its process may run on. It still reserves one CPU from Ray: reserving all
+    of them would let concurrent scans on one cluster take every CPU with their actors and
+    leave none for the decode tasks that feed them (a deadlock); when the model waits on
+    decoding, its threads idle and the decode tasks get the cores.
+    """
     import ray
 
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
     if gpus > 0:
         n = cfg.actors or max(1, int(gpus // cfg.gpus_per_actor))
-        return n, {"num_gpus": cfg.gpus_per_actor, "num_cpus": 1}
-    return cfg.actors or 1, {"num_cpus": 1}
+        return n, {"num_gpus": cfg.gpus_per_actor, "num_cpus": 1}, None
+    per_node, nodes = _cpu_per_node()
+    free = min(per_node, int(ray.available_resources().get("CPU", 1)))
+    n = cfg.actors or 1
+    for_model = max(1, free - max(1, per_node // 4))
+    threads = max(1, for_model // -(-n // nodes))  # actors that share a node split it
+    return n, {"num_cpus": 1}, threads
 
 
 def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> ScanSummary:
@@ -317,7 +345,7 @@ def _execute(
         )
         anomaly_index = [i for i, c in enumerate(class_names) if c in ANOMALY_CLASSES]
         thumb_threshold = min(cfg.timeline.enter, cfg.timeline.exit)
-        n_actors, actor_resources = _pool(cfg)
+        n_actors, actor_resources, threads = _pool(cfg)
         segments = [s.to_row() for s in plan.segments]
         model_ref = ray.put(model_bytes)
         ds = (
@@ -340,6 +368,7 @@ def _execute(
                     "model_ref": [model_ref],
                     "anomaly_index": anomaly_index,
                     "thumb_threshold": thumb_threshold,
+                    "threads": threads,
                 },
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 batch_size=cfg.batch_size,

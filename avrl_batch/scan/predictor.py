@@ -46,15 +46,27 @@ class Predictor:
         model_ref: list[Any],
         anomaly_index: list[int],
         thumb_threshold: float,
+        threads: int | None = None,
     ) -> None:
         import ray
         import torch
 
         from avrl_batch.modelfile import model_from_bytes
 
+        if threads is not None:
+            # intra-op threads of the convs (pipeline._pool), no more than the cores this
+            # process may run on: more threads than cores only contend
+            import os
+
+            torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
         loaded = model_from_bytes(ray.get(model_ref[0]), source="scan model")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device).eval()
+        # channels_last_3d for the 3D-ResNet (its weights and input): the same arithmetic in
+        # a layout oneDNN/cuDNN convolve faster (bench model: 1.24-1.46x on CPU, fp32)
+        self.channels_last = self.model.video is not None
+        if self.channels_last:
+            self.model.video.to(memory_format=torch.channels_last_3d)
         self.cfg = loaded.cfg
         self.anomaly_index = np.asarray(anomaly_index, dtype=np.int64)
         self.thumb_threshold = float(thumb_threshold)
@@ -83,6 +95,8 @@ class Predictor:
                 video = video_input(
                     frames.to(self.device, non_blocking=on_gpu), self.cfg.mean, self.cfg.std
                 )
+                if self.channels_last:
+                    video = video.contiguous(memory_format=torch.channels_last_3d)
                 audio = logmel.to(self.device, non_blocking=on_gpu).float()
                 logits = self.model(video, audio, has_audio.to(self.device))
                 probs[idx] = torch.softmax(logits.float(), dim=1).cpu().numpy()  # (B, C)
