@@ -147,9 +147,15 @@ def cores(n: int | None):
         from avrl_batch.errors import ConfigError
 
         raise ConfigError(f"--cores {n}: only {len(allowed)} cores are usable here")
+    from threadpoolctl import threadpool_limits
+
     os.sched_setaffinity(0, set(allowed[:n]))
     try:
-        yield
+        # OpenBLAS sized its pool from every core at import; on fewer cores its threads
+        # contend and spin (measured: the audio path's matrix products cost 5x the CPU time
+        # with 2 BLAS threads on 1 core). Ray's workers get OMP_NUM_THREADS = their CPUs.
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
     finally:
         os.sched_setaffinity(0, before)
 
