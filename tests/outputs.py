@@ -72,6 +72,39 @@ def _frame(label: str, seed: int) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
+def window_row(
+    source_uri: str,
+    camera: str | None,
+    index: int,
+    start_s: float,
+    end_s: float,
+    start: datetime | None,
+    probs: np.ndarray,
+    *,
+    has_audio: bool = True,
+    model_id: str = MODEL_ID,
+    scan_id: str = SCAN_ID,
+) -> dict:
+    """One WINDOWS row whose label and score are the arg-max of ``probs`` (the classes)."""
+    k = int(np.argmax(probs))
+    return {
+        "source_uri": source_uri,
+        "camera": camera,
+        "window_index": index,
+        "start_s": start_s,
+        "end_s": end_s,
+        "start_time": None if start is None else start + timedelta(seconds=start_s),
+        "end_time": None if start is None else start + timedelta(seconds=end_s),
+        "label": CLASS_NAMES[k],
+        "score": float(probs[k]),
+        "probs": probs.tolist(),
+        "is_anomaly": CLASS_NAMES[k] not in ("normal1", "normal2"),
+        "has_audio": has_audio,
+        "model_id": model_id,
+        "scan_id": scan_id,
+    }
+
+
 def _windows(camera: str, start: datetime | None, n: int, spans, source_uri: str, rng) -> pa.Table:
     probs = rng.dirichlet(np.ones(len(CLASS_NAMES)) * 0.5, size=n).astype(np.float32) * 0.3
     probs[:, CLASS_NAMES.index("normal1")] += 0.7  # calm footage: normal wins
@@ -81,28 +114,11 @@ def _windows(camera: str, start: datetime | None, n: int, spans, source_uri: str
         probs[a : b + 1, k] += 0.85 * rng.uniform(0.8, 1.0, size=b - a + 1)
     probs /= probs.sum(axis=1, keepdims=True)
     has_audio = camera != "Gate 3 (north)"  # a camera without microphone
-    rows = []
-    for i in range(n):
-        k = int(np.argmax(probs[i]))
-        s, e = i * WINDOW_S, (i + 1) * WINDOW_S
-        rows.append(
-            {
-                "source_uri": source_uri,
-                "camera": camera,
-                "window_index": i,
-                "start_s": s,
-                "end_s": e,
-                "start_time": None if start is None else start + timedelta(seconds=s),
-                "end_time": None if start is None else start + timedelta(seconds=e),
-                "label": CLASS_NAMES[k],
-                "score": float(probs[i, k]),
-                "probs": probs[i].tolist(),
-                "is_anomaly": CLASS_NAMES[k] not in ("normal1", "normal2"),
-                "has_audio": has_audio,
-                "model_id": MODEL_ID,
-                "scan_id": SCAN_ID,
-            }
-        )
+    rows = [
+        window_row(source_uri, camera, i, i * WINDOW_S, (i + 1) * WINDOW_S, start, probs[i],
+                   has_audio=has_audio)
+        for i in range(n)
+    ]
     return pa.Table.from_pylist(rows, schema=WINDOWS)
 
 

@@ -271,10 +271,17 @@ def test_cli_formats_equal_direct_read(tree: Path, tmp_path: Path) -> None:
         (["--format", "parquet"], "error: --format parquet needs --output FILE"),
     ],
 )
-def test_cli_user_errors_are_one_line(tree: Path, args: list[str], message: str) -> None:
-    r = avrl("query", str(tree), *args)
-    err = r.stderr.decode()
-    assert r.returncode == 2, err
+def test_cli_user_errors_are_one_line(
+    tree: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # in-process: the same CLI error path without an interpreter start per case (a subprocess
+    # shows it end to end in test_cli_empty_output_tree); an uncaught exception fails here
+    from avrl_batch.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", str(tree), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 import pytest
+from outputs import window_row
 
 from avrl_batch.errors import ConfigError
 from avrl_batch.scan.matching import match_events, temporal_iou
@@ -41,26 +42,9 @@ def make_windows(
         for label, values in tracks.items():
             probs[CLASS_NAMES.index(label)] = values[i]
         probs[CLASS_NAMES.index("normal1")] += max(0.0, 1.0 - probs.sum())
-        k = int(np.argmax(probs))
-        s, e = i * stride_s, i * stride_s + window_s
-        rows.append(
-            {
-                "source_uri": source,
-                "camera": "cam01",
-                "window_index": i,
-                "start_s": s,
-                "end_s": e,
-                "start_time": None if start is None else start + timedelta(seconds=s),
-                "end_time": None if start is None else start + timedelta(seconds=e),
-                "label": CLASS_NAMES[k],
-                "score": float(probs[k]),
-                "probs": probs.tolist(),
-                "is_anomaly": CLASS_NAMES[k] not in ("normal1", "normal2"),
-                "has_audio": True,
-                "model_id": "model-abc",
-                "scan_id": "scan-1",
-            }
-        )
+        s = i * stride_s
+        rows.append(window_row(source, "cam01", i, s, s + window_s, start, probs,
+                               model_id="model-abc", scan_id="scan-1"))
     return pa.Table.from_pylist(rows, schema=WINDOWS)
 
 
