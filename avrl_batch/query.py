@@ -37,7 +37,8 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -303,6 +304,9 @@ def run_query(
         raise ConfigError(f"--limit must be >= 0 (got {limit})")
     tree = OutputTree.open(out, endpoint_url=endpoint_url)
     con = connect(tree, filters)
+    if sql is not None:
+        # `SELECT ...;` is how people end SQL; inside the LIMIT wrapper it is a syntax error
+        sql = sql.strip().rstrip(";").rstrip()
     text = sql if sql is not None else f"SELECT * FROM {table} ORDER BY {ORDER_BY[table]}"
     if limit is not None:
         text = f"SELECT * FROM ({text}) LIMIT {int(limit)}"
@@ -314,8 +318,47 @@ def run_query(
     if data is None:
         raise ConfigError("--sql must be a query that returns rows (SELECT ...)")
     if sql is None:
-        data = data.cast(TABLES[table])  # DuckDB drops the declared NOT NULL flags
-    return data
+        return data.cast(TABLES[table])  # DuckDB drops the declared NOT NULL flags
+    return portable(data)
+
+
+def portable(data: pa.Table) -> pa.Table:
+    """``--sql`` results in types every output format writes. DuckDB answers a sum of
+    integers as HUGEINT (Arrow decimal128(38, 0)) and a difference of timestamps as INTERVAL
+    (Arrow month_day_nano_interval, which Parquet and CSV cannot hold): a decimal without
+    scale becomes int64 (float64 if it does not fit), one with a scale float64; an interval
+    becomes a duration (microseconds), or ISO 8601 text if it counts months."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = []
+    for col in data.columns:
+        t = col.type
+        if pa.types.is_decimal(t):
+            try:
+                col = pc.cast(col, pa.int64()) if t.scale == 0 else pc.cast(col, pa.float64())
+            except pa.ArrowInvalid:  # > 2**63: keep the magnitude, lose the last digits
+                col = pc.cast(col, pa.float64(), safe=False)
+        elif pa.types.is_interval(t):
+            col = _interval_column(col)
+        cols.append(col)
+    return pa.table(cols, names=data.column_names)
+
+
+def _interval_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    import pyarrow as pa
+
+    values = col.to_pylist()  # MonthDayNano(months, days, nanoseconds) or None
+    if all(v is None or v.months == 0 for v in values):
+        return pa.chunked_array(
+            [pa.array([None if v is None else v.days * 86_400_000_000 + v.nanoseconds // 1000
+                       for v in values], pa.duration("us"))]
+        )
+    # months have no fixed length: only text says what DuckDB meant
+    return pa.chunked_array(
+        [pa.array([None if v is None else f"P{v.months}M{v.days}DT{v.nanoseconds / 1e9:g}S"
+                   for v in values], pa.string())]
+    )
 
 
 def _first_line(exc: Exception) -> str:
@@ -330,11 +373,21 @@ HIDDEN_IN_TABLE = ("thumbnail", "probs", "model_id", "scan_id")
 
 
 def _py(value: Any) -> Any:
+    """A value of ``Table.to_pylist()`` as plain JSON: times ISO 8601 (UTC, ``Z``), dates and
+    clock times ISO 8601, durations in seconds, decimals as numbers, binary base64."""
     if isinstance(value, datetime):
+        if value.tzinfo is None:  # a naive TIMESTAMP from --sql: DuckDB runs in UTC here
+            value = value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_py(v) for v in value]
     if isinstance(value, dict):
         return {k: _py(v) for k, v in value.items()}
@@ -342,12 +395,14 @@ def _py(value: Any) -> Any:
 
 
 def to_json_lines(data: pa.Table) -> str:
-    """One JSON object per row; times ISO 8601 UTC, binary (thumbnails) base64."""
+    """One JSON object per row; times ISO 8601 UTC, durations in seconds, binary
+    (thumbnails) base64."""
     return "".join(json.dumps(_py(row)) + "\n" for row in data.to_pylist())
 
 
 def to_csv(data: pa.Table) -> bytes:
-    """CSV; binary columns are dropped, lists become JSON arrays, times ISO 8601 UTC."""
+    """CSV; binary columns are dropped, lists and structs become JSON, times ISO 8601 UTC,
+    durations seconds."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -357,9 +412,12 @@ def to_csv(data: pa.Table) -> bytes:
         t = col.type
         if pa.types.is_binary(t) or pa.types.is_large_binary(t):
             continue
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()],
-                           pa.string())
+        if pa.types.is_nested(t):  # list, struct, map: the CSV writer has no form for them
+            col = pa.array(
+                [None if v is None else json.dumps(_py(v)) for v in col.to_pylist()], pa.string()
+            )
+        elif pa.types.is_duration(t):
+            col = pa.array([None if v is None else _py(v) for v in col.to_pylist()], pa.float64())
         elif pa.types.is_timestamp(t):
             col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")
         cols.append(col)

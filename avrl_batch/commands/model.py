@@ -79,7 +79,8 @@ def import_weights(
 ) -> None:
     """Build a model file from pretrained trunks: the head starts random (seeded), for training.
 
-    Example: avrl import-weights --vggish vggish-10086976.pth --r3d r3d34_K_200ep.pth --out m.pt
+    Example: avrl import-weights --vggish vggish-10086976.pth --r3d r3d34_K_200ep.pth
+    --out paper.avrl
     """
     from avrl_batch.config import preset as get_preset
     from avrl_batch.errors import ConfigError

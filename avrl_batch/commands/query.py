@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -12,6 +13,20 @@ from avrl_batch.cli import app
 FORMATS = ("table", "json", "csv", "parquet")
 _EXT_FORMAT = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv",
                ".txt": "table"}
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write a result file, creating its folder (as `avrl scan --out` does); a path that
+    cannot be written is one line, not a traceback."""
+    from avrl_batch.errors import StorageError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write {path}: {exc.strerror or exc}; choose another file"
+        ) from None
 
 
 @app.command("query")
@@ -94,8 +109,9 @@ def query(
         from rich.console import Console
 
         if output is not None:
-            with output.open("w") as fh:
-                Console(file=fh, width=200).print(rich_table(data))
+            text = io.StringIO()
+            Console(file=text, width=200).print(rich_table(data))
+            _write_file(output, text.getvalue().encode())
             return
         console = Console()
         if data.num_rows == 0:
@@ -110,7 +126,7 @@ def query(
     else:
         payload = to_parquet(data)
     if output is not None:
-        output.write_bytes(payload)
+        _write_file(output, payload)
         typer.echo(f"{data.num_rows} {what} -> {output}", err=True)
     else:
         sys.stdout.buffer.write(payload)
@@ -133,7 +149,7 @@ def report(
     from avrl_batch.report import build_report
 
     summary = build_report(out, endpoint_url=endpoint_url)
-    html.write_text(summary.html, encoding="utf-8")
+    _write_file(html, summary.html.encode("utf-8"))
     typer.echo(
         f"report: {summary.n_events} events, {summary.n_cameras} cameras, "
         f"{summary.n_errors} errors -> {html}"

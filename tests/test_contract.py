@@ -1,0 +1,237 @@
+"""Regression tests from the review of the scan output contract and the CLI (DESIGN.md §4,
+issues 5 and 6): a real output tree written by the scan's own sink and timeline code, read
+back through the real `avrl` entry point (in-process `cli.main`, so user errors go through
+the same one-line/exit-2 path as the console script). No Ray: each test takes well under a
+second or two."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from avrl_batch.cli import main
+from avrl_batch.scan import sink
+from avrl_batch.scan.naming import source_key
+from avrl_batch.scan.plan import SourceTask
+from avrl_batch.scan.timeline import TimelineConfig, events_from_windows
+from avrl_batch.schema import CLASS_NAMES, GROUND_TRUTH
+
+UTC = timezone.utc
+MODEL_A = "avrl-tiny-aaaaaaaaaaaa"
+MODEL_B = "avrl-tiny-bbbbbbbbbbbb"
+WINDOW_S = 2.0
+
+
+def write_source(
+    out: Path,
+    uri: str,
+    camera: str | None,
+    start: datetime | None,
+    fight: tuple[int, int] | None,
+    *,
+    n: int = 10,
+    model_id: str = MODEL_A,
+) -> int:
+    """One scanned source through the sink and the timeline (the code a scan runs):
+    ``n`` windows, ``fight`` = (first, last) window of a confident fight. Returns #events."""
+    task = SourceTask(
+        uri=uri, version="1-1", size=1, key=source_key(uri, "1-1", model_id), camera=camera,
+        start_time=start, duration_s=n * WINDOW_S, has_audio=True, segments=(),
+    )
+    probs = np.full((n, len(CLASS_NAMES)), 0.02, np.float32)  # (N, C)
+    probs[:, CLASS_NAMES.index("normal1")] = 0.84
+    if fight is not None:
+        a, b = fight
+        probs[a : b + 1] = 0.01
+        probs[a : b + 1, CLASS_NAMES.index("fight")] = 0.92
+    idx = np.arange(n)
+    windows = sink.windows_table(
+        task, idx, idx * WINDOW_S, (idx + 1) * WINDOW_S, np.ones(n, bool), probs,
+        class_names=CLASS_NAMES, model_id=model_id, scan_id="20260301T000000Z-abcdef",
+    )
+    events = events_from_windows(windows, TimelineConfig())
+    assert sink.write_source(str(out), task, windows, events)
+    return events.num_rows
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("contract") / "out"
+    write_source(out, "/archive/cam01/cam01_20260301T080000Z.mp4", "cam01",
+                 datetime(2026, 3, 1, 8, 0, tzinfo=UTC), (2, 4))
+    write_source(out, "/archive/cam02/cam02_20260301T235950Z.mp4", "cam02",
+                 datetime(2026, 3, 1, 23, 59, 50, tzinfo=UTC), (6, 8))
+    return out
+
+
+def avrl(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the real CLI entry point; (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    cap = capfd.readouterr()
+    return code, cap.out, cap.err
+
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+# ---- --sql results of every DuckDB type in every machine format ---------------------------
+
+# DuckDB's sum() of an integer is a HUGEINT (Arrow decimal128(38, 0)), CAST(... AS DATE) a
+# date32, a timestamp difference an INTERVAL (Arrow month_day_nano_interval): none of them
+# survived json (TypeError), and the interval broke csv and parquet too.
+TYPED_SQL = (
+    "SELECT camera, sum(n_windows) AS windows, CAST(min(start_time) AS DATE) AS day, "
+    "max(end_time - start_time) AS longest, CAST(min(start_time)::TIMESTAMP AS TIME) AS clock, "
+    "avg(peak_score)::DECIMAL(6, 3) AS peak, list(start_time) AS starts, "
+    "{'label': min(label), 'n': count(*)} AS info "
+    "FROM events GROUP BY camera ORDER BY camera"
+)
+
+
+def test_sql_of_any_type_prints_as_json(tree: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, err = avrl(capfd, "query", str(tree), "--sql", TYPED_SQL, "--format", "json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["camera"] for r in rows] == ["cam01", "cam02"]
+    cam01, cam02 = rows
+    assert cam01["windows"] == 3 and isinstance(cam01["windows"], int)
+    assert cam01["day"] == "2026-03-01"
+    assert cam02["day"] == "2026-03-02"  # 23:59:50 + 12 s: the event starts after midnight UTC
+    assert cam01["longest"] == pytest.approx(6.0)  # seconds
+    assert cam01["clock"] == "08:00:04"
+    assert cam01["peak"] == pytest.approx(0.92, abs=1e-3)
+    assert cam01["starts"] == ["2026-03-01T08:00:04Z"]
+    assert cam01["info"] == {"label": "fight", "n": 1}
+
+
+def test_sql_of_any_type_writes_csv_and_parquet(
+    tree: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = avrl(capfd, "query", str(tree), "--sql", TYPED_SQL, "--format", "csv")
+    assert code == 0, err
+    csv = pacsv.read_csv(io.BytesIO(out.encode())).to_pylist()
+    assert csv[0]["windows"] == 3 and csv[0]["longest"] == pytest.approx(6.0)
+    assert json.loads(csv[0]["starts"]) == ["2026-03-01T08:00:04Z"]
+    assert json.loads(csv[1]["info"]) == {"label": "fight", "n": 1}
+
+    target = tmp_path / "typed.parquet"
+    code, out, err = avrl(capfd, "query", str(tree), "--sql", TYPED_SQL, "-o", str(target))
+    assert code == 0, err
+    table = pq.read_table(target)
+    assert table.schema.field("windows").type == pa.int64()
+    assert table.schema.field("longest").type == pa.duration("us")
+    assert table.column("longest").to_pylist()[0] == timedelta(seconds=6)
+
+
+def test_sql_with_a_trailing_semicolon_and_limit(
+    tree: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = avrl(
+        capfd, "query", str(tree), "--sql", "SELECT label FROM events ORDER BY camera;  ",
+        "--limit", "1", "--format", "json",
+    )
+    assert code == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [{"label": "fight"}]
+
+
+# ---- output files -------------------------------------------------------------------------
+
+
+def test_output_files_go_into_new_folders(
+    tree: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "new" / "deeper" / "events.csv"
+    code, _, err = avrl(capfd, "query", str(tree), "-o", str(target))
+    assert code == 0, err
+    assert len(pacsv.read_csv(target)) == 2
+    page = tmp_path / "reports" / "scan.html"
+    code, out, err = avrl(capfd, "report", str(tree), "--html", str(page))
+    assert code == 0, err
+    assert page.read_text().count('data-event-id="') >= 2
+
+
+def test_unwritable_output_is_a_one_line_error(
+    tree: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = avrl(capfd, "query", str(tree), "-o", str(blocker / "x.csv"))
+    one_line_error(code, err, "cannot write", "x.csv")
+    code, _, err = avrl(capfd, "report", str(tree), "--html", str(tmp_path))  # a folder
+    one_line_error(code, err, "cannot write", str(tmp_path))
+
+
+# ---- --truth: only this scan's events -----------------------------------------------------
+
+
+def test_truth_match_counts_only_this_models_events(tmp_path: Path) -> None:
+    """Two models scanned into one OUT: F1 of model B must not count model A's events."""
+    from avrl_batch.commands.scan import _match
+
+    out = tmp_path / "out"
+    uri = str(tmp_path / "cam01" / "cam01_20260301T080000Z.mp4")
+    other = str(tmp_path / "cam09" / "cam09_20260301T080000Z.mp4")
+    start = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    # model A fires early (a false positive for B's scan to inherit), B on the truth
+    write_source(out, uri, "cam01", start, (0, 1), model_id=MODEL_A)
+    write_source(out, uri, "cam01", start, (5, 7), model_id=MODEL_B)
+    # a source that this scan did not list (another scan of another folder into OUT)
+    write_source(out, other, "cam09", start, (0, 2), model_id=MODEL_B)
+    truth = tmp_path / "truth.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"source_uri": uri, "camera": "cam01", "label": "fight", "start_s": 10.0,
+              "end_s": 16.0}],
+            schema=GROUND_TRUTH,
+        ),
+        truth,
+    )
+    m = _match(str(out), str(truth), None, model_id=MODEL_B, sources=[uri])
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 0, 0), m
+    assert m["f1"] == 1.0
+
+
+# ---- timeline thresholds ------------------------------------------------------------------
+
+
+def test_enter_below_the_default_exit_names_the_option(
+    tree: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = avrl(
+        capfd, "scan", str(tmp_path), "--model", str(tmp_path / "m.avrl"), "--out",
+        str(tmp_path / "o"), "--enter", "0.3",
+    )
+    one_line_error(code, err, "--exit", "--enter")
+
+
+# ---- help ---------------------------------------------------------------------------------
+
+
+def test_every_command_has_an_example(capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = avrl(capfd, "--help")
+    assert code == 0
+    commands = ["query", "report", "scan", "info", "import-weights", "probe"]
+    for cmd in commands:
+        code, text, err = avrl(capfd, cmd, "--help")
+        assert code == 0, err
+        assert "Example" in text, cmd
+    _, text, _ = avrl(capfd, "import-weights", "--help")
+    assert ".avrl" in text  # the model file other commands load (not a .pt checkpoint)
