@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,24 @@ def tmp_out(tmp_path: Path) -> Path:
     out = tmp_path / "out"
     out.mkdir()
     return out
+
+
+FIGURES_ENV = "AVRL_FIGURES_DIR"
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[dict], None]:
+    """Records a test's figures for the README (issue 8): always printed (seen with -s), and
+    written as JSON to $AVRL_FIGURES_DIR/<test name>.json when that is set."""
+
+    def record(data: dict) -> None:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        text = json.dumps(data, indent=1, sort_keys=True, default=str)
+        print(f"figures {name}: {text}")
+        folder = os.environ.get(FIGURES_ENV)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, name + ".json"), "w") as f:
+                f.write(text + "\n")
+
+    return record
