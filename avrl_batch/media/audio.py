@@ -25,23 +25,49 @@ RESAMPLE_MARGIN_S = 0.05  # s of real audio kept beyond each span edge (filter i
 _INT_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "u8": 128.0, "s64": 9.223372036854776e18}
 
 
+_DTYPES = {
+    "flt": np.float32,
+    "dbl": np.float64,
+    "s16": np.int16,
+    "s32": np.int32,
+    "s64": np.int64,
+    "u8": np.uint8,
+}
+
+
 def frame_to_mono(frame: Any) -> np.ndarray:
-    """A decoded av.AudioFrame as mono float32 (n,) at its native rate (channel mean)."""
+    """A decoded av.AudioFrame as mono float32 (n,) at its native rate (channel mean).
+
+    Reads the frame's planes as arrays in place: ``AudioFrame.to_ndarray`` stacks them with
+    ``np.vstack`` first, which cost more than the rest of the audio path put together
+    (0.15 of 0.3 CPU-s per minute of AAC, profiled).
+    """
     fmt = frame.format
     base = fmt.name.rstrip("p")
     channels = frame.layout.nb_channels
-    data = frame.to_ndarray()  # planar: (C, n); packed: (1, n * C) interleaved
-    if not fmt.is_planar:
-        data = data.reshape(-1, channels).T  # (C, n)
-    if base in ("flt", "dbl"):
-        x = data.astype(np.float32, copy=False)
-    elif base == "u8":
-        x = (data.astype(np.float32) - 128.0) / 128.0
-    elif base in _INT_SCALE:
-        x = data.astype(np.float32) / _INT_SCALE[base]
-    else:  # pragma: no cover - every FFmpeg sample format is listed above
+    n = frame.samples
+    if base not in _DTYPES:  # pragma: no cover - every FFmpeg sample format is listed
         raise ValueError(f"unsupported sample format {fmt.name}")
-    return x.mean(axis=0) if x.shape[0] > 1 else x[0]  # (n,)
+    dtype = _DTYPES[base]
+    if fmt.is_planar:
+        rows = [np.frombuffer(p, dtype, count=n) for p in frame.planes[:channels]]  # C x (n,)
+    else:
+        packed = np.frombuffer(frame.planes[0], dtype, count=n * channels)
+        rows = [packed[c::channels] for c in range(channels)]  # (n*C,) interleaved -> C x (n,)
+
+    def as_float(r: np.ndarray) -> np.ndarray:
+        if base in ("flt", "dbl"):
+            return r.astype(np.float32, copy=False)
+        if base == "u8":
+            return (r.astype(np.float32) - 128.0) / 128.0
+        return r.astype(np.float32) / _INT_SCALE[base]
+
+    if channels == 1:
+        return as_float(rows[0]).copy()  # (n,), owning its memory (the frame is reused)
+    total = as_float(rows[0]) + as_float(rows[1])
+    for r in rows[2:]:
+        total += as_float(r)
+    return total / np.float32(channels)  # (n,): the mean of the channels
 
 
 class AudioBuffer:
