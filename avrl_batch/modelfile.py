@@ -18,6 +18,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,23 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def model_id_for(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> str:
-    """Deterministic short id from the config and every tensor's name, dtype, shape and bytes."""
+def model_id_for(
+    cfg: ModelConfig | Mapping[str, Any], state_dict: dict[str, torch.Tensor]
+) -> str:
+    """Deterministic short id from the config and every tensor's name, dtype, shape and bytes.
+
+    ``cfg`` may be the config dict as stored in a model file: a file is checked against the
+    config it was saved with, not against that config re-serialised by this version of
+    ModelConfig (a field added later, with its default, would change every old file's hash
+    and reject it as corrupt)."""
+    data = cfg.to_dict() if isinstance(cfg, ModelConfig) else dict(cfg)
     h = hashlib.sha256()
-    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(json.dumps(data, sort_keys=True).encode())
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return f"avrl-{cfg.preset}-{h.hexdigest()[:12]}"
+    return f"avrl-{data.get('preset')}-{h.hexdigest()[:12]}"
 
 
 def model_to_bytes(
@@ -131,7 +140,7 @@ def model_from_bytes(data: bytes, source: str = "<model bytes>") -> LoadedModel:
         raise WeightsError(f"{source}: {exc}") from exc
     except (KeyError, TypeError, RuntimeError) as exc:
         raise WeightsError(f"{source}: model file is inconsistent ({_first_line(exc)})") from exc
-    model_id = model_id_for(cfg, payload["state_dict"])
+    model_id = model_id_for(payload["config"], payload["state_dict"])
     if model_id != payload.get("model_id"):
         raise WeightsError(
             f"{source}: content does not match its model id "

@@ -235,3 +235,54 @@ def test_every_command_has_an_example(capfd: pytest.CaptureFixture[str]) -> None
         assert "Example" in text, cmd
     _, text, _ = avrl(capfd, "import-weights", "--help")
     assert ".avrl" in text  # the model file other commands load (not a .pt checkpoint)
+
+
+# ---- model files from an older avrl ---------------------------------------------------------
+
+
+def test_model_file_saved_before_a_config_field_was_added_still_loads(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model file written by a version of avrl whose ModelConfig lacked a field that has
+    since been added (with a default) keeps loading, with the same id: the id is checked
+    against the config stored in the file, not against its re-serialisation by today's
+    ModelConfig (which made every old model 'altered or corrupt')."""
+    import dataclasses
+
+    import torch
+
+    from avrl_batch.config import ModelConfig, preset
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import model_from_bytes, model_to_bytes
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    # a field whose value is its default: what an older ModelConfig without it implied
+    later = next(
+        f.name for f in dataclasses.fields(ModelConfig)
+        if f.default is not dataclasses.MISSING and getattr(cfg, f.name) == f.default
+    )
+    full = ModelConfig.to_dict
+    with monkeypatch.context() as m:  # the older avrl: its configs had no such field
+        m.setattr(ModelConfig, "to_dict", lambda self: {
+            k: v for k, v in full(self).items() if k != later
+        })
+        data = model_to_bytes(build_model(cfg), cfg)
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    assert later not in payload["config"]
+    old_file = tmp_path / "old.avrl"
+    old_file.write_bytes(data)
+
+    loaded = model_from_bytes(data, source=str(old_file))
+    assert loaded.model_id == payload["model_id"]
+    assert getattr(loaded.cfg, later) == getattr(cfg, later)
+    code, out, err = avrl(capfd, "info", "--model", str(old_file), "--json")
+    assert code == 0, err
+    assert json.loads(out)["model_id"] == payload["model_id"]
+
+    # tampering is still caught: the stored config no longer matches the id
+    payload["config"]["window_s"] = payload["config"]["window_s"] * 2
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with pytest.raises(Exception, match="does not match its model id"):
+        model_from_bytes(buf.getvalue(), source="tampered")
