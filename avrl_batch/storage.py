@@ -516,7 +516,10 @@ def _write_local(path: str, data: bytes | BinaryIO, if_absent: bool) -> bool:
     except OSError as e:
         raise _error(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        # OSError, not just FileNotFoundError: when the folder could not be made (a path
+        # under a regular file, no permission) unlink fails too, and must not replace the
+        # one-line StorageError above with a traceback
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 

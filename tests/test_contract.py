@@ -286,3 +286,51 @@ def test_model_file_saved_before_a_config_field_was_added_still_loads(
     torch.save(payload, buf)
     with pytest.raises(Exception, match="does not match its model id"):
         model_from_bytes(buf.getvalue(), source="tampered")
+
+
+# ---- scan: an output that cannot be written fails first --------------------------------------
+
+
+def test_scan_to_an_unwritable_output_fails_before_any_work(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OUT under a regular file: one line, exit 2, before Ray starts (it used to decode and
+    infer every source, then fail on the first write)."""
+    import torch
+
+    import avrl_batch.scan.pipeline as pipeline
+    from avrl_batch.config import preset
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import save_model
+
+    def no_ray(address: str | None) -> bool:
+        raise AssertionError("the scan started Ray although OUT cannot be written")
+
+    monkeypatch.setattr(pipeline, "_ensure_ray", no_ray)
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    model = tmp_path / "m.avrl"
+    save_model(model, build_model(cfg), cfg)
+    archive = tmp_path / "archive" / "cam01"
+    archive.mkdir(parents=True)
+    (archive / "cam01_20260301T080000Z.mp4").write_bytes(b"listed, never probed")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = avrl(
+        capfd, "scan", str(tmp_path / "archive"), "--model", str(model), "--out",
+        str(blocker / "scans"),
+    )
+    one_line_error(code, err, "cannot write", str(blocker))
+    assert blocker.read_text() == "not a folder"
+
+
+def test_local_write_under_a_file_is_a_storage_error(tmp_path: Path) -> None:
+    """The temp-file cleanup of a local write that could not even make its folder raised
+    NotADirectoryError over the StorageError (a traceback instead of one line)."""
+    from avrl_batch import storage
+    from avrl_batch.errors import StorageError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="cannot write"):
+        storage.write_atomic(storage.join(str(blocker), "sub", "x.parquet"), b"data")

@@ -121,6 +121,10 @@ def scan(
 
     # Ray Data logs each execution's start and end; the CLI shows its own progress/summary
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    if not dry_run:
+        from avrl_batch.scan.sink import check_writable
+
+        check_writable(out, endpoint_url=endpoint_url)  # before hours of decoding, not after
     if as_json:
         summary = run_scan(cfg)
     else:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avrl_batch import storage
+from avrl_batch.errors import StorageError
 from avrl_batch.scan.decode import DONE, ERROR, WINDOW
 from avrl_batch.scan.naming import date_partition, safe_component
 from avrl_batch.scan.plan import SourceError, SourceTask
@@ -63,6 +64,21 @@ def error_uri(out: str, key: str) -> str:
 
 def manifest_uri(out: str, scan_id: str) -> str:
     return storage.join(out, "_scans", f"{scan_id}.json")
+
+
+def check_writable(out: str, *, endpoint_url: str | None = None) -> None:
+    """StorageError (one line) unless ``out`` takes a write: one hidden object under
+    ``_scans/`` written and deleted. Without it a read-only bucket, a mistyped prefix the
+    credentials cannot write, or a path under a regular file is found only after every
+    source was decoded and inferred, when the first output is written."""
+    import uuid
+
+    probe = storage.join(out, "_scans", f".avrl-write-check-{uuid.uuid4().hex}")
+    storage.write_atomic(probe, b"", endpoint_url=endpoint_url)
+    try:
+        storage.delete(probe, endpoint_url=endpoint_url)
+    except StorageError:
+        pass  # written but not deletable: a hidden name, which every listing skips
 
 
 def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
