@@ -228,3 +228,18 @@ def test_scan_and_baseline_json(
     assert doc["speedup"] == pytest.approx(
         doc["scan"]["hours_per_hour"] / doc["baseline"]["hours_per_hour"], rel=0.01
     )
+
+
+def test_cpu_inference_threads_follow_the_free_cpus() -> None:
+    """The CPU inference actor's torch threads (scan/pipeline.py): the free CPUs of a node
+    less a quarter (at least one) kept for decode tasks, split between co-located actors.
+    `avrl bench scan --workers 1,2` starts Ray with workers + 1 CPUs: 1 and 2 threads."""
+    from avrl_batch.scan.pipeline import cpu_threads_per_actor
+
+    assert cpu_threads_per_actor(2, 2, 1, 1) == 1  # bench, 1 worker (and tests' ray_local)
+    assert cpu_threads_per_actor(3, 3, 1, 1) == 2  # bench, 2 workers
+    assert cpu_threads_per_actor(16, 16, 1, 1) == 12
+    assert cpu_threads_per_actor(16, 16, 2, 1) == 6  # two actors on one node split it
+    assert cpu_threads_per_actor(16, 16, 2, 2) == 12  # one actor per node
+    assert cpu_threads_per_actor(16, 5, 1, 1) == 1  # another scan holds most CPUs
+    assert cpu_threads_per_actor(1, 1, 1, 1) == 1  # never zero

@@ -183,11 +183,17 @@ def _pool(cfg: ScanConfig) -> tuple[int, dict[str, float], int | None]:
         n = cfg.actors or max(1, int(gpus // cfg.gpus_per_actor))
         return n, {"num_gpus": cfg.gpus_per_actor, "num_cpus": 1}, None
     per_node, nodes = _cpu_per_node()
-    free = min(per_node, int(ray.available_resources().get("CPU", 1)))
     n = cfg.actors or 1
-    for_model = max(1, free - max(1, per_node // 4))
-    threads = max(1, for_model // -(-n // nodes))  # actors that share a node split it
-    return n, {"num_cpus": 1}, threads
+    free = int(ray.available_resources().get("CPU", 1))
+    return n, {"num_cpus": 1}, cpu_threads_per_actor(per_node, free, n, nodes)
+
+
+def cpu_threads_per_actor(per_node: int, free: int, actors: int, nodes: int) -> int:
+    """Torch threads for each CPU inference actor: the CPUs free on a node (``per_node``
+    at most) less a quarter of the node (at least one) for decode tasks, split between the
+    actors that share a node."""
+    for_model = max(1, min(per_node, free) - max(1, per_node // 4))
+    return max(1, for_model // -(-actors // max(nodes, 1)))
 
 
 def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> ScanSummary:
