@@ -309,7 +309,7 @@ def run_query(
         sql = sql.strip().rstrip(";").rstrip()
     text = sql if sql is not None else f"SELECT * FROM {table} ORDER BY {ORDER_BY[table]}"
     if limit is not None:
-        text = f"SELECT * FROM ({text}) LIMIT {int(limit)}"
+        text = f"SELECT * FROM ({text}\n) LIMIT {int(limit)}"  # \n: a trailing -- comment
     try:
         result = con.sql(text)
         data = result.to_arrow_table() if result is not None else None

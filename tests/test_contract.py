@@ -141,12 +141,16 @@ def test_sql_of_any_type_writes_csv_and_parquet(
     assert table.column("longest").to_pylist()[0] == timedelta(seconds=6)
 
 
-def test_sql_with_a_trailing_semicolon_and_limit(
-    tree: Path, capfd: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT label FROM events ORDER BY camera;  ",
+     "SELECT label FROM events ORDER BY camera -- the first"],
+)
+def test_sql_with_a_trailing_semicolon_or_comment_and_limit(
+    tree: Path, capfd: pytest.CaptureFixture[str], sql: str
 ) -> None:
     code, out, err = avrl(
-        capfd, "query", str(tree), "--sql", "SELECT label FROM events ORDER BY camera;  ",
-        "--limit", "1", "--format", "json",
+        capfd, "query", str(tree), "--sql", sql, "--limit", "1", "--format", "json"
     )
     assert code == 0, err
     assert [json.loads(line) for line in out.splitlines()] == [{"label": "fight"}]
