@@ -1,8 +1,9 @@
 """Audio of a time span: 16 kHz mono float32 and its VGGish log-mel examples.
 
 PyAV decodes at the native rate; resampling to 16 kHz goes through logmel.to_mono_16k
-(resampy kaiser_best, what VGGish was trained with) rather than FFmpeg's swresample, so
-that decoded audio and the reference front end see the same filter. A span is cut from
+(resampy's kaiser_best filter, what VGGish was trained with, computed as a polyphase
+matrix product) rather than FFmpeg's swresample, so that decoded audio and the reference
+front end see the same filter. A span is cut from
 audio decoded with a margin on both sides, so the resampling filter has real neighbours at
 the span's edges instead of zeros.
 """
