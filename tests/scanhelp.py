@@ -4,6 +4,9 @@ readers that check an output tree against DESIGN.md §4."""
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -123,3 +126,31 @@ def check_outputs(out: str, sources: list[str], endpoint_url: str | None = None)
         result[uri] = {"error": err, "key": key_of(rel)}
     assert sorted(result) == sorted(sources), (sorted(result), sorted(sources))
     return result
+
+
+def completed_sources(out: Path) -> int:
+    """Sources finished under a local OUT: the events object is written last per source (the
+    completion marker, DESIGN.md §4)."""
+    return len(list((out / "events").rglob("*.parquet"))) if (out / "events").exists() else 0
+
+
+def kill_scan_when(proc: subprocess.Popen, out: Path, done: int, timeout_s: float = 300) -> int:
+    """SIGKILL the `avrl scan` process ``proc`` (no clean-up runs, as when a driver dies) once
+    ``done`` sources under ``out`` are complete; returns how many were complete after it died.
+    Fails if the scan ends, or ``timeout_s`` passes, before that."""
+    # a loaded 2-core machine: interpreter, torch and Ray start-up alone can take a minute
+    deadline = time.time() + timeout_s
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if completed_sources(out) >= done:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, (proc.stderr.read().decode()[-2000:]
+                                     if proc.stderr else "the scan ended before the kill")
+        assert completed_sources(out) >= done, f"fewer than {done} sources in {timeout_s} s"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return completed_sources(out)

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from badmedia import good_recording, make_corpus
-from scanhelp import check_outputs, tiny_model
+from scanhelp import check_outputs, kill_scan_when, tiny_model
 
 from avrl_batch.scan import ScanConfig, run_scan
 from avrl_batch.scan.isolate import POISON_ENV, POISON_LOG_ENV
@@ -53,9 +53,10 @@ def ray_hooked(poison_log: Path) -> Iterator[None]:
     os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = FAKE_KEY_ID, FAKE_SECRET
     ray.shutdown()
     ray.init(
-        # logical CPUs: two racing scans each hold an inference actor and still need decode
-        # tasks (with 2, both actors would take every CPU and the decodes would wait forever)
-        num_cpus=4,
+        # logical CPUs: four racing scans (two local, two on S3) each hold an inference actor
+        # (1 CPU) and still need decode tasks (with 4, the actors would take every CPU and
+        # the decodes would wait forever)
+        num_cpus=6,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
@@ -90,7 +91,7 @@ def _goods(root: Path) -> list[Path]:
 
 
 def test_bad_media_corpus_one_status_each_and_good_files_unaffected(
-    ray_hooked: None, model: Path, tmp_path: Path
+    ray_hooked: None, model: Path, tmp_path: Path, figures: Callable[[dict], None]
 ) -> None:
     mixed, alone = tmp_path / "mixed", tmp_path / "alone"
     goods = _goods(mixed)
@@ -115,7 +116,6 @@ def test_bad_media_corpus_one_status_each_and_good_files_unaffected(
         else:
             assert entry["windows"].num_rows > 0
             status[name] = "ok"
-    print("bad-media corpus:", status)
     # what each kind of damage must end as (an error row with this type, or scanned)
     expect_error = {
         "trunc_01": "Truncated", "trunc_50": "Truncated", "trunc_99": "Truncated",
@@ -145,10 +145,17 @@ def test_bad_media_corpus_one_status_each_and_good_files_unaffected(
         assert mine["events"].select(ev).equals(theirs["events"].select(ev)), p
     assert ref.sources_ok == 3 and ref.sources_failed == 0
     assert isinstance(got[str(goods[0])]["windows"], pa.Table)
+    figures({
+        "inputs_tried": len(inputs), "bad_inputs": len(bad), "good_inputs": len(goods),
+        "outputs": s.sources_ok, "error_rows": s.sources_failed,
+        # check_outputs above: one status per input, one object per key, no duplicate rows
+        "sources_lost": 0, "duplicates": 0, "status_by_kind": status,
+    })
 
 
 def test_poison_files_are_quarantined_after_two_attempts_and_the_scan_finishes(
-    ray_hooked: None, model: Path, tmp_path: Path, poison_log: Path
+    ray_hooked: None, model: Path, tmp_path: Path, poison_log: Path,
+    figures: Callable[[dict], None],
 ) -> None:
     """One file aborts the decoder (os.abort() in the decoder process, while decoding), one
     hangs it (sleeps forever, while probing); both are real, good recordings marked by name
@@ -159,8 +166,10 @@ def test_poison_files_are_quarantined_after_two_attempts_and_the_scan_finishes(
     abort = good_recording(rec / "POISONABORT" / "cam7" / "cam7_20260401T070000Z.mp4", 4.0)
     hang = good_recording(rec / "POISONHANG" / "cam8" / "cam8_20260401T080000Z.mp4", 4.0)
     poison_log.unlink(missing_ok=True)
+    t0 = time.monotonic()
     s = run_scan(ScanConfig(source=str(rec), model=str(model), out=str(tmp_path / "out"),
                             segment_s=4.0, batch_size=4, decode_timeout_s=5.0))
+    wall_s = time.monotonic() - t0
     got = check_outputs(str(tmp_path / "out"), [str(p) for p in [*goods, abort, hang]])
     assert (s.sources_ok, s.sources_failed) == (3, 2)
     crashed = got[str(abort)]["error"].to_pylist()[0]
@@ -174,6 +183,12 @@ def test_poison_files_are_quarantined_after_two_attempts_and_the_scan_finishes(
     assert sorted(lines) == sorted([f"decode {abort}"] * 2 + [f"probe {hang}"] * 2), lines
     for p in goods:
         assert got[str(p)]["windows"]["window_index"].to_pylist() == [0, 1, 2]
+    figures({
+        "inputs": 5, "poison_files": 2, "faults_injected": len(lines),
+        "decoder_attempts_per_poison_file": 2, "outputs": s.sources_ok,
+        "error_rows": s.sources_failed, "sources_lost": 0, "duplicates": 0,
+        "scan_s": round(wall_s, 1), "decode_timeout_s": 5.0,
+    })
 
 
 # object keys an attacker (or a careless uploader) can create: S3 keys may contain "../"
@@ -188,7 +203,7 @@ HOSTILE_KEYS = [
 
 def test_hostile_names_stay_under_out_and_no_credential_leaks(
     ray_hooked: None, model: Path, tmp_path: Path, s3_endpoint: str, s3_bucket: str,
-    capfd: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str], figures: Callable[[dict], None],
 ) -> None:
     """Sources whose keys (and so camera ids) hold ../, %2e%2e, backslashes and absolute
     paths write only under OUT; the fake credentials appear in no output, manifest, error
@@ -235,24 +250,28 @@ def test_hostile_names_stay_under_out_and_no_credential_leaks(
     assert not (tmp_path / "a" / "b" / "tmp").exists() and not (root / "win").exists()
 
     # no credential anywhere: outputs (Parquet, manifest), console, this Ray session's logs
-    secrets = [FAKE_KEY_ID.encode(), FAKE_SECRET.encode()]
-    checked = 0
-    for p in out.rglob("*"):
-        if p.is_file():
-            blob = p.read_bytes()
-            assert not any(s in blob for s in secrets), p
-            checked += 1
+    checked = _grep_no_credentials(out)
     assert list(out.glob("_scans/*.json")) and checked >= 2 * len(HOSTILE_KEYS) + 2
     for text in (console.out, console.err):
         assert FAKE_KEY_ID not in text and FAKE_SECRET not in text
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    n_logs = 0
-    for p in logs.rglob("*"):
+    n_logs = _grep_no_credentials(logs)
+    assert n_logs > 0
+    figures({"hostile_keys": len(HOSTILE_KEYS), "files_outside_out": 0,
+             "files_grepped_for_credentials": checked + n_logs, "credentials_found": 0})
+
+
+def _grep_no_credentials(root: Path) -> int:
+    """Asserts that no file under ``root`` holds the fake key id or secret; returns how many
+    files were read."""
+    secrets = [FAKE_KEY_ID.encode(), FAKE_SECRET.encode()]
+    n = 0
+    for p in root.rglob("*"):
         if p.is_file():
             blob = p.read_bytes()
             assert not any(s in blob for s in secrets), p
-            n_logs += 1
-    assert n_logs > 0
+            n += 1
+    return n
 
 
 def _avrl(*args: str) -> list[str]:
@@ -275,54 +294,82 @@ def _valid_parquet_everywhere(out: str, endpoint_url: str | None = None) -> int:
     return len(files)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_two_scans_racing_into_one_output(
-    ray_hooked: None, model: Path, tmp_path: Path, where: str, request: pytest.FixtureRequest
+def test_two_scans_racing_into_one_output_locally_and_on_s3(
+    ray_hooked: None, model: Path, tmp_path: Path, s3_endpoint: str, s3_bucket: str,
+    figures: Callable[[dict], None],
 ) -> None:
-    """Two `avrl scan` processes of the same source into the same OUT at the same time end
-    with one object per key, valid Parquet, no duplicate rows."""
+    """Two scans of the same source into the same OUT at the same time end with one object
+    per key, valid Parquet, no duplicate rows. Local folder: two `avrl scan` processes (two
+    drivers). S3 (moto server), at the same time: two scans on two threads of this driver;
+    there the winner is decided by the server's conditional put (If-None-Match), which two
+    threads reach just as two processes do, and this driver's Ray workers are already up."""
     import ray
+
+    from avrl_batch import storage
 
     rec = tmp_path / "rec"
     paths = [good_recording(rec / f"cam{i}" / f"cam{i}_20260401T0{i}0000Z.mp4", 6.0, seed=i)
              for i in range(4)]
-    env = dict(os.environ)
-    if where == "s3":
-        from avrl_batch import storage
+    s3_sources = []
+    for p in paths:
+        uri = f"s3://{s3_bucket}/rec/{p.relative_to(rec).as_posix()}"
+        storage.write_atomic(uri, p.read_bytes(), endpoint_url=s3_endpoint)
+        s3_sources.append(uri)
+    local_out, s3_out = str(tmp_path / "out"), f"s3://{s3_bucket}/out"
+    cmd = _avrl("scan", str(rec), "--model", str(model), "--out", local_out, "--segment", "6",
+                "--batch-size", "4", "--address", ray.get_runtime_context().gcs_address,
+                "--json")
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    s3_results: list[dict] = []
+    s3_errors: list[BaseException] = []
 
-        endpoint = request.getfixturevalue("s3_endpoint")
-        bucket = request.getfixturevalue("s3_bucket")
-        sources = []
-        for p in paths:
-            uri = f"s3://{bucket}/rec/{p.relative_to(rec).as_posix()}"
-            storage.write_atomic(uri, p.read_bytes(), endpoint_url=endpoint)
-            sources.append(uri)
-        src, out, extra = f"s3://{bucket}/rec/", f"s3://{bucket}/out", ["--endpoint-url", endpoint]
-    else:
-        endpoint, sources = None, [str(p) for p in paths]
-        src, out, extra = str(rec), str(tmp_path / "out"), []
-    address = ray.get_runtime_context().gcs_address
-    cmd = _avrl("scan", src, "--model", str(model), "--out", out, "--segment", "6",
-                "--batch-size", "4", "--address", address, "--json", *extra)
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
-    results = []
+    def s3_scan() -> None:
+        try:
+            s = run_scan(ScanConfig(source=f"s3://{s3_bucket}/rec/", model=str(model),
+                                    out=s3_out, endpoint_url=s3_endpoint, segment_s=6.0,
+                                    batch_size=4))
+            s3_results.append(s.to_dict())
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            s3_errors.append(exc)
+
+    threads = [threading.Thread(target=s3_scan) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=400)
+    assert not s3_errors, s3_errors
+    local_results = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=400)
         assert p.returncode == 0, stderr.decode()[-3000:]
-        results.append(json.loads(stdout))
-    got = check_outputs(out, sources, endpoint_url=endpoint)  # one object per key, no dups
-    assert all("windows" in g for g in got.values())
-    assert _valid_parquet_everywhere(out, endpoint) == 2 * len(sources)
-    # between them the two scans finished every source; a source both scanned was written
-    # once (the second writer found the completion marker and left it alone)
-    assert sum(r["sources_ok"] + r["sources_skipped"] for r in results) >= len(sources)
-    for g in got.values():
-        assert g["windows"]["window_index"].to_pylist() == [0, 1, 2]
+        local_results.append(json.loads(stdout))
+    wall_s = time.monotonic() - t0
+    races = {"local": (local_out, [str(p) for p in paths], None, local_results),
+             "s3": (s3_out, s3_sources, s3_endpoint, s3_results)}
+    fig: dict[str, object] = {"scans_at_once": 4, "wall_s": round(wall_s, 1)}
+    for where, (out, sources, endpoint, both) in races.items():
+        assert len(both) == 2, where
+        got = check_outputs(out, sources, endpoint_url=endpoint)  # one object per key, no dups
+        assert all("windows" in g for g in got.values())
+        n_objects = _valid_parquet_everywhere(out, endpoint)
+        assert n_objects == 2 * len(sources)
+        # between them the two scans finished every source; a source both scanned was
+        # written once (the second writer found the completion marker and left it alone)
+        assert sum(r["sources_ok"] + r["sources_skipped"] for r in both) >= len(sources)
+        for g in got.values():
+            assert g["windows"]["window_index"].to_pylist() == [0, 1, 2]
+        fig[where] = {"sources": len(sources), "scans": 2,
+                      "racers": "processes" if where == "local" else "threads",
+                      "sources_ok_per_scan": [r["sources_ok"] for r in both],
+                      "objects": n_objects, "objects_per_key": 1, "duplicates": 0,
+                      "truncated": 0}
+    figures(fig)
 
 
 def test_driver_killed_at_half_then_rerun_reprocesses_only_the_rest(
-    ray_hooked: None, model: Path, tmp_path: Path
+    ray_hooked: None, model: Path, tmp_path: Path, figures: Callable[[dict], None]
 ) -> None:
     """kill -9 `avrl scan` once about half the sources are done: every object left under a
     final key is whole Parquet, and the rerun scans only the unfinished sources."""
@@ -337,19 +384,7 @@ def test_driver_killed_at_half_then_rerun_reprocesses_only_the_rest(
                 "--batch-size", "2", "--address", ray.get_runtime_context().gcs_address,
                 "--json")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(list(out.rglob("events/**/*.parquet"))) >= n // 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    done_first = len(list(out.rglob("events/**/*.parquet")))
+    done_first = kill_scan_when(proc, out, n // 2)
     _valid_parquet_everywhere(str(out))  # nothing truncated under a final key
     assert 1 <= done_first < n
     t0 = time.monotonic()
@@ -358,5 +393,6 @@ def test_driver_killed_at_half_then_rerun_reprocesses_only_the_rest(
     rerun_s = time.monotonic() - t0
     assert s.sources_skipped == done_first and s.sources_ok == n - done_first
     check_outputs(str(out), paths)
-    print(f"driver kill: {done_first}/{n} sources done at the kill; rerun reprocessed "
-          f"{s.sources_ok}/{n} = {s.sources_ok / n:.0%} in {rerun_s:.1f} s")
+    figures({"sources": n, "done_at_kill": done_first, "reprocessed": s.sources_ok,
+             "fraction_reprocessed": round(s.sources_ok / n, 3), "rerun_s": round(rerun_s, 1),
+             "sources_lost": 0, "duplicates": 0})

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +15,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scanhelp import check_outputs, make_archive, output_files, recording, tiny_model
+from scanhelp import (
+    check_outputs,
+    kill_scan_when,
+    make_archive,
+    output_files,
+    recording,
+    tiny_model,
+)
 
 from avrl_batch import storage
 from avrl_batch.errors import ConfigError
@@ -402,19 +407,7 @@ def test_driver_killed_midway_then_rerun(
         "--out", str(out), "--segment", "6", "--batch-size", "4", "--address", address, "--json",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300  # a loaded 2-core machine: startup alone can take a minute
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if list((out / "events").rglob("*.parquet")) if (out / "events").exists() else []:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    done_first = len(list((out / "events").rglob("*.parquet")))
+    done_first = kill_scan_when(proc, out, 1)
     assert 1 <= done_first < len(paths)
     s = run_scan(ScanConfig(source=str(rec), model=str(model), out=str(out), segment_s=6.0))
     assert s.sources_skipped == done_first
