@@ -338,3 +338,28 @@ def test_local_write_under_a_file_is_a_storage_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StorageError, match="cannot write"):
         storage.write_atomic(storage.join(str(blocker), "sub", "x.parquet"), b"data")
+
+
+def test_failed_scan_leaves_no_output_folder_and_clean_stdout(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A scan that stops at a user error (here: no such archive) after the write check prints
+    only the error line (no stray empty line on stdout from the progress bar, which breaks
+    pipes) and leaves no empty OUT folders behind."""
+    import torch
+
+    from avrl_batch.config import preset
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import save_model
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    model = tmp_path / "m.avrl"
+    save_model(model, build_model(cfg), cfg)
+    out = tmp_path / "new" / "scans"
+    code, stdout, err = avrl(
+        capfd, "scan", str(tmp_path / "nope"), "--model", str(model), "--out", str(out)
+    )
+    one_line_error(code, err, "no such file or directory")
+    assert stdout == ""
+    assert not (tmp_path / "new").exists()

@@ -143,8 +143,12 @@ def scan(
 
 
 def _run_with_progress(cfg: Any, run_scan: Any) -> Any:
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not Console().is_terminal:
+        # a live bar draws nothing into a pipe or a log but leaves a stray empty line there
+        return run_scan(cfg)
     with Progress(
         TextColumn("[bold]scan[/bold]"),
         BarColumn(),

@@ -71,14 +71,26 @@ def check_writable(out: str, *, endpoint_url: str | None = None) -> None:
     ``_scans/`` written and deleted. Without it a read-only bucket, a mistyped prefix the
     credentials cannot write, or a path under a regular file is found only after every
     source was decoded and inferred, when the first output is written."""
+    import os
     import uuid
 
     probe = storage.join(out, "_scans", f".avrl-write-check-{uuid.uuid4().hex}")
+    p = storage.parse_uri(probe)
+    created = []  # local folders this check makes, deepest first: removed again afterwards
+    folder = os.path.dirname(p.path) if p.scheme == "file" else ""
+    while folder and not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     storage.write_atomic(probe, b"", endpoint_url=endpoint_url)
     try:
         storage.delete(probe, endpoint_url=endpoint_url)
     except StorageError:
-        pass  # written but not deletable: a hidden name, which every listing skips
+        return  # written but not deletable: a hidden name, which every listing skips
+    for folder in created:  # a scan that fails next (no sources) leaves no empty OUT behind
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
