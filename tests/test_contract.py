@@ -363,3 +363,18 @@ def test_failed_scan_leaves_no_output_folder_and_clean_stdout(
     one_line_error(code, err, "no such file or directory")
     assert stdout == ""
     assert not (tmp_path / "new").exists()
+
+
+def test_write_check_on_s3(s3_endpoint: str, s3_bucket: str) -> None:
+    """The OUT write check on a real S3 API (moto server): a writable prefix keeps no trace,
+    a bucket that does not exist is one StorageError line."""
+    import boto3
+
+    from avrl_batch.errors import StorageError
+
+    sink.check_writable(f"s3://{s3_bucket}/scans/run1", endpoint_url=s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    assert s3.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+    with pytest.raises(StorageError) as info:
+        sink.check_writable("s3://no-such-bucket-avrl/scans", endpoint_url=s3_endpoint)
+    assert "\n" not in str(info.value) and "no-such-bucket-avrl" in str(info.value)
