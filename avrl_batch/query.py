@@ -441,6 +441,7 @@ def rich_table(data: pa.Table, title: str | None = None) -> Any:
     left out; floats to 3 decimals; times to the second; sources by file name)."""
     import pyarrow as pa
     from rich.table import Table
+    from rich.text import Text
 
     keep = [
         n
@@ -455,7 +456,8 @@ def rich_table(data: pa.Table, title: str | None = None) -> Any:
     for row in data.select(keep).to_pylist():
         if isinstance(row.get("source_uri"), str):
             row["source_uri"] = row["source_uri"].rstrip("/").rsplit("/", 1)[-1]
-        out.add_row(*(_cell(row[n]) for n in keep))
+        # Text: values are data, never rich markup (a camera "[/gate]" would raise)
+        out.add_row(*(Text(_cell(row[n])) for n in keep))
     return out
 
 

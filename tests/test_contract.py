@@ -378,3 +378,67 @@ def test_write_check_on_s3(s3_endpoint: str, s3_bucket: str) -> None:
     with pytest.raises(StorageError) as info:
         sink.check_writable("s3://no-such-bucket-avrl/scans", endpoint_url=s3_endpoint)
     assert "\n" not in str(info.value) and "no-such-bucket-avrl" in str(info.value)
+
+
+# ---- rich markup in user data ----------------------------------------------------------------
+
+BRACKETS_CAM = "[/gate] [bold]north"  # a closing tag that matches nothing crashed rich
+
+
+def test_table_output_shows_brackets_in_data_literally(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Camera ids and paths are data, not rich markup: `[/gate]` raised MarkupError (a
+    traceback) and `[bold]` vanished from the table."""
+    out = tmp_path / "out"
+    uri = str(tmp_path / "[site 1]" / "cam_20260301T080000Z.mp4")
+    write_source(out, uri, BRACKETS_CAM, datetime(2026, 3, 1, 8, tzinfo=UTC), (1, 2))
+    target = tmp_path / "events.txt"
+    code, _, err = avrl(capfd, "query", str(out), "-o", str(target))  # .txt: the rich table
+    assert code == 0, err
+    text = target.read_text()
+    assert "[/gate]" in text and "[bold]north" in text
+
+
+def test_scan_summary_prints_brackets_literally(capfd: pytest.CaptureFixture[str]) -> None:
+    """The end-of-scan summary (and the dry-run plan) print failed sources' paths and
+    messages as text: a path with `[/x]` made the summary crash after the scan had run."""
+    from avrl_batch.commands.scan import _print_summary
+
+    bad = "/archive/[/x]/[red]cam_20260301T080000Z.mp4"
+    summary = {
+        "dry_run": False, "scan_id": "20260301T000000Z-abcdef", "model_id": MODEL_A,
+        "sources_listed": 1, "sources_ok": 0, "sources_failed": 1, "sources_skipped": 0,
+        "windows": 0, "events": 0, "events_by_label": {}, "footage_s": 0.0, "wall_s": 1.0,
+        "footage_hours_per_hour": 0.0, "peak_rss_mb": {},
+        "errors": [{"source_uri": bad, "stage": "probe", "error_type": "Truncated",
+                    "message": "[Errno 5] cut off at [/moov]"}],
+        "manifest": "/out/[x]/_scans/s.json",
+    }
+    _print_summary(summary)
+    plan = {
+        "dry_run": True, "model_id": MODEL_A,
+        "plan": {"sources": [{"uri": bad, "camera": BRACKETS_CAM, "start_time": None,
+                              "duration_s": 1.0, "has_audio": True, "segments": 1}],
+                 "sources_todo": 1, "segments": 1, "footage_hours": 0.0, "sources_skipped": 0,
+                 "sources_failed_probe": 1,
+                 "probe_errors": [{"uri": bad, "error_type": "X", "message": "[/y]"}]},
+    }
+    _print_summary(plan)
+    out = capfd.readouterr().out.replace("\n", "")
+    for literal in ("[/x]/[red]cam", "cut off at [/moov]", "/out/[x]/_scans", "[/gate]", "[/y]"):
+        assert literal in out, literal
+
+
+def test_probe_table_shows_a_bracketed_path_literally(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from avrl_batch.media.encode import encode_av
+
+    video = tmp_path / "[cams]" / "gate.mp4"
+    video.parent.mkdir()
+    frames = (np.full((32, 32, 3), i * 20, np.uint8) for i in range(5))
+    encode_av(video, frames, fps=5)
+    code, out, err = avrl(capfd, "probe", str(video))
+    assert code == 0, err
+    assert "[cams]" in out.replace("\n", "").replace(" ", "")

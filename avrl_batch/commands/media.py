@@ -33,9 +33,12 @@ def probe_cmd(
         typer.echo(json.dumps({"source": source, **row}))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=source, show_header=False)
+    # the path and the container's strings are data, not rich markup
+    table = Table(title=escape(source), show_header=False)
     for key, value in row.items():
-        table.add_row(key, "-" if value is None else str(value))
+        table.add_row(key, Text("-" if value is None else str(value)))
     Console().print(table)

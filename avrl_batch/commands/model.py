@@ -46,6 +46,7 @@ def info(
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(
         title=f"AVRL {cfg.preset}: depth {cfg.depth}, fusion {cfg.fusion}, modality {cfg.modality}"
@@ -59,7 +60,9 @@ def info(
         )
     console = Console()
     if header:
-        console.print(f"{header['model_file']}: {header['model_id']}  meta {header['meta']}")
+        console.print(  # Text: a path or metadata with [brackets] is not rich markup
+            Text(f"{header['model_file']}: {header['model_id']}  meta {header['meta']}")
+        )
     console.print(table)
     console.print(
         f"inputs per clip: video {summary['inputs']['video']}, audio {summary['inputs']['audio']}"

@@ -239,8 +239,11 @@ def _match(
 
 def _print_summary(r: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
+    # paths, camera ids and error messages are data: `[/x]` in a path is not rich markup
     console = Console()
     if r["dry_run"]:
         plan = r["plan"]
@@ -249,9 +252,9 @@ def _print_summary(r: dict[str, Any]) -> None:
             t.add_column(col)
         for s in plan.get("sources", []):
             t.add_row(
-                s["uri"],
-                str(s["camera"]),
-                str(s["start_time"]),
+                Text(s["uri"]),
+                Text(str(s["camera"])),
+                Text(str(s["start_time"])),
                 f"{s['duration_s']:.1f}" if s["duration_s"] is not None else "?",
                 "yes" if s["has_audio"] else "no",
                 str(s["segments"]),
@@ -263,7 +266,9 @@ def _print_summary(r: dict[str, Any]) -> None:
             f"probe errors: {plan['sources_failed_probe']}"
         )
         for e in plan.get("probe_errors", []):
-            console.print(f"  probe error: {e['uri']}: {e['error_type']}: {e['message']}")
+            console.print(
+                Text(f"  probe error: {e['uri']}: {e['error_type']}: {e['message']}")
+            )
         return
     t = Table(title=f"scan {r['scan_id']} (model {r['model_id']})")
     t.add_column("")
@@ -283,12 +288,14 @@ def _print_summary(r: dict[str, Any]) -> None:
         t.add_row(f"peak RSS {role} (MiB)", f"{mb:.0f}")
     console.print(t)
     for e in r["errors"]:
-        console.print(f"[red]failed[/red] {e['source_uri']}: {e['stage']}: {e['error_type']}: "
-                      f"{e['message']}")
+        console.print(
+            "[red]failed[/red] "
+            + escape(f"{e['source_uri']}: {e['stage']}: {e['error_type']}: {e['message']}")
+        )
     if "match" in r:
         m = r["match"]
         console.print(
             f"events vs truth at IoU {m['iou']}: precision {m['precision']:.3f} "
             f"recall {m['recall']:.3f} F1 {m['f1']:.3f} (tp {m['tp']}, fp {m['fp']}, fn {m['fn']})"
         )
-    console.print(f"manifest: {r['manifest']}")
+    console.print(Text(f"manifest: {r['manifest']}"))
