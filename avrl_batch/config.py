@@ -43,6 +43,15 @@ class ModelConfig:
     window_s: float = 4.0
     mean: tuple[float, float, float] = KINETICS_MEAN
     std: tuple[float, float, float] = KINETICS_STD
+    # subtract each window's temporal mean frame before the video trunk (static-camera
+    # background suppression). The paper feeds raw frames (False); the from-scratch `tiny`
+    # preset needs it: on 450 synthetic clips its video branch otherwise memorises the
+    # backgrounds (video-only test accuracy 13% -> 37% after 20 epochs with it)
+    subtract_background: bool = False
+    # BatchNorm after every VGGish conv (VGGish has none, so its weights then do not load); the
+    # from-scratch `tiny` preset uses it because its audio branch otherwise learns far slower
+    # than the video branch and the fused model ignores the audio
+    audio_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -109,6 +118,8 @@ PRESETS: dict[str, ModelConfig] = {
         audio_width=8,
         head_hidden=(64, 32),
         window_s=2.0,
+        subtract_background=True,
+        audio_batchnorm=True,
     ),
 }
 
@@ -136,3 +147,6 @@ class TrainConfig:
     flip_p: float = 0.5  # random horizontal flip in training
     audio_dropout: float = 0.0  # probability of dropping a clip's audio (modality dropout)
     seed: int = 0
+    # "sgd" is the paper's (with its momentum and weight decay); "adam" (lr 1e-3, same weight
+    # decay) is what a from-scratch tiny model needs to learn in minutes on a CPU
+    optimizer: str = "sgd"

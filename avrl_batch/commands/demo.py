@@ -17,7 +17,7 @@ from avrl_batch.cli import app
 @app.command("demo")
 def demo(
     workdir: Path = typer.Option(Path("avrl-demo"), help="where footage, model and scan go"),
-    epochs: int = typer.Option(6, help="training epochs of the tiny model"),
+    epochs: int = typer.Option(20, help="training epochs of the tiny model"),
     workers: int = typer.Option(2, help="Ray Train workers"),
     seed: int = typer.Option(1, help="seed of the synthetic footage"),
 ) -> None:
@@ -34,7 +34,7 @@ def demo(
     scans, html = workdir / "scans", workdir / "report.html"
     model = run / "model.avrl"
     steps: list[tuple[str, list[str]]] = [
-        ("synthesise footage", ["synth", str(data), "--preset", "ci", "--seed", str(seed)]),
+        ("synthesise footage", ["synth", str(data), "--preset", "demo", "--seed", str(seed)]),
         ("prepare clips", ["prepare", str(data / "manifest.parquet"), "--out", str(prepared)]),
         (
             "train the tiny model",

@@ -71,7 +71,13 @@ def train_cmd(
     batch_size: int | None = typer.Option(
         None, help="global batch, split over workers (paper: 12)"
     ),
-    lr: float | None = typer.Option(None, help="initial learning rate (paper: 1e-2)"),
+    lr: float | None = typer.Option(
+        None, help="initial learning rate (default: 1e-2 with sgd as in the paper, 1e-3 with adam)"
+    ),
+    optimizer: str | None = typer.Option(
+        None,
+        help="sgd (the paper's) or adam; default: adam for the from-scratch tiny preset, else sgd",
+    ),
     audio_dropout: float | None = typer.Option(
         None, help="probability of hiding a clip's audio in training (modality dropout)"
     ),
@@ -93,7 +99,14 @@ def train_cmd(
     from avrl_batch.train.trainer import train
 
     cfg = get_preset(preset, fusion=fusion, modality=modality)
+    if optimizer is None:
+        optimizer = "adam" if preset == "tiny" else "sgd"
+    if optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
+    if lr is None and optimizer == "adam":
+        lr = 1e-3
     overrides = {
+        "optimizer": optimizer,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,

@@ -53,7 +53,9 @@ class AVRL(nn.Module):
         self.audio: VGGishTrunk | None = None
         self.missing_audio: nn.Parameter | None = None
         if uses_audio:
-            self.audio = VGGishTrunk(audio_width=cfg.audio_width)
+            self.audio = VGGishTrunk(
+                audio_width=cfg.audio_width, batchnorm=cfg.audio_batchnorm
+            )
             # zeros = "no activation" in the ReLU-pooled audio space; training moves it
             self.missing_audio = nn.Parameter(torch.zeros(cfg.audio_dim))
         self.fusion_norm: nn.LayerNorm | None = None
@@ -116,6 +118,8 @@ class AVRL(nn.Module):
             f_a = self.audio_feature(audio, has_audio, audio.shape[0], audio_dropout)
             return self.head(f_a)
         assert video is not None, "this model needs video (B, 3, T, H, W)"
+        if self.cfg.subtract_background:
+            video = video - video.mean(dim=2, keepdim=True)  # (B, 3, T, H, W) minus (B, 3, 1, H, W)
         batch = video.shape[0]
         if self.audio is None:  # video only
             return self.head(self.video(video))

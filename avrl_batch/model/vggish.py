@@ -19,8 +19,11 @@ MEL_BANDS = 64
 _LAYOUT = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M")
 
 
-def make_features(audio_width: int = 64) -> nn.Sequential:
-    """torchvggish's ``make_layers()`` with every width scaled by ``audio_width / 64``."""
+def make_features(audio_width: int = 64, batchnorm: bool = False) -> nn.Sequential:
+    """torchvggish's ``make_layers()`` with every width scaled by ``audio_width / 64``.
+
+    ``batchnorm`` puts a BatchNorm2d after every conv (then the layer indices no longer match
+    torchvggish's, so its weights do not load): for trunks trained from scratch only."""
     layers: list[nn.Module] = []
     in_channels = 1
     for v in _LAYOUT:
@@ -28,7 +31,10 @@ def make_features(audio_width: int = 64) -> nn.Sequential:
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             out = int(v) * audio_width
-            layers += [nn.Conv2d(in_channels, out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(in_channels, out, kernel_size=3, padding=1))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
             in_channels = out
     return nn.Sequential(*layers)
 
@@ -40,9 +46,9 @@ class VGGishTrunk(nn.Module):
     all examples of the window and over the trunk's 6 x 4 output grid.
     """
 
-    def __init__(self, *, audio_width: int = 64) -> None:
+    def __init__(self, *, audio_width: int = 64, batchnorm: bool = False) -> None:
         super().__init__()
-        self.features = make_features(audio_width)
+        self.features = make_features(audio_width, batchnorm)
         self.out_dim = 8 * audio_width
         # torchvision VGG's initialisation: PyTorch's default conv init shrinks activations about
         # threefold per layer, so after six convs (no BatchNorm here) a from-scratch trunk

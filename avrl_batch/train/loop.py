@@ -83,10 +83,16 @@ def forward_loss(
 def make_optimizer(
     model: nn.Module, tc: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
-    """The paper's SGD and its plateau schedule on validation loss (down to ``min_lr``)."""
-    opt = torch.optim.SGD(
-        model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
-    )
+    """The paper's SGD (or Adam, ``tc.optimizer``) and the plateau schedule on validation loss
+    (down to ``min_lr``)."""
+    if tc.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+        )
+    else:
+        opt = torch.optim.SGD(
+            model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+        )
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience, min_lr=tc.min_lr
     )
