@@ -27,6 +27,7 @@ def demo(
     """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(stderr=True)
     workdir = workdir.resolve()
@@ -57,7 +58,7 @@ def demo(
     t_all = time.perf_counter()
     for i, (title, argv) in enumerate(steps, 1):
         console.rule(f"[bold]{i}/{len(steps)} {title}[/bold]")
-        console.print(f"$ avrl {' '.join(argv)}", style="dim", highlight=False)
+        console.print(f"$ avrl {' '.join(argv)}", style="dim", markup=False, highlight=False)
         t0 = time.perf_counter()
         rv = app(args=argv, standalone_mode=False)
         if isinstance(rv, int) and rv:
@@ -78,6 +79,8 @@ def demo(
         ("scan output", scans),
         ("HTML report", html),
     ]:
-        where.add_row(name, str(path))
+        where.add_row(name, Text(str(path)))  # a path is text, not rich markup
     console.print(where)
-    console.print(f"next: avrl query {scans} --label fight --format csv", highlight=False)
+    console.print(
+        f"next: avrl query {scans} --label fight --format csv", markup=False, highlight=False
+    )

@@ -44,7 +44,9 @@ def prepare_cmd(
         endpoint_url=endpoint_url,
         val_fraction=val_fraction,
         address=address,
-        log=lambda line: console.print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True),
+        log=lambda line: console.print(
+            line, style="yellow", markup=False, highlight=False, soft_wrap=True
+        ),
     )
     counts = ", ".join(f"{s} {prepared.n_clips(s)}" for s in prepared.counts)
     typer.echo(
@@ -146,7 +148,8 @@ class EpochDisplay:
         self.class_names = class_names
 
     def note(self, line: str) -> None:
-        self.console.print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
+        # worker lines carry "[rank0]"-style prefixes and paths: print them as text, not markup
+        self.console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
     def row(self, m: dict[str, Any]) -> None:
         resumed = (
@@ -234,4 +237,4 @@ def evaluate_cmd(
     console = Console(width=40 + 12 * (len(results[0].class_names) + 2))
     console.print(results_table(results))
     if plot:
-        console.print(f"confusion matrix written to {plot}")
+        console.print(f"confusion matrix written to {plot}", markup=False, highlight=False)
