@@ -40,7 +40,7 @@ def demo(
         (
             "train the tiny model",
             ["train", str(prepared), "--out", str(run), "--preset", "tiny",
-             "--workers", str(workers), "--epochs", str(epochs)],
+             "--workers", str(workers), "--epochs", str(epochs), "--audio-dropout", "0.3"],
         ),
         ("evaluate (Table II layout)", ["evaluate", str(model), "--data", str(prepared)]),
         (
