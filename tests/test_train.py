@@ -105,6 +105,9 @@ def test_cli_train_two_workers_then_evaluate(
     history = load_model(out / "model.avrl").meta["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[2]["resumed_from_epoch"] == 2
+    # the model file holds the epoch best on validation (mean per-class acc, then lower loss)
+    best = max(history, key=lambda h: (h["val_mean_class_acc"], -h["val_loss"], h["epoch"]))
+    assert load_model(out / "model.avrl").meta["selected_epoch"] == best["epoch"]
 
     capsys.readouterr()
     main(["evaluate", str(out / "model.avrl"), "--data", data, "--subset", "dark",

@@ -185,11 +185,37 @@ def train(
             progress.stop()
     if result.checkpoint is None:
         raise TrainingFailed("training finished without a checkpoint")
-    return _write_model_file(result.checkpoint, out_uri, cfg, tc, data_uri, ckpt_root, endpoint_url)
+    return _write_model_file(
+        _select_checkpoint(result), result.checkpoint, out_uri, cfg, tc, data_uri, ckpt_root,
+        endpoint_url,
+    )
+
+
+def _select_checkpoint(result: Any) -> Any:
+    """The epoch whose weights become the model file: the best on the validation split (mean
+    per-class accuracy, then lower loss, then later), the latest when there is no validation.
+    A small from-scratch model's validation accuracy moves by several points between epochs;
+    the last epoch is whichever of them the schedule happened to end on."""
+    import math
+
+    def score(metrics: dict[str, Any]) -> tuple[float, float, int]:
+        acc = metrics.get("val_mean_class_acc")
+        loss = metrics.get("val_loss")
+        return (
+            acc if isinstance(acc, float) and math.isfinite(acc) else -1.0,
+            -loss if isinstance(loss, float) and math.isfinite(loss) else -math.inf,
+            int(metrics.get("epoch", 0)),
+        )
+
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("val_clips")]
+    if not ranked:
+        return result.checkpoint
+    return max(ranked, key=lambda cm: score(cm[1]))[0]
 
 
 def _write_model_file(
     checkpoint: Any,
+    latest: Any,
     out_uri: str,
     cfg: ModelConfig,
     tc: TrainConfig,
@@ -197,7 +223,8 @@ def _write_model_file(
     ckpt_root: str,
     endpoint_url: str | None,
 ) -> TrainResult:
-    """The latest checkpoint's weights -> OUT/model.avrl with config and metric history."""
+    """The selected checkpoint's weights -> OUT/model.avrl with config and the whole run's
+    metric history (from the latest checkpoint)."""
     from pathlib import Path
 
     import torch
@@ -209,13 +236,21 @@ def _write_model_file(
     with tempfile.TemporaryDirectory() as d:
         checkpoint.to_directory(d)
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    history = list(state["history"])
+    if latest is not None and latest is not checkpoint:
+        # the selected epoch's state holds the history up to it; the run went on after it
+        with tempfile.TemporaryDirectory() as d:
+            latest.to_directory(d)
+            history = list(
+                torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)["history"]
+            )
     model = build_model(cfg)
     model.load_state_dict(state["model"])
-    history = list(state["history"])
     meta = {
         "kind": "trained",
         "data": data_uri,
-        "epochs": int(state["epoch"]),
+        "epochs": len(history),
+        "selected_epoch": int(state["epoch"]),
         "train_config": asdict(tc),
         "history": history,
         "final": history[-1] if history else {},
