@@ -191,3 +191,43 @@ def test_tiny_training_step_is_well_under_a_second() -> None:
     step_wall = sorted(wall[1:])[2]
     print(f"tiny step, batch 4, 1 thread: {step_cpu:.3f} s CPU, {step_wall:.3f} s wall")
     assert step_cpu < 0.5
+
+
+def test_tiny_subtracts_the_static_background_and_normalises_its_audio_trunk() -> None:
+    """The from-scratch tiny preset: a static scene added to every frame does not change the
+    output (the window's mean frame is removed before the video trunk); its VGGish trunk has a
+    BatchNorm after each conv; the paper preset keeps raw frames and torchvggish's layout."""
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    assert cfg.subtract_background and cfg.audio_batchnorm
+    assert not preset("paper").subtract_background and not preset("paper").audio_batchnorm
+    model = build_model(cfg).eval()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.audio.modules())
+    assert n_bn == 6  # one per VGGish conv
+    frames = torch.randint(0, 100, (2, cfg.frames, cfg.size, cfg.size, 3), dtype=torch.uint8)
+    scene = torch.randint(0, 100, (1, 1, cfg.size, cfg.size, 3), dtype=torch.uint8)
+    audio = torch.randn(2, cfg.audio_examples, 96, 64)
+    with torch.no_grad():
+        a = model(video_input(frames, cfg.mean, cfg.std), audio)
+        b = model(video_input(frames + scene, cfg.mean, cfg.std), audio)
+        raw = build_model(preset("tiny", subtract_background=False)).eval()
+        c = raw(video_input(frames, cfg.mean, cfg.std), audio)
+        d = raw(video_input(frames + scene, cfg.mean, cfg.std), audio)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(c, d, atol=1e-3)  # without it the scene does change the output
+
+
+def test_adam_option_and_its_cli_check(capsys: pytest.CaptureFixture[str]) -> None:
+    from avrl_batch.cli import main
+    from avrl_batch.config import TrainConfig
+    from avrl_batch.train.loop import make_optimizer
+
+    model = build_model(preset("tiny"))
+    opt, _ = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-3))
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-3
+    opt, _ = make_optimizer(model, TrainConfig())
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "nowhere", "--out", "x", "--optimizer", "rmsprop"])
+    assert exit_info.value.code == 2
+    assert "error: unknown optimizer 'rmsprop'" in capsys.readouterr().err

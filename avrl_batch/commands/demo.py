@@ -48,7 +48,7 @@ def demo(
             ["scan", str(data / "recordings"), "--model", str(model), "--out", str(scans),
              "--truth", str(data / "ground_truth.parquet")],
         ),
-        ("query the events", ["query", str(scans), "--limit", "20"]),
+        ("query the events", ["query", str(scans), "--limit", "20", "--format", "table"]),
         ("write the HTML report", ["report", str(scans), "--html", str(html)]),
     ]
     if model.exists():

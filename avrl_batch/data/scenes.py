@@ -37,7 +37,7 @@ CLASS_CUES: dict[str, tuple[str, str]] = {
         "a gathered group bursts outward (the same motion as shoot)",
         "screams (f0 0.8-1.6 kHz, vibrato)",
     ),
-    "normal1": ("a crowd wandering slowly at random", "crowd babble only"),
+    "normal1": ("people wandering slowly at random", "crowd babble only"),
     "normal2": ("people standing or shuffling in a queue (a line)", "crowd babble only"),
 }
 
@@ -93,7 +93,7 @@ def wander(
     return out[:, 0], out[:, 1]
 
 
-def _tracks_wanderers(rng: np.random.Generator, n: int, fps: float, count: int) -> list[Track]:
+def passersby_tracks(rng: np.random.Generator, n: int, fps: float, count: int) -> list[Track]:
     tracks = []
     for _ in range(count):
         h, w, c = random_figure(rng)
@@ -258,7 +258,8 @@ def make_episode(
         else:
             ep.audio = sounds.screams(rng, ns, sr, burst_at + rng.uniform(-0.1, 0.2))
     elif label == "normal1":
-        ep.tracks = _tracks_wanderers(rng, n, fps, int(rng.integers(3, 7)))
+        # a calm scene: the clip's passers-by plus up to two more people strolling
+        ep.tracks = passersby_tracks(rng, n, fps, int(rng.integers(0, 3)))
     elif label == "normal2":
         ep.tracks = _queue(rng, tt)
     else:
