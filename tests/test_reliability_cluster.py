@@ -81,9 +81,8 @@ def _workers(nodes: Nodes) -> list:
     return [n for n in nodes.cluster.list_all_nodes() if n not in (nodes.head, nodes.gpu)]
 
 
-def _replace_a_worker(nodes: Nodes, kills: list[str]) -> None:
-    """Kill the busiest CPU worker node (no grace: as if the machine died) and let a fresh
-    one join."""
+def _kill_busiest_worker(nodes: Nodes, kills: list[str]) -> None:
+    """Kill the busiest CPU worker node, without grace (as if the machine died)."""
     from ray._private import state as ray_state
 
     # fewest free CPUs = most decode tasks running there (a node with none free has no
@@ -92,7 +91,6 @@ def _replace_a_worker(nodes: Nodes, kills: list[str]) -> None:
     victim = min(_workers(nodes), key=lambda n: free.get(n.node_id, {}).get("CPU", 0.0))
     kills.append(victim.node_id)
     nodes.cluster.remove_node(victim, allow_graceful=False)
-    nodes.cluster.add_node(num_cpus=2)
 
 
 def _decoder_jobs(log: Path) -> Counter[str]:
@@ -106,8 +104,8 @@ def test_scan_places_actors_on_the_gpu_node_and_survives_repeated_node_loss(
     cluster: Nodes, tmp_path: Path, decoder_log: Path, figures: Callable[[dict], None]
 ) -> None:
     """The same scan twice: without failures (where the work ran: inference on the GPU node,
-    decoding on the others), then with a CPU worker node killed after the 1st and after the
-    3rd finished source, each replaced by a fresh one."""
+    decoding on the others), then with the busiest CPU worker node killed once the 2nd and
+    again once the 6th segment decode has started, each replaced by a fresh one."""
     rec = tmp_path / COUNT_MARKER.strip("/")
     paths = [str(recording(rec / f"cam{i}" / f"cam{i}_20260301T0{i}0000Z.mp4", 12, seed=i))
              for i in range(5)]
@@ -147,13 +145,37 @@ def test_scan_places_actors_on_the_gpu_node_and_survives_repeated_node_loss(
     assert base_jobs == {"probe": len(paths), "decode": base.segments}, base_jobs
 
     kills: list[str] = []
+    replaced = [0]
+    lock = threading.Lock()  # the Cluster object is not made for two threads at once
+    done = threading.Event()
 
-    def on_progress(p: dict) -> None:
-        # lose a worker node after the 1st and after the 3rd finished source
-        if p["sources_done"] >= 1 + 2 * len(kills) and len(kills) < 2:
-            _replace_a_worker(cluster, kills)
+    def killer() -> None:
+        # lose a worker node once the 2nd and again once the 6th segment decode has started
+        # (the decoder logs each job as it starts), so each loss takes decoding in flight
+        while not done.is_set() and len(kills) < 2:
+            started = sum(line.startswith("decode ")
+                          for line in decoder_log.read_text().splitlines())
+            if started >= (2, 6)[len(kills)]:
+                with lock:
+                    _kill_busiest_worker(cluster, kills)
+            time.sleep(0.02)
 
-    s, faulty_s, jobs = scan(str(tmp_path / "out_faulty"), on_progress)
+    def replace_lost() -> None:
+        # a fresh node joins after each loss, as an autoscaler would bring one
+        # (Cluster.add_node must run on the main thread: the one that reports progress)
+        with lock:
+            while replaced[0] < len(kills):
+                cluster.cluster.add_node(num_cpus=2)
+                replaced[0] += 1
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        s, faulty_s, jobs = scan(str(tmp_path / "out_faulty"), lambda _: replace_lost())
+    finally:
+        done.set()
+        thread.join(timeout=60)
+        replace_lost()  # the next test starts with as many nodes as this one did
     assert len(kills) == 2, "the nodes were not removed mid-scan"
     check(s, str(tmp_path / "out_faulty"))
     assert jobs["probe"] >= len(paths) and jobs["decode"] >= s.segments
