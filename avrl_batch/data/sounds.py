@@ -174,14 +174,18 @@ def whistle_or_siren(
 
 
 def thud(rng: np.random.Generator, n: int, sr: int, t0: float) -> np.ndarray:
-    """A body hitting the ground: a low decaying sine plus low-passed noise (knockdown)."""
+    """A body hitting the ground: a low decaying sine plus the impact's noise burst (knockdown).
+
+    Both sit inside VGGish's mel range (125 Hz - 7.5 kHz): an earlier 50-110 Hz thud with
+    20-400 Hz noise was mostly below it, so the network could barely hear a knockdown."""
     out = np.zeros(n)
     length = int(0.5 * sr)
     tau = rng.uniform(0.05, 0.14)
-    f = rng.uniform(50, 110)
+    f = rng.uniform(130, 220)
     tt = np.arange(length) / sr
     body = np.sin(2 * np.pi * f * tt) * _decay(length, sr, tau)
-    body += 0.5 * _bandpass(rng.standard_normal(length), sr, 20, 400) * _decay(length, sr, tau / 2)
+    impact = _bandpass(rng.standard_normal(length), sr, 130, 1500)
+    body += 0.8 * impact * _decay(length, sr, tau / 2)
     at = int(t0 * sr)
     _place(out, body, at)
     active = np.zeros(n, bool)
