@@ -67,13 +67,20 @@ def connect(
         # "local", not None: ray.init() without an address joins whatever cluster the last
         # `ray start` on this machine announced in /tmp/ray (someone else's, in a shared CI
         # box); a local run must get a private Ray of its own.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=dashboard,
-            dashboard_host=LOCAL_HOST,
-            **common,
-        )
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=dashboard,
+                dashboard_host=LOCAL_HOST,
+                **common,
+            )
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception on a start timeout
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"could not start a local Ray ({first}); the machine may be overloaded or out "
+                "of memory: retry, or join a running cluster with --address"
+            ) from None
         return
     try:
         ray.init(address=address, **common)

@@ -226,7 +226,8 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
     done, failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
     todo, skipped = split_done(keyed_sources(sources, model_id), done, failed)
 
-    started_ray = _ensure_ray(cfg.address)
+    # nothing left to do (a rerun of a finished scan): no Ray to start, only the summary
+    started_ray = _ensure_ray(cfg.address) if todo else False
     try:
         _data_context()
         probed = _probe_all(todo, cfg, spec.stride_s) if todo else []
