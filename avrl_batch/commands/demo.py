@@ -48,7 +48,13 @@ def demo(
             ["scan", str(data / "recordings"), "--model", str(model), "--out", str(scans),
              "--truth", str(data / "ground_truth.parquet")],
         ),
-        ("query the events", ["query", str(scans), "--limit", "20", "--format", "table"]),
+        (
+            "query the events",
+            ["query", str(scans), "--format", "table", "--sql",
+             "SELECT camera, label, strftime(start_time, '%H:%M:%S') AS start, "
+             "round(end_s - start_s, 1) AS seconds, round(peak_score, 2) AS peak "
+             "FROM events ORDER BY camera, start_time LIMIT 20"],
+        ),
         ("write the HTML report", ["report", str(scans), "--html", str(html)]),
     ]
     if model.exists():
