@@ -42,6 +42,7 @@ from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, CLIPS, GROUND_TRUTH
 SPLITS = ("train", "test")
 RECORDINGS_START = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
 AUDIO_CHUNK_S = 1.0  # recordings' audio is made and encoded one chunk at a time
+CROSSFADE_S = 0.1  # ... with this much overlap between consecutive chunks' babble
 # cue level over the babble, dB: low values bury the cue, so audio alone is not perfect
 CUE_SNR_DB = (-6.0, 10.0)
 BABBLE_RMS = (0.02, 0.06)
@@ -347,10 +348,22 @@ def write_recording(
         level_rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
         level = level_rng.uniform(*BABBLE_RMS)
         voices = int(level_rng.integers(3, 7))
+        # Each chunk's babble is made a little longer than the chunk and the overhang is
+        # cross-faded (equal power) into the next chunk's start. Butted end to end, independent
+        # chunks clicked once a second (a level jump plus the FFT band-pass's edge) — a sound no
+        # clip has, which the model heard as a knockdown's thud.
+        ov = int(CROSSFADE_S * sr)
+        ramp = np.sin(np.linspace(0.0, np.pi / 2, ov)) if ov else np.zeros(0)  # (ov,) 0 -> 1
+        tail = None
         for c, s0 in enumerate(range(0, total, chunk)):
             n = min(chunk, total - s0)
             crng = np.random.default_rng(np.random.SeedSequence([seed, 6, c]))
-            block = sounds.babble(crng, n, sr, voices) * level
+            long = sounds.babble(crng, n + ov, sr, voices) * level  # (n + ov,)
+            block = long[:n].copy()
+            if tail is not None:
+                k = min(ov, n)
+                block[:k] = tail[:k] * ramp[::-1][:k] + block[:k] * ramp[:k]
+            tail = long[n:]
             block += crng.normal(0, HISS_RMS[0] * 2, n)
             for k in cache.overlapping(s0 / sr, (s0 + n) / sr):
                 ep, gain_db = cache.get(k)
