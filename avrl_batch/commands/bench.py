@@ -66,7 +66,9 @@ def _footage(work: Path, kind: str, seconds: float) -> Path:
 
     path = footage_path(work / "footage", kind, seconds)
     if not path.exists():
-        Console(stderr=True).print(f"making {seconds:g} s of {kind} footage -> {path}")
+        Console(stderr=True).print(
+            f"making {seconds:g} s of {kind} footage -> {path}", markup=False, highlight=False
+        )
     return make_footage(work / "footage", kind, seconds)
 
 
