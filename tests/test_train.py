@@ -161,12 +161,23 @@ def test_fault_injection_resumes_from_checkpoint_on_s3(
         assert f"runs/av/checkpoints/epoch_{e:04d}/state.pt" in keys
     assert "runs/av/model.avrl" in keys
 
+    from avrl_batch import storage
+    from avrl_batch.modelfile import model_from_bytes
+
+    # the model file holds the epoch best on validation; its checkpoint has the same weights
+    meta = model_from_bytes(
+        storage.read_bytes(f"{out}/model.avrl", endpoint_url=s3_endpoint)
+    ).meta
+    best = max(
+        result.history, key=lambda h: (h["val_mean_class_acc"], -h["val_loss"], h["epoch"])
+    )
+    assert meta["selected_epoch"] == best["epoch"]
     capsys.readouterr()
     main(["evaluate", f"{out}/model.avrl", "--data", prepared_ci["uri"], "--json",
-          "--endpoint-url", s3_endpoint, "--compare", f"{out}/checkpoints/epoch_0003"])  # fmt: skip
+          "--endpoint-url", s3_endpoint, "--compare",
+          f"{out}/checkpoints/epoch_{best['epoch']:04d}"])  # fmt: skip
     from_file, from_ckpt = json.loads(capsys.readouterr().out)
     assert from_file["model_id"] == result.model_id
-    # the last checkpoint holds the same weights as the model file
     assert from_ckpt["model_id"] == from_file["model_id"]
     assert from_ckpt["per_class_acc"] == from_file["per_class_acc"] and from_file["n"] == 27
 
