@@ -14,6 +14,7 @@ from avrl_batch.schema import CLASS_NAMES
 
 FUSIONS = ("concat", "concat_ln", "concat_um", "add", "lf")
 MODALITIES = ("av", "video", "audio")
+OPTIMIZERS = ("sgd", "adam")
 
 # kenshohara/3D-ResNets-PyTorch normalises 0-1 RGB with the Kinetics statistics.
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
@@ -150,3 +151,9 @@ class TrainConfig:
     # "sgd" is the paper's (with its momentum and weight decay); "adam" (lr 1e-3, same weight
     # decay) is what a from-scratch tiny model needs to learn in minutes on a CPU
     optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )

@@ -103,8 +103,6 @@ def train_cmd(
     cfg = get_preset(preset, fusion=fusion, modality=modality)
     if optimizer is None:
         optimizer = "adam" if preset == "tiny" else "sgd"
-    if optimizer not in ("sgd", "adam"):
-        raise ConfigError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
     if lr is None and optimizer == "adam":
         lr = 1e-3
     overrides = {

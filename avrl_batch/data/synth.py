@@ -145,8 +145,7 @@ def render_clip(
     # that neither a figure count nor a clip-vs-recording difference gives the class away: with
     # fewer of them, a model learnt "few people = knockdown" and saw knockdowns all over the
     # recordings' calm stretches
-    n_frames = max(int(round(dur * fps)), 1)
-    tracks = passersby_tracks(rng, n_frames, fps, int(rng.integers(*PASSERSBY))) + ep.tracks
+    tracks = passersby_tracks(rng, ep.n_frames, fps, int(rng.integers(*PASSERSBY))) + ep.tracks
     light = Lighting.draw(rng, dark)
     frames = []
     for i in range(ep.n_frames):
