@@ -231,3 +231,20 @@ def test_adam_option_and_its_cli_check(capsys: pytest.CaptureFixture[str]) -> No
         main(["train", "nowhere", "--out", "x", "--optimizer", "rmsprop"])
     assert exit_info.value.code == 2
     assert "error: unknown optimizer 'rmsprop'" in capsys.readouterr().err
+
+
+def test_tiny96_is_tiny_on_96_pixel_frames() -> None:
+    from dataclasses import replace
+
+    from avrl_batch.config import FROM_SCRATCH
+
+    t, t96 = preset("tiny"), preset("tiny96")
+    assert t96.size == 96 and replace(t96, preset="tiny", size=t.size) == t
+    assert {"tiny", "tiny96"} <= FROM_SCRATCH and "paper" not in FROM_SCRATCH
+    model = build_model(t96).eval()
+    frames = torch.randint(0, 255, (2, t96.frames, 96, 96, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        logits = model(video_input(frames, t96.mean, t96.std), torch.randn(2, 2, 96, 64))
+    assert logits.shape == (2, len(t96.class_names)) and torch.isfinite(logits).all()
+    # the same weights serve both sizes (global pooling), so only the config tells them apart
+    assert build_model(t).state_dict().keys() == model.state_dict().keys()

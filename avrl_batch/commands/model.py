@@ -12,7 +12,7 @@ from avrl_batch.cli import app
 
 @app.command("info")
 def info(
-    preset: str = typer.Option("paper", help="model preset: paper, small or tiny"),
+    preset: str = typer.Option("paper", help="model preset: paper, small, tiny or tiny96"),
     fusion: str | None = typer.Option(
         None, help="concat, concat_ln, concat_um, add or lf (default: the preset's)"
     ),

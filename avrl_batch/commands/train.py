@@ -61,7 +61,7 @@ def train_cmd(
     out: str = typer.Option(
         ..., "--out", help="checkpoints and model.avrl go here (path or s3://)"
     ),
-    preset: str = typer.Option("tiny", help="model preset: paper, small or tiny"),
+    preset: str = typer.Option("tiny", help="model preset: paper, small, tiny or tiny96"),
     fusion: str | None = typer.Option(None, help="concat, concat_ln, concat_um, add or lf"),
     modality: str | None = typer.Option(None, help="av, video or audio (Table V ablation)"),
     workers: int = typer.Option(1, help="Ray Train workers (DDP processes)"),
@@ -78,7 +78,7 @@ def train_cmd(
     ),
     optimizer: str | None = typer.Option(
         None,
-        help="sgd (the paper's) or adam; default: adam for the from-scratch tiny preset, else sgd",
+        help="sgd (the paper's) or adam; default: adam for the from-scratch tiny presets, else sgd",
     ),
     audio_dropout: float | None = typer.Option(
         None, help="probability of hiding a clip's audio in training (modality dropout)"
@@ -95,14 +95,14 @@ def train_cmd(
     """
     from dataclasses import replace
 
-    from avrl_batch.config import TrainConfig
+    from avrl_batch.config import FROM_SCRATCH, TrainConfig
     from avrl_batch.config import preset as get_preset
     from avrl_batch.errors import ConfigError
     from avrl_batch.train.trainer import train
 
     cfg = get_preset(preset, fusion=fusion, modality=modality)
     if optimizer is None:
-        optimizer = "adam" if preset == "tiny" else "sgd"
+        optimizer = "adam" if preset in FROM_SCRATCH else "sgd"
     if lr is None and optimizer == "adam":
         lr = 1e-3
     overrides = {
