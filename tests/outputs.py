@@ -136,7 +136,9 @@ def write_output_tree(root: Path, *, seed: int = 0) -> OutputTree:
         def thumb(i: int, labels: list[str] = labels, n: int = n) -> bytes:
             return jpeg_thumbnail(_frame(labels[i], n * 1000 + i))
 
-        events = events_from_windows(windows, TimelineConfig(), thumbnails=thumb)
+        # the per-class rule: the tree has two labels overlapping in one recording (cam02)
+        tl = TimelineConfig(mode="class", merge_gap_s=2.0)
+        events = events_from_windows(windows, tl, thumbnails=thumb)
         key = _key(source_uri)
         for table, data in (("windows", windows), ("events", events)):
             d = root / table / f"date={date}" / f"camera={safe_component(camera)}"

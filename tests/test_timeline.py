@@ -43,8 +43,19 @@ def make_windows(
             probs[CLASS_NAMES.index(label)] = values[i]
         probs[CLASS_NAMES.index("normal1")] += max(0.0, 1.0 - probs.sum())
         s = i * stride_s
-        rows.append(window_row(source, "cam01", i, s, s + window_s, start, probs,
-                               model_id="model-abc", scan_id="scan-1"))
+        rows.append(
+            window_row(
+                source,
+                "cam01",
+                i,
+                s,
+                s + window_s,
+                start,
+                probs,
+                model_id="model-abc",
+                scan_id="scan-1",
+            )
+        )
     return pa.Table.from_pylist(rows, schema=WINDOWS)
 
 
@@ -110,9 +121,53 @@ def test_two_labels_may_overlap_and_both_are_reported() -> None:
     # window 4 s / stride 2 s
     ev = events_from_windows(
         make_windows({"chase": chase, "fight": fight}, window_s=4, stride_s=2),
-        TimelineConfig(merge_gap_s=0),
+        TimelineConfig(mode="class", merge_gap_s=0),
     )
     assert spans(ev) == [("chase", 2.0, 10.0), ("fight", 8.0, 12.0)]
+    # the incident rule reports the stretch once, under the class with the most evidence
+    ev = events_from_windows(
+        make_windows({"chase": chase, "fight": fight}, window_s=4, stride_s=2),
+        TimelineConfig(merge_gap_s=0),
+    )
+    assert spans(ev) == [("chase", 2.0, 12.0)]  # chase 1.85 over the windows, fight 1.25
+
+
+def test_incident_rule_one_event_per_incident_with_the_majority_label() -> None:
+    # a chase the model calls "run" in some windows (they sound the same), then the runners out
+    # of sight for one window, then a scatter whose last window looks like an arrest
+    chase = [0.0, 0.7, 0.3, 0.65, 0.0, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    run = [0.0, 0.2, 0.6, 0.25, 0.1, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    scatter = [0.0] * 8 + [0.95, 0.8, 0.1, 0.0]
+    arrest = [0.0] * 8 + [0.0, 0.1, 0.7, 0.0]
+    w = make_windows({"chase": chase, "run": run, "scatter": scatter, "arrest": arrest})
+    assert spans(events_from_windows(w)) == [("chase", 2.0, 12.0), ("scatter", 16.0, 22.0)]
+    by_class = spans(events_from_windows(w, TimelineConfig(mode="class")))
+    assert ("run", 4.0, 6.0) in by_class and ("arrest", 20.0, 22.0) in by_class
+    assert len(by_class) == 4  # chase (merged over the gap), run, scatter, arrest
+    ev = events_from_windows(w).to_pylist()[0]
+    assert ev["peak_score"] == pytest.approx(0.7) and ev["n_windows"] == 5
+    assert ev["mean_score"] == pytest.approx((0.7 + 0.3 + 0.65 + 0.0 + 0.6) / 5)
+
+
+def test_incident_rule_adds_up_the_anomaly_classes() -> None:
+    # no class reaches enter (0.6) alone, but the window is 0.7 anomalous: an incident
+    w = make_windows({"run": [0.0, 0.4, 0.0], "chase": [0.0, 0.3, 0.0]})
+    assert len(events_from_windows(w, TimelineConfig(mode="class"))) == 0
+    ev = events_from_windows(w, thumbnails={1: b"jpeg-1"}).to_pylist()
+    assert [(e["label"], e["start_s"], e["thumbnail"]) for e in ev] == [("run", 2.0, b"jpeg-1")]
+
+
+def test_incident_thumbnail_comes_from_a_window_above_exit() -> None:
+    # window 2 has the most "fight" (0.4) but is below exit (0.45) as a whole: it lies in a
+    # merged gap, and a scan made no thumbnail for it; the thumbnail is window 3's
+    fight = [0.0, 0.3, 0.4, 0.35, 0.0]
+    knock = [0.0, 0.3, 0.0, 0.3, 0.0]
+    w = make_windows({"fight": fight, "knockdown": knock})
+    thumbs = {1: b"w1", 3: b"w3"}
+    ev = events_from_windows(w, TimelineConfig(enter=0.45, exit=0.45), thumbnails=thumbs)
+    rows = [(e["label"], e["start_s"], e["end_s"], e["thumbnail"]) for e in ev.to_pylist()]
+    assert rows == [("fight", 2.0, 8.0, b"w3")]
+    assert ev["peak_score"][0].as_py() == pytest.approx(0.4)  # over every window of the event
 
 
 def test_normal_classes_never_make_events() -> None:
@@ -129,9 +184,7 @@ def test_a_hole_in_the_windows_ends_an_event() -> None:
         ("fight", 14.0, 20.0),
     ]
     # ... unless the hole is shorter than the merge gap (then it is an ordinary merge)
-    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=10.0))) == [
-        ("fight", 0.0, 20.0)
-    ]
+    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=10.0))) == [("fight", 0.0, 20.0)]
 
 
 def test_smoothing_removes_a_one_window_blip() -> None:
@@ -164,6 +217,8 @@ def test_duplicate_windows_and_bad_config_are_rejected() -> None:
         events_from_windows(pa.concat_tables([w, w]))
     with pytest.raises(ConfigError):
         TimelineConfig(enter=0.3, exit=0.5)
+    with pytest.raises(ConfigError, match="unknown timeline mode 'majority'"):
+        TimelineConfig(mode="majority")
     assert events_from_windows(w.slice(0, 0)).schema == EVENTS
 
 
@@ -237,7 +292,12 @@ def test_iou_exactly_at_threshold_matches() -> None:
 def test_empty_inputs() -> None:
     both = match_events([], [])
     assert (both.tp, both.fp, both.fn, both.precision, both.recall, both.f1) == (
-        0, 0, 0, 1.0, 1.0, 1.0,
+        0,
+        0,
+        0,
+        1.0,
+        1.0,
+        1.0,
     )
     none_found = match_events([], [("v", "run", 0.0, 1.0)])
     assert (none_found.fn, none_found.recall, none_found.f1) == (1, 0.0, 0.0)
@@ -249,8 +309,13 @@ def test_match_accepts_event_and_truth_tables() -> None:
     w = make_windows({"fight": [0.0, 0.9, 0.9, 0.0]}, source="/x.mp4")
     pred = events_from_windows(w)
     truth = pa.table(
-        {"source_uri": ["file:///x.mp4"], "camera": ["cam01"], "label": ["fight"],
-         "start_s": [2.5], "end_s": [6.5]}
+        {
+            "source_uri": ["file:///x.mp4"],
+            "camera": ["cam01"],
+            "label": ["fight"],
+            "start_s": [2.5],
+            "end_s": [6.5],
+        }
     )
     r = match_events(pred, truth)
     assert (r.tp, r.fp, r.fn, r.f1) == (1, 0, 0, 1.0)

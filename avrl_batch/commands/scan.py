@@ -43,10 +43,20 @@ def scan(
         help="regex on the path with (?P<camera>...) and optionally (?P<start>YYYYmmddTHHMMSSZ)"
         "; default understands .../<camera>/.../<camera>_<start>.<ext>",
     ),
-    enter: float | None = typer.Option(None, help="event starts at this class probability"),
-    exit_: float | None = typer.Option(None, "--exit", help="event goes on while >= this"),
-    merge_gap: float | None = typer.Option(None, help="merge same-label events closer than s"),
-    min_event: float | None = typer.Option(None, help="drop events shorter than s"),
+    timeline: str = typer.Option(
+        "incident",
+        help="incident: one event per stretch of anomalous windows, labelled by the majority "
+        "class; class: each anomaly class tracked on its own (labels may overlap)",
+    ),
+    enter: float | None = typer.Option(
+        None, help="event starts at this probability (anomaly share, or the class's) [0.6]"
+    ),
+    exit_: float | None = typer.Option(None, "--exit", help="event goes on while >= this [0.4]"),
+    merge_gap: float | None = typer.Option(None, help="merge events closer than s [4]"),
+    min_event: float | None = typer.Option(None, help="drop events shorter than s [0]"),
+    smooth: int | None = typer.Option(
+        None, help="moving mean over this many windows before the thresholds [1: none]"
+    ),
     truth: str | None = typer.Option(
         None, help="ground-truth events (Parquet/CSV: source_uri,label,start_s,end_s): print "
         "F1 of the scan's events at temporal IoU 0.3"
@@ -70,7 +80,7 @@ def scan(
     from avrl_batch.errors import ConfigError
     from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan
 
-    tl = TimelineConfig()
+    tl = TimelineConfig(mode=timeline)
     # name the options (TimelineConfig speaks of fields): `--enter 0.3` alone is below the
     # default --exit, and the user must learn that --exit is the other half
     enter_v = tl.enter if enter is None else enter
@@ -83,6 +93,8 @@ def scan(
     for name, value in (("--merge-gap", merge_gap), ("--min-event", min_event)):
         if value is not None and not value >= 0:
             raise ConfigError(f"{name} must be a number of seconds >= 0, got {value}")
+    if smooth is not None and smooth < 1:
+        raise ConfigError(f"--smooth must be a number of windows >= 1, got {smooth}")
     tl = replace(
         tl,
         **{
@@ -92,6 +104,7 @@ def scan(
                 "exit": exit_,
                 "merge_gap_s": merge_gap,
                 "min_event_s": min_event,
+                "smooth_windows": smooth,
             }.items()
             if v is not None
         },

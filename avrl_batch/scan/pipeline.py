@@ -375,6 +375,7 @@ def _execute(
                     "model_ref": [model_ref],
                     "anomaly_index": anomaly_index,
                     "thumb_threshold": thumb_threshold,
+                    "thumb_by_sum": cfg.timeline.mode == "incident",
                     "threads": threads,
                 },
                 compute=ray.data.ActorPoolStrategy(size=n_actors),

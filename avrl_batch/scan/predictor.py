@@ -46,6 +46,7 @@ class Predictor:
         model_ref: list[Any],
         anomaly_index: list[int],
         thumb_threshold: float,
+        thumb_by_sum: bool = True,
         threads: int | None = None,
     ) -> None:
         import ray
@@ -70,6 +71,7 @@ class Predictor:
         self.cfg = loaded.cfg
         self.anomaly_index = np.asarray(anomaly_index, dtype=np.int64)
         self.thumb_threshold = float(thumb_threshold)
+        self.thumb_by_sum = bool(thumb_by_sum)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.windows_seen = 0
 
@@ -104,7 +106,10 @@ class Predictor:
         thumbs = np.empty(n, dtype=object)
         thumbs[:] = b""
         if len(idx) and len(self.anomaly_index):
-            peak = probs[:, self.anomaly_index].max(axis=1)  # (n,)
+            # a window an event can show: its anomaly share (incident timeline) or its top
+            # anomaly class (class timeline) at or above the timeline's exit threshold
+            part = probs[:, self.anomaly_index]  # (n, anomaly classes)
+            peak = part.sum(axis=1) if self.thumb_by_sum else part.max(axis=1)  # (n,)
             for i in idx[peak[idx] >= self.thumb_threshold]:
                 frames_i = batch["frames"][i]  # (T, H, W, 3)
                 thumbs[i] = jpeg_thumbnail(np.asarray(frames_i[len(frames_i) // 2]))
