@@ -88,6 +88,11 @@ class _Runner:
         if self.cl and model.video is not None:
             # the video branch only: channels_last_3d is a 5-D layout; VGGish is 2-D convs
             model.video.to(memory_format=torch.channels_last_3d)
+        if "compile" in opts:
+            # dynamo caches compiled code per Python function (AVRL.forward), shared by every
+            # model of the run; after 8 recompiles (presets x batch sizes x layouts) it silently
+            # falls back to eager. A fresh cache per runner measures each compiled model.
+            torch._dynamo.reset()
         self.model = torch.compile(model) if "compile" in opts else model
         self.dtype = torch.float16 if "fp16" in opts else torch.bfloat16 if "bf16" in opts else None
         g = torch.Generator().manual_seed(1)
