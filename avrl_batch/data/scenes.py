@@ -38,7 +38,7 @@ CLASS_CUES: dict[str, tuple[str, str]] = {
         "screams (f0 0.8-1.6 kHz, vibrato)",
     ),
     "normal1": ("people wandering slowly at random", "crowd babble only"),
-    "normal2": ("people standing or shuffling in a queue (a line)", "crowd babble only"),
+    "normal2": ("people in a queue (a line) shuffling forward step by step", "crowd babble only"),
 }
 
 MARGIN = 0.06  # figures stay this far inside the frame unless they leave on purpose
@@ -183,20 +183,35 @@ def _burst(rng: np.random.Generator, tt: np.ndarray, t0: float) -> list[Track]:
     return tracks
 
 
+QUEUE_STEP_S = 0.3  # one shuffle step of a person in a queue takes this long
+
+
 def _queue(rng: np.random.Generator, tt: np.ndarray) -> list[Track]:
-    """People in a line, standing or shuffling forward along it."""
+    """People in a line shuffling forward along it: every ``period`` seconds each one takes a
+    short step, the step passing down the line from the front (a ripple).
+
+    The steps are what a model sees: a line of standing people is static, and a static scene is
+    what background suppression (ModelConfig.subtract_background) removes; a queue that never
+    moved looked like an empty plaza, and the tiny AV model called every calm clip a queue.
+    """
     n = int(rng.integers(4, 9))
     ang = rng.uniform(-0.5, 0.5) + (np.pi / 2 if rng.random() < 0.3 else 0.0)
     direction = np.array([np.cos(ang), np.sin(ang)])
     spacing = rng.uniform(0.07, 0.11)
     head = rng.uniform(0.35, 0.65, 2) - direction * spacing * (n - 1) / 2
-    speed = rng.uniform(0.0, 0.04)
+    period = rng.uniform(0.6, 1.2)  # s between one person's steps
+    step = rng.uniform(0.03, 0.06)  # frame heights per step
+    ripple = rng.uniform(0.1, 0.2)  # s from one person's step to the next one's
+    phase = rng.uniform(0.0, period)
     tracks = []
     for k in range(n):
         h, w, c = random_figure(rng)
+        u = np.maximum((tt + phase - k * ripple) / period, 0.0)  # (F,) steps begun
+        done = np.floor(u) + np.clip((u - np.floor(u)) * period / QUEUE_STEP_S, 0, 1)
         p = (
             head
-            + direction * (k * spacing + speed * tt[:, None])
+            - direction * step * done[:, None]  # towards the front (k = 0)
+            + direction * k * spacing
             + rng.normal(0, 0.002, (len(tt), 2))
         )
         tracks.append(Track(p[:, 0], p[:, 1], h, w, c))
