@@ -388,3 +388,23 @@ def test_scan_s3_bucket(
 # is test_driver_killed_at_half_then_rerun_reprocesses_only_the_rest in
 # tests/test_reliability_scan.py, which also checks that no truncated object is left under a
 # final key.
+
+
+def test_storage_failures_are_retried_and_media_failures_kept(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """A recording that is not media gets a permanent error row (a rerun skips it); a read
+    that failed in storage (here: the object went away after listing) is transient, so the
+    scan reports it without an error object and the next scan tries it again."""
+    from avrl_batch.scan.plan import SourceError
+
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    kept = probe_source(str(noise), "v1", 4096, "key-noise", stride_s=2.0, segment_s=30.0)
+    assert isinstance(kept, SourceError) and kept.stage == "probe"
+    assert not kept.transient, kept
+    gone = probe_source(
+        f"s3://{s3_bucket}/archive/gone.mp4", "v1", 1, "key-gone",
+        stride_s=2.0, segment_s=30.0, endpoint_url=s3_endpoint,
+    )
+    assert isinstance(gone, SourceError) and gone.transient, gone

@@ -329,7 +329,8 @@ def _execute(
             )
 
     def record_error(err: SourceError, *, persist: bool = True) -> None:
-        if persist:
+        # a storage or machine failure is reported but not saved: a rerun retries the source
+        if persist and not err.transient:
             sink.write_error(out, err, summary.scan_id, endpoint_url=ep)
         summary.sources_failed += 1
         summary.errors.append(

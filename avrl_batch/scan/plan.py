@@ -133,6 +133,33 @@ class SourceError:
     error_type: str
     message: str
 
+    @property
+    def transient(self) -> bool:
+        """A failure of storage or the machine, not of the recording (S3 throttled or denied,
+        a connection reset, a full disk): reported in the scan's summary, but no error object is
+        written, so that a rerun tries the source again instead of skipping it for good."""
+        return self.error_type in TRANSIENT_ERRORS
+
+
+# error types that say nothing about the recording itself (see SourceError.transient); media
+# problems are MediaError subclasses (NotMedia, Truncated, DecoderCrashed, ...) and stay
+TRANSIENT_ERRORS = frozenset(
+    {
+        "StorageError",  # storage.open_source and the S3 file object (read failed, denied)
+        "OSError",
+        "IOError",
+        "PermissionError",
+        "FileNotFoundError",  # gone between listing and reading; a re-upload is retried
+        "ConnectionError",
+        "ConnectionResetError",
+        "ConnectionRefusedError",
+        "ConnectionAbortedError",
+        "BrokenPipeError",
+        "TimeoutError",
+        "MemoryError",
+    }
+)
+
 
 @dataclass(frozen=True)
 class SkippedSource:
