@@ -17,7 +17,7 @@ from avrl_batch.scan.timeline import (
     events_from_windows,
     jpeg_thumbnail,
 )
-from avrl_batch.schema import CLASS_NAMES, EVENTS, WINDOWS
+from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, EVENTS, WINDOWS
 
 T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
 
@@ -149,25 +149,36 @@ def test_incident_rule_one_event_per_incident_with_the_majority_label() -> None:
     assert ev["mean_score"] == pytest.approx((0.7 + 0.3 + 0.65 + 0.0 + 0.6) / 5)
 
 
-def test_incident_rule_adds_up_the_anomaly_classes() -> None:
-    # no class reaches enter (0.6) alone, but the window is 0.7 anomalous: an incident
-    w = make_windows({"run": [0.0, 0.4, 0.0], "chase": [0.0, 0.3, 0.0]})
-    assert len(events_from_windows(w, TimelineConfig(mode="class"))) == 0
-    ev = events_from_windows(w, thumbnails={1: b"jpeg-1"}).to_pylist()
-    assert [(e["label"], e["start_s"], e["thumbnail"]) for e in ev] == [("run", 2.0, b"jpeg-1")]
+def test_incident_rule_starts_on_one_class_and_goes_on_while_anomalous() -> None:
+    # window 1 is a confident run; windows 2-3 are split between run and chase (neither above
+    # exit 0.4 alone, 0.5 together): the incident goes on, the per-class rule stops at window 1
+    run = [0.0, 0.7, 0.25, 0.25, 0.0]
+    chase = [0.0, 0.1, 0.25, 0.25, 0.0]
+    w = make_windows({"run": run, "chase": chase})
+    assert spans(events_from_windows(w)) == [("run", 2.0, 8.0)]
+    assert spans(events_from_windows(w, TimelineConfig(mode="class"))) == [("run", 2.0, 4.0)]
+    # anomaly mass spread over every class (0.1 each, 0.7 in all) starts nothing: a weak
+    # model's hesitation in calm footage is not an incident
+    spread = {c: [0.1] * 4 for c in ANOMALY_CLASSES}
+    assert events_from_windows(make_windows(spread)).num_rows == 0
 
 
 def test_incident_thumbnail_comes_from_a_window_above_exit() -> None:
-    # window 2 has the most "fight" (0.4) but is below exit (0.45) as a whole: it lies in a
-    # merged gap, and a scan made no thumbnail for it; the thumbnail is window 3's
-    fight = [0.0, 0.3, 0.4, 0.35, 0.0]
-    knock = [0.0, 0.3, 0.0, 0.3, 0.0]
-    w = make_windows({"fight": fight, "knockdown": knock})
-    thumbs = {1: b"w1", 3: b"w3"}
-    ev = events_from_windows(w, TimelineConfig(enter=0.45, exit=0.45), thumbnails=thumbs)
+    # the event (windows 1-4) is a fight by its summed probability; window 2 has the most
+    # "fight" (0.44) but is below exit (0.45) as a whole, a merged gap the scan made no
+    # thumbnail for: the thumbnail is window 4's, the best fight among windows >= exit
+    w = make_windows(
+        {
+            "knockdown": [0.0, 0.5, 0.0, 0.0, 0.15, 0.0],
+            "fight": [0.0, 0.2, 0.44, 0.3, 0.35, 0.0],
+            "shoot": [0.0, 0.0, 0.0, 0.5, 0.0, 0.0],
+        }
+    )
+    thumbs = {1: b"w1", 3: b"w3", 4: b"w4"}
+    ev = events_from_windows(w, TimelineConfig(enter=0.5, exit=0.45), thumbnails=thumbs)
     rows = [(e["label"], e["start_s"], e["end_s"], e["thumbnail"]) for e in ev.to_pylist()]
-    assert rows == [("fight", 2.0, 8.0, b"w3")]
-    assert ev["peak_score"][0].as_py() == pytest.approx(0.4)  # over every window of the event
+    assert rows == [("fight", 2.0, 10.0, b"w4")]
+    assert ev["peak_score"][0].as_py() == pytest.approx(0.44)  # over every window of the event
 
 
 def test_normal_classes_never_make_events() -> None:

@@ -5,15 +5,19 @@ Two rules (``TimelineConfig.mode``); both work per source on windows ordered by 
 ``incident`` (default): one event per incident, labelled by the evidence over all of it.
 
 1. Track ``a[i]`` = the window's anomaly probability, the sum over the anomaly classes (one
-   minus the normal classes' share). Optionally smooth it (step 1 of ``class``).
-2. Hysteresis, holes, merge and minimum length on ``a`` exactly as steps 2-4 below.
+   minus the normal classes' share), and ``m[i]`` = its most likely anomaly class's
+   probability. Optionally smooth both (step 1 of ``class``).
+2. Hysteresis: an event starts where one anomaly class is confident (``m >= enter``) and goes
+   on while the window stays anomalous (``a >= exit``), whichever anomaly class it looks like;
+   holes, merge and minimum length as steps 2-4 below. (Starting on ``a`` alone let a weak
+   model's spread-out anomaly mass open long false incidents in calm footage.)
 3. The event's label is the anomaly class with the largest summed probability over the event's
    windows; its ``peak_score``/``mean_score`` are that class's probabilities over them.
 
 An incident seen as "chase" in some windows and "run" in others (the two sound the same), or a
 scatter whose last window looks like an arrest, is one event with the majority label instead of
 several short events of mixed labels; on the bench recordings this rule took event F1 from 0.65
-to 0.79 with the same model (README, "Event quality"). Two incidents closer than
+to 0.82 with the same model and windows (README, "Event quality"). Two incidents closer than
 ``merge_gap_s`` become one event (label by the majority).
 
 ``class``: classes tracked independently, for each anomaly class c:
@@ -111,14 +115,22 @@ def _smooth(p: np.ndarray, k: int) -> np.ndarray:
     return np.convolve(p, kernel, mode="same") / np.convolve(np.ones_like(p), kernel, mode="same")
 
 
-def _runs(p: np.ndarray, hole_after: np.ndarray, enter: float, exit_: float) -> list[list[int]]:
-    """Hysteresis runs as [first, last] window positions (inclusive)."""
+def _runs(
+    p: np.ndarray,
+    hole_after: np.ndarray,
+    enter: float,
+    exit_: float,
+    start: np.ndarray | None = None,
+) -> list[list[int]]:
+    """Hysteresis runs as [first, last] window positions (inclusive): a run starts where
+    ``start`` (default ``p``) reaches ``enter`` and goes on while ``p`` stays >= ``exit_``."""
+    start = p if start is None else start
     runs: list[list[int]] = []
     on = False
     for i, v in enumerate(p):
         if on and v >= exit_:
             runs[-1][1] = i
-        elif v >= enter:
+        elif start[i] >= enter:
             runs.append([i, i])
             on = True
         else:
@@ -165,9 +177,17 @@ def _events_one_source(
 
     anomaly = [CLASS_NAMES.index(c) for c in ANOMALY_CLASSES]
 
-    def spans(track: np.ndarray) -> list[tuple[int, int]]:
-        """[first, last] windows of the merged, long-enough runs of ``track`` (N,)."""
-        runs = _runs(_smooth(track, cfg.smooth_windows), hole_after, cfg.enter, cfg.exit)
+    def spans(track: np.ndarray, start: np.ndarray | None = None) -> list[tuple[int, int]]:
+        """[first, last] windows of the merged, long-enough runs of ``track`` (N,), started
+        where ``start`` (default ``track``) reaches enter."""
+        k = cfg.smooth_windows
+        runs = _runs(
+            _smooth(track, k),
+            hole_after,
+            cfg.enter,
+            cfg.exit,
+            None if start is None else _smooth(start, k),
+        )
         merged: list[list[int]] = []
         for run in runs:
             if merged:
@@ -184,7 +204,8 @@ def _events_one_source(
 
     found: list[tuple[str, int, int]] = []  # (label, first, last)
     if cfg.mode == "incident":
-        for first, last in spans(probs[:, anomaly].sum(axis=1)):
+        part = probs[:, anomaly]  # (N, anomaly classes)
+        for first, last in spans(part.sum(axis=1), start=part.max(axis=1)):
             votes = probs[first : last + 1][:, anomaly].sum(axis=0)  # (anomaly classes,)
             found.append((ANOMALY_CLASSES[int(np.argmax(votes))], first, last))
     else:
