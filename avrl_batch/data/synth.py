@@ -72,8 +72,8 @@ class SynthPreset:
 SYNTH_PRESETS: dict[str, SynthPreset] = {
     # seconds on 2 cores; 2.0 s clips = the `tiny` model window
     "ci": SynthPreset("ci", 64, 64, 10, 2.0, 6, 3, 0.34, 2, 1.5, 3, 1.0, 16_000),
-    # `avrl demo`: enough clips for the tiny model to learn in a few minutes on 2 cores
-    "demo": SynthPreset("demo", 64, 64, 10, 2.0, 30, 8, 0.3, 2, 3.0, 6, 1.0, 16_000),
+    # `avrl demo`: enough clips for the tiny96 model to learn in a few minutes on 2 cores
+    "demo": SynthPreset("demo", 96, 96, 10, 2.0, 30, 8, 0.3, 2, 3.0, 6, 1.0, 16_000),
     # enough clips for training to show the fusion effect; 3 x 10 min of recordings
     "bench": SynthPreset("bench", 96, 96, 10, 2.0, 50, 20, 0.3, 3, 10.0, 12, 3.0, 16_000),
     # paper-like geometry (DESIGN.md §2: 4 s windows), fewer clips
