@@ -15,6 +15,7 @@ from avrl_batch.schema import CLASS_NAMES
 FUSIONS = ("concat", "concat_ln", "concat_um", "add", "lf")
 MODALITIES = ("av", "video", "audio")
 OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("plateau", "cosine")
 
 # kenshohara/3D-ResNets-PyTorch normalises 0-1 RGB with the Kinetics statistics.
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
@@ -159,9 +160,17 @@ class TrainConfig:
     # "sgd" is the paper's (with its momentum and weight decay); "adam" (lr 1e-3, same weight
     # decay) is what a from-scratch tiny model needs to learn in minutes on a CPU
     optimizer: str = "sgd"
+    # "plateau" is the paper's (lr x plateau_factor when the validation loss stalls, down to
+    # min_lr); "cosine" anneals lr to min_lr over `epochs` whatever validation says, which
+    # steadies short runs on small validation splits (the demo's 27 clips)
+    schedule: str = "plateau"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
             )

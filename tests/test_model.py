@@ -248,3 +248,30 @@ def test_tiny96_is_tiny_on_96_pixel_frames() -> None:
     assert logits.shape == (2, len(t96.class_names)) and torch.isfinite(logits).all()
     # the same weights serve both sizes (global pooling), so only the config tells them apart
     assert build_model(t).state_dict().keys() == model.state_dict().keys()
+
+
+def test_cosine_schedule_and_plateau_without_validation() -> None:
+    import math
+
+    from avrl_batch.config import TrainConfig
+    from avrl_batch.errors import ConfigError
+    from avrl_batch.train.loop import make_optimizer, step_schedule
+
+    model = build_model(preset("tiny"))
+    tc = TrainConfig(optimizer="adam", lr=1e-3, epochs=4, schedule="cosine", min_lr=0.0)
+    opt, sched = make_optimizer(model, tc)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        step_schedule(sched, None)  # cosine steps with or without a validation loss
+    want = [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert lrs == pytest.approx(want)
+    opt, sched = make_optimizer(model, TrainConfig(plateau_patience=0))
+    for _ in range(3):
+        step_schedule(sched, None)  # no validation clips: the plateau schedule holds still
+    assert opt.param_groups[0]["lr"] == 1e-2
+    step_schedule(sched, 1.0)
+    step_schedule(sched, 1.0)  # stalled once with patience 0: x0.1
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="unknown schedule 'linear'"):
+        TrainConfig(schedule="linear")

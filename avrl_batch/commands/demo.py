@@ -46,7 +46,8 @@ def demo(
         (
             "train the tiny model",
             ["train", str(prepared), "--out", str(run), "--preset", "tiny96",
-             "--workers", str(workers), "--epochs", str(epochs), "--audio-dropout", "0.3"],
+             "--workers", str(workers), "--epochs", str(epochs), "--audio-dropout", "0.3",
+             "--schedule", "cosine"],
         ),
         ("evaluate (Table II layout)", ["evaluate", str(model), "--data", str(prepared)]),
         (

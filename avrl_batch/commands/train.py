@@ -83,6 +83,11 @@ def train_cmd(
     audio_dropout: float | None = typer.Option(
         None, help="probability of hiding a clip's audio in training (modality dropout)"
     ),
+    schedule: str | None = typer.Option(
+        None,
+        help="plateau (the paper's: lr x0.1 when validation loss stalls) or cosine (anneal "
+        "to the minimum over --epochs) [plateau]",
+    ),
     seed: int | None = typer.Option(None, help="seed of initial weights, flips and dropout"),
     max_failures: int = typer.Option(1, help="worker failures to recover from (FailureConfig)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run already under --out"),
@@ -112,6 +117,7 @@ def train_cmd(
         "lr": lr,
         "audio_dropout": audio_dropout,
         "seed": seed,
+        "schedule": schedule,
     }
     tc = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     if not 0 <= tc.audio_dropout < 1:

@@ -80,11 +80,10 @@ def forward_loss(
     return F.cross_entropy(logits.float(), labels), logits
 
 
-def make_optimizer(
-    model: nn.Module, tc: TrainConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
-    """The paper's SGD (or Adam, ``tc.optimizer``) and the plateau schedule on validation loss
-    (down to ``min_lr``)."""
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """The paper's SGD (or Adam, ``tc.optimizer``) and the schedule: the paper's plateau
+    schedule on validation loss (down to ``min_lr``), or cosine annealing to ``min_lr`` over
+    ``tc.epochs`` (``tc.schedule``). Step it once per epoch with ``step_schedule``."""
     if tc.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(
             model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
@@ -93,10 +92,29 @@ def make_optimizer(
         opt = torch.optim.SGD(
             model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
         )
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience, min_lr=tc.min_lr
-    )
+    if tc.schedule == "cosine":
+        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(tc.epochs, 1), eta_min=tc.min_lr
+        )
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt,
+            mode="min",
+            factor=tc.plateau_factor,
+            patience=tc.plateau_patience,
+            min_lr=tc.min_lr,
+        )
     return opt, sched
+
+
+def step_schedule(sched: Any, val_loss: float | None) -> None:
+    """End of an epoch: the plateau schedule needs a finite validation loss (no val clips on
+    this run: it holds still); cosine steps regardless."""
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if val_loss is not None and math.isfinite(val_loss):
+            sched.step(val_loss)
+    else:
+        sched.step()
 
 
 def _autocast(device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
@@ -281,8 +299,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             class_names,
         )
         lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
-        if val_m["n"] > 0 and math.isfinite(val_m["loss"]):
-            sched.step(val_m["loss"])
+        step_schedule(sched, val_m["loss"] if val_m["n"] > 0 else None)
 
         row = {
             "epoch": epoch,
