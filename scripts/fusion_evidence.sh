@@ -10,7 +10,8 @@
 # Environment: PRESET (model preset, default tiny96: the bench footage's own 96x96; at tiny's
 # 48x48 the people are too small for the video branch), WORKERS (Ray Train workers per run,
 # default 1), SEED (default 0), LR (initial learning rate; default: the preset's, Adam at 1e-3),
-# AUDIO_DROPOUT (modality dropout of the AV model, default 0.3).
+# AUDIO_DROPOUT (modality dropout of the AV model, default 0.3), SCHEDULE (plateau, the paper's
+# and the default, or cosine).
 set -euo pipefail
 OUT=${1:-fusion-evidence}
 EPOCHS=${2:-30}
@@ -19,6 +20,7 @@ WORKERS=${WORKERS:-1}
 SEED=${SEED:-0}
 LR=${LR:-}
 AUDIO_DROPOUT=${AUDIO_DROPOUT:-0.3}
+SCHEDULE=${SCHEDULE:-plateau}
 AVRL=${AVRL:-avrl}
 
 mkdir -p "$OUT"
@@ -32,7 +34,7 @@ for modality in av video audio; do
   extra=()
   [ "$modality" = av ] && extra=(--audio-dropout "$AUDIO_DROPOUT")
   "$AVRL" train "$OUT/prepared" --out "$OUT/$modality" --preset "$PRESET" --modality "$modality" \
-    --epochs "$EPOCHS" --workers "$WORKERS" --batch-size 12 --seed "$SEED" ${LR:+--lr "$LR"} \
+    --epochs "$EPOCHS" --workers "$WORKERS" --batch-size 12 --seed "$SEED" --schedule "$SCHEDULE" ${LR:+--lr "$LR"} \
     "${extra[@]}"
 done
 models=("$OUT/av/model.avrl" --compare "$OUT/video/model.avrl" --compare "$OUT/audio/model.avrl")
