@@ -376,7 +376,7 @@ def _execute(
                     "model_ref": [model_ref],
                     "anomaly_index": anomaly_index,
                     "thumb_threshold": thumb_threshold,
-                    "thumb_by_sum": cfg.timeline.mode == "incident",
+                    "timeline_mode": cfg.timeline.mode,
                     "threads": threads,
                 },
                 compute=ray.data.ActorPoolStrategy(size=n_actors),

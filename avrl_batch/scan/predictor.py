@@ -46,7 +46,7 @@ class Predictor:
         model_ref: list[Any],
         anomaly_index: list[int],
         thumb_threshold: float,
-        thumb_by_sum: bool = True,
+        timeline_mode: str = "incident",
         threads: int | None = None,
     ) -> None:
         import ray
@@ -71,7 +71,7 @@ class Predictor:
         self.cfg = loaded.cfg
         self.anomaly_index = np.asarray(anomaly_index, dtype=np.int64)
         self.thumb_threshold = float(thumb_threshold)
-        self.thumb_by_sum = bool(thumb_by_sum)
+        self.timeline_mode = timeline_mode
         self.node_id = ray.get_runtime_context().get_node_id()
         self.windows_seen = 0
 
@@ -79,7 +79,7 @@ class Predictor:
         import torch
 
         from avrl_batch.model import video_input
-        from avrl_batch.scan.timeline import jpeg_thumbnail
+        from avrl_batch.scan.timeline import jpeg_thumbnail, window_level
 
         kind = np.asarray(batch["kind"])
         idx = np.flatnonzero(kind == WINDOW)
@@ -106,10 +106,8 @@ class Predictor:
         thumbs = np.empty(n, dtype=object)
         thumbs[:] = b""
         if len(idx) and len(self.anomaly_index):
-            # a window an event can show: its anomaly share (incident timeline) or its top
-            # anomaly class (class timeline) at or above the timeline's exit threshold
-            part = probs[:, self.anomaly_index]  # (n, anomaly classes)
-            peak = part.sum(axis=1) if self.thumb_by_sum else part.max(axis=1)  # (n,)
+            # the windows an event can show (timeline.window_level at or above exit)
+            peak = window_level(probs[:, self.anomaly_index], self.timeline_mode)  # (n,)
             for i in idx[peak[idx] >= self.thumb_threshold]:
                 frames_i = batch["frames"][i]  # (T, H, W, 3)
                 thumbs[i] = jpeg_thumbnail(np.asarray(frames_i[len(frames_i) // 2]))

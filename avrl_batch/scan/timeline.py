@@ -107,6 +107,14 @@ def event_id(source_uri: str, label: str, start_s: float, model_id: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def window_level(anomaly_probs: np.ndarray, mode: str) -> np.ndarray:
+    """How anomalous each window is under ``mode``, (N, anomaly classes) -> (N,): the summed
+    anomaly share ("incident") or the top anomaly class ("class"). The scan makes a thumbnail
+    for a window whose level reaches the exit threshold, and an event's thumbnail comes from one
+    of those windows."""
+    return anomaly_probs.sum(axis=1) if mode == "incident" else anomaly_probs.max(axis=1)
+
+
 def _smooth(p: np.ndarray, k: int) -> np.ndarray:
     if k <= 1 or len(p) == 0:
         return p
@@ -202,11 +210,11 @@ def _events_one_source(
             if end_s[last] - start_s[first] >= cfg.min_event_s
         ]
 
+    part = probs[:, anomaly]  # (N, anomaly classes)
     found: list[tuple[str, int, int]] = []  # (label, first, last)
     if cfg.mode == "incident":
-        part = probs[:, anomaly]  # (N, anomaly classes)
-        for first, last in spans(part.sum(axis=1), start=part.max(axis=1)):
-            votes = probs[first : last + 1][:, anomaly].sum(axis=0)  # (anomaly classes,)
+        for first, last in spans(window_level(part, "incident"), start=part.max(axis=1)):
+            votes = part[first : last + 1].sum(axis=0)  # (anomaly classes,)
             found.append((ANOMALY_CLASSES[int(np.argmax(votes))], first, last))
     else:
         for label in ANOMALY_CLASSES:
@@ -220,7 +228,7 @@ def _events_one_source(
         if cfg.mode == "incident":
             # the thumbnail's window: the peak among the windows at or above exit (the scan
             # makes thumbnails only for those; a window in a merged gap is below it)
-            level = probs[first : last + 1][:, anomaly].sum(axis=1)  # (n,)
+            level = window_level(part[first : last + 1], "incident")  # (n,)
             peak = first + int(np.argmax(np.where(level >= cfg.exit, scores, -1.0)))
         rows.append(
             {
