@@ -117,6 +117,7 @@ def check_outputs(out: str, sources: list[str], endpoint_url: str | None = None)
         erel = "events/" + rel.split("/", 1)[1]
         e = read_parquet(f"{root}/{erel}", EVENTS, endpoint_url)
         uri = uris.pop() if uris else None
+        assert (uri or key_of(rel)) not in result, f"{uri}: two versions' outputs"
         result[uri or key_of(rel)] = {"windows": w, "events": e, "key": key_of(rel), "rel": rel}
     for rel in by["errors"]:
         err = read_parquet(f"{root}/{rel}", ERRORS, endpoint_url)

@@ -224,8 +224,47 @@ def test_sink_rewrites_a_crash_leftover_and_never_clobbers_a_finished_key(tmp_pa
     assert pq.read_table(sink.windows_uri(out, task)).num_rows == 10
 
 
+def test_superseded_versions_found_and_removed_on_s3(s3_bucket: str, s3_endpoint: str) -> None:
+    """find_superseded / remove_superseded on S3 keys (no Ray): the old version's windows and
+    events objects are found from its events object's source metadata and removed once the
+    current version is finished; another model's objects for the same file are not touched."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    out, ep = f"s3://{s3_bucket}/scans", s3_endpoint
+    uri = "s3://archive/cam01/cam01_x.mp4"
+    w = sink.windows_table(
+        _task(), np.arange(2), np.array([0.0, 2.0]), np.array([2.0, 4.0]), np.ones(2, bool),
+        np.full((2, len(CLASS_NAMES)), 1 / len(CLASS_NAMES)), class_names=CLASS_NAMES,
+        model_id="m1", scan_id="s1",
+    )
+    ev = events_from_windows(w)
+    tasks = {}
+    for version, model in (("v1", "m1"), ("v1", "m2"), ("v2", "m1")):
+        key = source_key(uri, version, model)
+        tasks[version, model] = replace(_task(key), uri=uri, version=version)
+        assert sink.write_source(out, tasks[version, model], w, ev, model_id=model, endpoint_url=ep)
+    # a scan of version v2 with model m1 lists the file as v2: v1/m1 is superseded, v1/m2 not
+    current = tasks["v2", "m1"]
+    done, failed = sink.finished_objects(out, endpoint_url=ep)
+    keyed = [(SimpleNamespace(uri=uri, version="v2"), current.key)]
+    stale = sink.find_superseded(out, keyed, done, failed, "m1", endpoint_url=ep)
+    old = tasks["v1", "m1"]
+    assert [(s.key, s.version) for s in stale] == [(old.key, "v1")]
+    assert stale[0].uris == (sink.windows_uri(out, old), sink.events_uri(out, old))
+    # not removed while the current version is unfinished
+    assert sink.remove_superseded(stale, set(), set(), endpoint_url=ep) == []
+    assert storage.exists(sink.events_uri(out, old), endpoint_url=ep)
+    assert sink.remove_superseded(stale, set(done), set(failed), endpoint_url=ep) == stale
+    left = set(sink.finished_keys(out, endpoint_url=ep)[0])
+    assert left == {current.key, tasks["v1", "m2"].key}
+    assert not storage.exists(sink.windows_uri(out, old), endpoint_url=ep)
+
+
 # ---------------------------------------------------------------------------------------------
 # real scans on a local Ray
+
+
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +278,48 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 
 def _mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_changed_file_replaces_its_old_outputs(
+    ray_local: None, archive: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    """A file rewritten after a scan (new version, new key) ends with the new version's outputs
+    only, also when the new version is corrupt; a file of the same name in another folder is
+    left alone."""
+    _, _, model = archive
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    mine, other = src / "cam01" / "clip.mp4", src / "cam02" / "clip.mp4"
+    recording(mine, 6, seed=11)
+    recording(other, 6, seed=12)
+    cfg = ScanConfig(source=str(src), model=str(model), out=out)
+    first = run_scan(cfg)
+    assert first.sources_ok == 2 and first.superseded == []
+    rel = check_outputs(out, [str(mine), str(other)])[str(other)]["rel"]
+    kept = {f: os.stat(os.path.join(out, f)).st_mtime_ns
+            for f in (rel, "events/" + rel.split("/", 1)[1])}
+    # the same file is rewritten: 8 s now (new size and mtime -> new version and key)
+    recording(mine, 8, seed=13)
+    plan = run_scan(ScanConfig(source=str(src), model=str(model), out=out, dry_run=True))
+    assert [s["source_uri"] for s in plan.plan["superseded"]] == [str(mine)]
+    second = run_scan(cfg)
+    assert (second.sources_ok, second.sources_skipped) == (1, 1)
+    assert [s["source_uri"] for s in second.superseded] == [str(mine)]
+    got = check_outputs(out, [str(mine), str(other)])  # one output per source, no duplicates
+    assert got[str(mine)]["windows"]["end_s"].to_pylist()[-1] == pytest.approx(8.0)
+    assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in kept} == kept
+    n_windows = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{out}/windows/**/*.parquet') "
+        f"WHERE source_uri = '{mine}'"
+    ).fetchall()
+    assert n_windows == [(got[str(mine)]["windows"].num_rows,)]
+    # the file turns corrupt: its error row replaces the 8-s version's windows and events
+    mine.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    third = run_scan(cfg)
+    assert third.sources_failed == 1 and len(third.superseded) == 1
+    got = check_outputs(out, [str(mine), str(other)])
+    assert "error" in got[str(mine)] and "windows" not in got[str(mine)]
+    # nothing changed since: nothing removed
+    assert run_scan(cfg).superseded == []
 
 
 def test_scan_local_folder_layout_rerun_and_missing_audio(

@@ -278,6 +278,11 @@ def _print_summary(r: dict[str, Any]) -> None:
             f"{plan['footage_hours']:.3f} h; skipped (already done): {plan['sources_skipped']}; "
             f"probe errors: {plan['sources_failed_probe']}"
         )
+        for s in plan.get("superseded", []):
+            console.print(
+                Text(f"  changed since scanned: {s['source_uri']}: the outputs of version "
+                     f"{s['version']} will be replaced")
+            )
         for e in plan.get("probe_errors", []):
             console.print(
                 Text(f"  probe error: {e['uri']}: {e['error_type']}: {e['message']}")
@@ -290,6 +295,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     t.add_row("sources ok", str(r["sources_ok"]))
     t.add_row("sources failed", str(r["sources_failed"]))
     t.add_row("sources skipped (done before)", str(r["sources_skipped"]))
+    if r.get("superseded"):
+        t.add_row("old versions replaced (files changed)", str(len(r["superseded"])))
     t.add_row("windows", str(r["windows"]))
     t.add_row("events", str(r["events"]))
     for label, n in r["events_by_label"].items():

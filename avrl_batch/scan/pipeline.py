@@ -61,6 +61,8 @@ class ScanSummary:
     # peak resident memory (MiB) of any decode worker / inference actor / the driver
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    # older versions of changed files whose outputs this scan removed (source_uri, version)
+    superseded: list[dict[str, str]] = field(default_factory=list)
     # source URIs by outcome: ok / failed / skipped (the manifest's record of the scan)
     sources: dict[str, list[str]] = field(default_factory=dict)
     manifest: str | None = None
@@ -223,8 +225,13 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
             f"no recordings under {cfg.source} match {', '.join(include)}: "
             "check the path or pass --include"
         )
-    done, failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
-    todo, skipped = split_done(keyed_sources(sources, model_id), done, failed)
+    done, failed = sink.finished_objects(cfg.out, endpoint_url=cfg.endpoint_url)
+    keyed = keyed_sources(sources, model_id)
+    todo, skipped = split_done(keyed, set(done), set(failed))
+    # outputs of older versions of these files (changed since an earlier scan with this model)
+    stale = sink.find_superseded(
+        cfg.out, keyed, done, failed, model_id, endpoint_url=cfg.endpoint_url
+    )
 
     # nothing left to do (a rerun of a finished scan): no Ray to start, only the summary
     started_ray = _ensure_ray(cfg.address) if todo else False
@@ -237,6 +244,7 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
             skipped=skipped,
             spec=spec,
             model_id=model_id,
+            versions={key: src.version for src, key in keyed},
         )
         summary = ScanSummary(
             scan_id=scan_id,
@@ -263,6 +271,7 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
             ]
             summary.plan["skipped"] = [asdict(s) for s in skipped]
             summary.plan["probe_errors"] = [asdict(e) for e in plan.failed]
+            summary.plan["superseded"] = [asdict(s) for s in stale]
             summary.wall_s = time.monotonic() - t0
             return summary
         _execute(cfg, plan, summary, model_bytes, mcfg.class_names, t0, progress)
@@ -271,6 +280,12 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
             import ray
 
             ray.shutdown()
+    if stale:  # after the new versions are written: a source never has no outputs
+        now_done, now_failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
+        removed = sink.remove_superseded(
+            stale, now_done, now_failed, endpoint_url=cfg.endpoint_url
+        )
+        summary.superseded = [{"source_uri": s.source_uri, "version": s.version} for s in removed]
     summary.wall_s = time.monotonic() - t0
     summary.sources["skipped"] = [s.uri for s in skipped]
     manifest = summary.to_dict()
@@ -331,7 +346,14 @@ def _execute(
     def record_error(err: SourceError, *, persist: bool = True) -> None:
         # a storage or machine failure is reported but not saved: a rerun retries the source
         if persist and not err.transient:
-            sink.write_error(out, err, summary.scan_id, endpoint_url=ep)
+            sink.write_error(
+                out,
+                err,
+                summary.scan_id,
+                version=plan.versions.get(err.key, ""),
+                model_id=plan.model_id,
+                endpoint_url=ep,
+            )
         summary.sources_failed += 1
         summary.errors.append(
             {
@@ -399,7 +421,9 @@ def _execute(
                     events = events_from_windows(
                         windows, cfg.timeline, thumbnails=fin.thumbnails
                     )
-                    sink.write_source(out, fin.task, windows, events, endpoint_url=ep)
+                    sink.write_source(
+                        out, fin.task, windows, events, model_id=plan.model_id, endpoint_url=ep
+                    )
                 except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
                     # Reported, but no error object: a failed write (storage down, denied)
                     # is not a property of the recording, so a rerun should try it again.

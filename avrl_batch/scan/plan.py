@@ -175,6 +175,7 @@ class ScanPlan:
     skipped: list[SkippedSource]
     spec: WindowSpec
     model_id: str
+    versions: dict[str, str] = field(default_factory=dict)  # key -> the listed source version
 
     @property
     def segments(self) -> list[Segment]:

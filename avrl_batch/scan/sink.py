@@ -93,21 +93,50 @@ def check_writable(out: str, *, endpoint_url: str | None = None) -> None:
             break
 
 
-def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
-    """(keys with an events object, keys with an error object) under ``out``: one listing of
-    each prefix instead of one existence check per source."""
+def finished_objects(
+    out: str, *, endpoint_url: str | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """({key: events object URI}, {key: error object URI}) under ``out``: one listing of each
+    prefix instead of one existence check per source."""
 
-    def keys(prefix: str) -> set[str]:
+    def objects(prefix: str) -> dict[str, str]:
         uris = storage.list_files(
             storage.join(out, prefix), suffix=PARQUET_SUFFIX, endpoint_url=endpoint_url
         )
-        return {u.rsplit("/", 1)[-1][: -len(PARQUET_SUFFIX)] for u in uris}
+        return {u.rsplit("/", 1)[-1][: -len(PARQUET_SUFFIX)]: u for u in uris}
 
-    return keys("events"), keys("errors")
+    return objects("events"), objects("errors")
+
+
+def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
+    """(keys with an events object, keys with an error object) under ``out``."""
+    done, failed = finished_objects(out, endpoint_url=endpoint_url)
+    return set(done), set(failed)
 
 
 # ---------------------------------------------------------------------------------------------
 # tables
+
+
+# Parquet key-value metadata on every windows, events and error object: which source, which
+# version of it and which model the object is for (JSON). A changed file gets a new key; this
+# is how a later scan recognises the old version's objects, including an events object with
+# no rows, and removes them (find_superseded) instead of leaving both versions queryable.
+SOURCE_META = b"avrl.source"
+
+
+def with_source_meta(table: pa.Table, uri: str, version: str, model_id: str) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta[SOURCE_META] = json.dumps(
+        {"source_uri": uri, "version": version, "model_id": model_id}, sort_keys=True
+    ).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def source_meta(data: bytes) -> dict[str, str] | None:
+    """The SOURCE_META of a Parquet object's bytes; None for objects written without it."""
+    raw = (pq.read_schema(io.BytesIO(data)).metadata or {}).get(SOURCE_META)
+    return json.loads(raw) if raw else None
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -192,15 +221,19 @@ def write_source(
     windows: pa.Table,
     events: pa.Table,
     *,
+    model_id: str = "",
     endpoint_url: str | None = None,
 ) -> bool:
     """Windows first (replacing a dead run's leftover), then events, the completion marker,
-    only if absent. Returns False when another scan had already completed this key."""
+    only if absent. Returns False when another scan had already completed this key. Both
+    objects carry SOURCE_META (the task's URI and version, ``model_id``)."""
     if windows.schema != WINDOWS or events.schema != EVENTS:
         raise ValueError("windows/events tables must have the WINDOWS/EVENTS schemas")
     marker = events_uri(out, task)
     if storage.exists(marker, endpoint_url=endpoint_url):
         return False  # a concurrent scan finished it: leave its objects alone
+    windows = with_source_meta(windows, task.uri, task.version, model_id)
+    events = with_source_meta(events, task.uri, task.version, model_id)
     storage.write_atomic(windows_uri(out, task), parquet_bytes(windows), endpoint_url=endpoint_url)
     return storage.write_atomic(
         marker, parquet_bytes(events), if_absent=True, endpoint_url=endpoint_url
@@ -208,14 +241,99 @@ def write_source(
 
 
 def write_error(
-    out: str, err: SourceError, scan_id: str, *, endpoint_url: str | None = None
+    out: str,
+    err: SourceError,
+    scan_id: str,
+    *,
+    version: str = "",
+    model_id: str = "",
+    endpoint_url: str | None = None,
 ) -> bool:
+    table = with_source_meta(error_table(err, scan_id), err.uri, version, model_id)
     return storage.write_atomic(
-        error_uri(out, err.key),
-        parquet_bytes(error_table(err, scan_id)),
-        if_absent=True,
-        endpoint_url=endpoint_url,
+        error_uri(out, err.key), parquet_bytes(table), if_absent=True, endpoint_url=endpoint_url
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# superseded versions
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """The objects of an older version of a listed source (same URI and model, other version):
+    removed once the current version's outputs (or its error row) exist."""
+
+    source_uri: str
+    version: str  # the old version
+    key: str  # the old version's key
+    current_key: str
+    uris: tuple[str, ...]  # windows, events and/or error objects, in deletion order
+
+
+def _key_stem(key: str) -> str:
+    return key.rsplit("-", 1)[0]  # source_key: "<file stem>-<digest>"
+
+
+def find_superseded(
+    out: str,
+    keyed: list[tuple[Any, str]],
+    done: dict[str, str],
+    failed: dict[str, str],
+    model_id: str,
+    *,
+    endpoint_url: str | None = None,
+) -> list[Superseded]:
+    """Older versions' objects of the listed sources ``keyed`` ((storage.Source, key) pairs).
+
+    Only finished keys with the same file stem as a listed source's current key are read (one
+    small object each: a changed file is rare), and only objects whose SOURCE_META names the
+    same URI and model are taken: objects of other files, of other models and objects written
+    before SOURCE_META existed are never touched.
+    """
+    current = {key for _, key in keyed}
+    candidates: dict[str, list[str]] = {}
+    for key in sorted(set(done) | set(failed)):
+        if key not in current:
+            candidates.setdefault(_key_stem(key), []).append(key)
+    found = []
+    for src, key in keyed:
+        for old in candidates.get(_key_stem(key), ()):
+            marker = done.get(old) or failed[old]
+            meta = source_meta(storage.read_bytes(marker, endpoint_url=endpoint_url))
+            if not meta or meta.get("source_uri") != src.uri or meta.get("model_id") != model_id:
+                continue
+            if meta.get("version") == src.version:
+                continue  # same version under another key: not ours to judge
+            uris: list[str] = []
+            if old in done:  # the events marker last: until it is gone a rerun finds the rest
+                events_root = storage.join(out, "events")
+                rel = done[old][len(events_root) :]
+                uris += [storage.join(out, "windows") + rel, done[old]]
+            if old in failed:
+                uris.append(failed[old])
+            found.append(Superseded(src.uri, str(meta.get("version")), old, key, tuple(uris)))
+    return found
+
+
+def remove_superseded(
+    stale: list[Superseded],
+    done: set[str] | dict[str, str],
+    failed: set[str] | dict[str, str],
+    *,
+    endpoint_url: str | None = None,
+) -> list[Superseded]:
+    """Delete the objects of each superseded version whose current key is finished (in ``done``
+    or ``failed``); returns those removed. The others wait for a scan that finishes them, so
+    a source always has at least one version's outputs."""
+    removed = []
+    for s in stale:
+        if s.current_key not in done and s.current_key not in failed:
+            continue
+        for uri in s.uris:
+            storage.delete(uri, endpoint_url=endpoint_url)
+        removed.append(s)
+    return removed
 
 
 def write_manifest(
