@@ -17,6 +17,7 @@ import torch
 
 from avrl_batch.cli import main
 from avrl_batch.config import TrainConfig, preset
+from avrl_batch.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -180,6 +181,14 @@ def test_fault_injection_resumes_from_checkpoint_on_s3(
     assert from_file["model_id"] == result.model_id
     assert from_ckpt["model_id"] == from_file["model_id"]
     assert from_ckpt["per_class_acc"] == from_file["per_class_acc"] and from_file["n"] == 27
+    # --resume with a schedule the checkpoints were not made with: one clear line, no Ray run
+    with pytest.raises(ConfigError, match="started with --schedule plateau, not cosine"):
+        train(prepared_ci["uri"], out, preset("tiny"),
+              TrainConfig(epochs=4, batch_size=8, schedule="cosine"), resume=True,
+              endpoint_url=s3_endpoint)  # fmt: skip
+    with pytest.raises(ConfigError, match="another model .*fusion 'concat' \\(now 'add'\\)"):
+        train(prepared_ci["uri"], out, preset("tiny", fusion="add"),
+              TrainConfig(epochs=4, batch_size=8), resume=True, endpoint_url=s3_endpoint)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ Output layout of ``OUT`` (local or S3)::
                                                    scheduler, metric history)
     OUT/checkpoints/checkpoint_manager_snapshot.json   Ray Train's record of the checkpoints
     OUT/model.avrl                                 the final self-describing model file
+    OUT/run.json                                   the model and training settings the run
+                                                   started with (--resume checks them)
 
 Fault tolerance and resumption use Ray Train V2 (the default in Ray 2.60; ``TorchTrainer.restore``
 is deprecated there): ``FailureConfig(max_failures)`` restarts the worker group from the latest
@@ -30,6 +32,10 @@ from avrl_batch.train.prepare import TENSOR_COLUMNS, PreparedData, load_prepared
 RUN_NAME = "checkpoints"
 MODEL_NAME = "model.avrl"
 SNAPSHOT_NAME = "checkpoint_manager_snapshot.json"
+RUN_FILE = "run.json"
+# settings a resumed run must share with its checkpoints: the weights' shapes, and the types
+# of the optimiser and scheduler whose state the checkpoint restores
+RESUME_MUST_MATCH = ("optimizer", "schedule")
 
 
 class TrainingFailed(AvrlError):
@@ -108,6 +114,7 @@ def train(
         )
     if resume and not has_run:
         raise ConfigError(f"nothing to resume: no training run under {out_uri}")
+    _check_or_record_run(out_uri, cfg, tc, resume=resume, endpoint_url=endpoint_url)
 
     init_ray(address)
     quiet_ray_data()
@@ -189,6 +196,50 @@ def train(
         _select_checkpoint(result), result.checkpoint, out_uri, cfg, tc, data_uri, ckpt_root,
         endpoint_url,
     )
+
+
+def _check_or_record_run(
+    out_uri: str,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    *,
+    resume: bool,
+    endpoint_url: str | None,
+) -> None:
+    """A new run records its settings in OUT/run.json; ``--resume`` compares against them, so a
+    changed preset or --schedule is a one-line error instead of a failed state load on every
+    worker. Runs started before run.json existed resume unchecked."""
+    import json
+
+    uri = storage.join(out_uri, RUN_FILE)
+    if not resume:
+        doc = {"model_config": cfg.to_dict(), "train_config": asdict(tc)}
+        storage.write_atomic(
+            uri, json.dumps(doc, indent=2, sort_keys=True).encode(), endpoint_url=endpoint_url
+        )
+        return
+    if not storage.exists(uri, endpoint_url=endpoint_url):
+        return
+    doc = json.loads(storage.read_bytes(uri, endpoint_url=endpoint_url))
+    then = ModelConfig.from_dict(doc["model_config"])
+    if then != cfg:
+        diff = [
+            f"{k} {v!r} (now {cfg.to_dict()[k]!r})"
+            for k, v in then.to_dict().items()
+            if cfg.to_dict()[k] != v
+        ]
+        raise ConfigError(
+            f"--resume: the run under {out_uri} was started with another model ("
+            + ", ".join(diff)
+            + "): resume with its settings or train into a new --out"
+        )
+    for name in RESUME_MUST_MATCH:
+        was, now = doc["train_config"].get(name), getattr(tc, name)
+        if was is not None and was != now:
+            raise ConfigError(
+                f"--resume: the run under {out_uri} was started with --{name} {was}, not "
+                f"{now}: resume with --{name} {was} or train into a new --out"
+            )
 
 
 def _select_checkpoint(result: Any) -> Any:
