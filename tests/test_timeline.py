@@ -205,6 +205,18 @@ def test_smoothing_removes_a_one_window_blip() -> None:
     assert len(events_from_windows(w, TimelineConfig(smooth_windows=3))) == 0
 
 
+def test_smoothed_event_beside_its_spike_shows_the_spike() -> None:
+    # a hole after window 1; smoothed over 3 windows, the spike in window 1 starts a run at
+    # window 3 (mean .59 >= enter) whose own raw level (.39) is below exit, so the scan made no
+    # thumbnail for it: the event shows the spike that set it off
+    w = make_windows({"shoot": [0.0, 1.0, 0.0, 0.39, 0.39]}, skip=(2,))
+    cfg = TimelineConfig(enter=0.55, exit=0.4, merge_gap_s=0.0, smooth_windows=3)
+    ev = events_from_windows(w, cfg, thumbnails={1: b"jpeg-of-window-1"}).to_pylist()
+    assert [(e["label"], e["start_s"], e["end_s"], e["thumbnail"]) for e in ev] == [
+        ("shoot", 6.0, 8.0, b"jpeg-of-window-1")
+    ]
+
+
 def test_unknown_start_time_unsorted_rows_several_sources_and_thumbnails() -> None:
     a = make_windows({"arrest": [0.0, 0.8, 0.95, 0.0]}, source="/a.mp4", start=None)
     b = make_windows({"scatter": [0.9, 0.0, 0.0, 0.0]}, source="/b.mp4")

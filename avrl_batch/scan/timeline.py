@@ -43,7 +43,9 @@ window's ``end_s``/``end_time``. ``peak_score`` and ``mean_score`` are the *raw*
 probabilities of the event's class over every window inside the event (windows in merged gaps
 included, so a merged event's mean shows its dip); ``n_windows`` counts those windows.
 The thumbnail is that of the peak window (``incident``: the peak among the windows whose
-anomaly probability is at or above ``exit``; a scan makes thumbnails only for those).
+anomaly probability is at or above ``exit``; a scan makes thumbnails only for those; when
+smoothing started an event beside the raw window that set it off and none of its own windows
+reaches ``exit``, that nearby window's).
 """
 
 from __future__ import annotations
@@ -229,7 +231,17 @@ def _events_one_source(
             # the thumbnail's window: the peak among the windows at or above exit (the scan
             # makes thumbnails only for those; a window in a merged gap is below it)
             level = window_level(part[first : last + 1], "incident")  # (n,)
-            peak = first + int(np.argmax(np.where(level >= cfg.exit, scores, -1.0)))
+            if (level >= cfg.exit).any():
+                peak = first + int(np.argmax(np.where(level >= cfg.exit, scores, -1.0)))
+            else:
+                # smoothing can start a run beside the raw window that set it off (a lone
+                # spike spread over its neighbours): show that window, the nearest one above
+                # exit within the smoothing reach
+                reach = cfg.smooth_windows // 2
+                lo, hi = max(first - reach, 0), min(last + reach, len(part) - 1)
+                near = window_level(part[lo : hi + 1], "incident")  # (m,)
+                if (near >= cfg.exit).any():
+                    peak = lo + int(np.argmax(np.where(near >= cfg.exit, near, -1.0)))
         rows.append(
             {
                 "event_id": event_id(source_uri, label, s, model_id),
