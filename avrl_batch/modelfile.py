@@ -117,8 +117,16 @@ def load_weights_only(data: bytes | str | os.PathLike[str], source: str) -> Any:
         ) from exc
 
 
-def model_from_bytes(data: bytes, source: str = "<model bytes>") -> LoadedModel:
-    """Rebuild the network stored in model-file bytes; the model is returned in eval mode."""
+def model_from_bytes(
+    data: bytes | str | os.PathLike[str], source: str = "<model bytes>"
+) -> LoadedModel:
+    """Rebuild the network stored in model-file bytes (or a local file's path); the model is
+    returned in eval mode.
+
+    The network is built on the meta device and takes the loaded tensors as its own
+    (``load_state_dict(assign=True)``): no random initialisation to overwrite, and the peak
+    memory is the file's tensors once instead of twice (plus ``data`` while the caller holds it).
+    """
     from avrl_batch.model import build_model
 
     payload = load_weights_only(data, source)
@@ -134,12 +142,25 @@ def model_from_bytes(data: bytes, source: str = "<model bytes>") -> LoadedModel:
         )
     try:
         cfg = ModelConfig.from_dict(payload["config"])
-        model = build_model(cfg)
-        model.load_state_dict(payload["state_dict"], strict=True)
+        with torch.device("meta"):
+            model = build_model(cfg)
+        keys = model.load_state_dict(payload["state_dict"], strict=False, assign=True)
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        missing = keys.missing_keys or left
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise RuntimeError(f"no weights for {missing[0]}{more}")
+        if keys.unexpected_keys:
+            raise RuntimeError(f"weights for no layer of this network: {keys.unexpected_keys[0]}")
     except AvrlError as exc:
         raise WeightsError(f"{source}: {exc}") from exc
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise WeightsError(f"{source}: model file is inconsistent ({_first_line(exc)})") from exc
+        # load_state_dict's own errors open with a heading line; the cause is on the next one
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+        why = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else None
+        raise WeightsError(
+            f"{source}: model file is inconsistent ({why or _first_line(exc)})"
+        ) from exc
     model_id = model_id_for(payload["config"], payload["state_dict"])
     if model_id != payload.get("model_id"):
         raise WeightsError(
@@ -178,4 +199,4 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: model file not found")
-    return model_from_bytes(p.read_bytes(), source=str(p))
+    return model_from_bytes(p, source=str(p))  # torch reads the tensors straight from the file

@@ -20,6 +20,7 @@ $AVRL bench model --presets tiny,small,paper --batch-sizes 1,8 --runs "$RUNS" \
   --save "$OUT/model.json"
 $AVRL bench model --presets small --fusions concat,concat_ln,concat_um,add,lf \
   --batch-sizes 8 --variants fp32 --runs "$RUNS" --save "$OUT/model-fusions.json"
+$AVRL bench load --presets tiny,small,paper --runs "$RUNS" --work "$WORK" --save "$OUT/load.json"
 $AVRL bench scan --workers 1,2 --segment 20 --runs "$RUNS" --work "$WORK" --save "$OUT/scan-scaling.json"
 $AVRL bench baseline --segment 20 --runs "$RUNS" --work "$WORK" --save "$OUT/baseline.json"
 $AVRL bench scan --memory --preset tiny --workers 2 --runs "$RUNS" --work "$WORK" \

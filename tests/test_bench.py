@@ -118,6 +118,22 @@ def test_model_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(doc["helped"]) <= {"cl"}
 
 
+def test_load_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["bench", "load", "--presets", "tiny", "--runs", "1", "--work", str(tmp_path)]
+    doc = run_json(capsys, [*argv, "--json", "--save", str(tmp_path / "load.json")])
+    check_envelope(doc, "load")
+    size_mb = (tmp_path / "load-tiny.avrl").stat().st_size / 2**20
+    assert [r["mode"] for r in doc["results"]] == ["bytes", "file"]
+    for r in doc["results"]:
+        assert r["preset"] == "tiny" and r["file_mb"] == pytest.approx(size_mb, abs=0.05)
+        # the loaded weights themselves are in memory at the peak
+        assert r["peak_rise_mb"] >= size_mb and r["seconds"] > 0
+        assert r["peak_over_file"] == pytest.approx(r["peak_rise_mb"] / size_mb, rel=0.01)
+    capsys.readouterr()
+    main(["bench", "show", str(tmp_path / "load.json")])
+    assert "| tiny | bytes |" in capsys.readouterr().out
+
+
 def test_windows_reach_the_end_of_an_mjpeg_file(tmp_path: Path) -> None:
     """Regression: when the last window's sample times lie past the last video frame, the
     end-of-file flush used to raise EOFError (FFmpeg drained twice) and an intact MJPEG/MKV

@@ -164,6 +164,7 @@ def test_model_file_round_trip_and_deterministic_id(tmp_path) -> None:
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.model_id == model_id and loaded.cfg == cfg and loaded.meta == meta
     assert not loaded.model.training
+    assert all(p.requires_grad and p.device.type == "cpu" for p in loaded.model.parameters())
     x = torch.randn(2, 3, cfg.frames, cfg.size, cfg.size)
     a = torch.randn(2, cfg.audio_examples, 96, 64)
     model.eval()
@@ -206,3 +207,16 @@ def test_model_file_refuses_bad_input(tmp_path) -> None:
     torch.save(payload, buf)
     with pytest.raises(WeightsError, match="does not match its model id"):
         model_from_bytes(buf.getvalue(), "edited.pt")
+
+    # a file that lacks a tensor is refused (the network is built on the meta device and
+    # takes the file's tensors: none may be left unfilled)
+    del payload["state_dict"]["head.0.bias"]
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with pytest.raises(WeightsError, match=r"inconsistent \(no weights for head.0.bias\)"):
+        model_from_bytes(buf.getvalue(), "short.pt")
+    payload["state_dict"]["head.0.bias"] = torch.zeros(3)  # the wrong shape
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with pytest.raises(WeightsError, match="inconsistent \\(size mismatch for head.0.bias"):
+        model_from_bytes(buf.getvalue(), "reshaped.pt")

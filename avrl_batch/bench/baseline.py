@@ -13,9 +13,9 @@ turned into a long-video scanner):
 3. for each window: sample T frames at a fixed step, resize them (torch bilinear), cut the
    window's audio and compute its VGGish log-mel, run the model on that one clip.
 
-Peak memory is the baseline process's own ``ru_maxrss`` (each baseline run is a fresh
-subprocess, so it is that run's peak). The scan is ``bench.scan.scan_once`` on the same
-files and model file, with all cores.
+Peak memory is the baseline process's own peak RSS (``avrl_batch.memory.peak_rss_mb``: each
+baseline run is a fresh subprocess, so it is that run's peak). The scan is
+``bench.scan.scan_once`` on the same files and model file, with all cores.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from avrl_batch.bench.report import cpu_seconds, envelope, load_average, median
+from avrl_batch.memory import peak_rss_mb
 
 
 def _load_audio(path: str) -> tuple[np.ndarray | None, str]:
@@ -64,7 +65,6 @@ def _load_audio(path: str) -> tuple[np.ndarray | None, str]:
 
 def naive_scan_file(path: str, model_path: str) -> dict[str, Any]:
     """The baseline on one file; returns windows, wall time, peak RSS and the audio loader."""
-    import resource
 
     import av
     import torch
@@ -112,7 +112,7 @@ def naive_scan_file(path: str, model_path: str) -> dict[str, Any]:
         "windows": n_windows,
         "footage_s": duration,
         "wall_s": time.perf_counter() - t0,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
         "audio_loader": loader,
         "cpu_s": cpu_seconds(),
     }

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from avrl_batch.bench.report import cpu_seconds, envelope, load_average, median
+from avrl_batch.memory import peak_rss_mb
 
 MiB = 1024 * 1024
 
@@ -173,7 +174,6 @@ def scan_once(
     Returns wall time (with and without starting Ray), footage, hours per hour and memory.
     """
     import os
-    import resource
 
     import ray
 
@@ -228,7 +228,7 @@ def scan_once(
         "hours_per_hour_with_ray_start": summary.footage_s / wall,
         "pipeline_peak_rss_mb": summary.peak_rss_mb,
         "sampled": sampler.summary(),
-        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "driver_peak_rss_mb": peak_rss_mb(),
         # footage hours per CPU-hour of the scan's processes: robust to a shared machine
         "cpu_s": sampler.summary()["workers_cpu_s"] + driver_cpu,
         "hours_per_cpu_hour": summary.footage_s

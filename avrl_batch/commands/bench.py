@@ -1,4 +1,4 @@
-"""`avrl bench decode|model|scan|baseline|footage`: throughput and memory figures.
+"""`avrl bench decode|model|load|scan|baseline|footage`: throughput and memory figures.
 
 Every figure is a median over --runs runs, carries the machine and its load, and ratios come
 from variants measured in the same invocation, interleaved run by run (avrl_batch/bench/).
@@ -175,6 +175,25 @@ def model_cmd(
     _emit(doc, as_json, lines, save)
 
 
+@bench_app.command("load")
+def load_cmd(
+    presets: str = typer.Option("tiny,small,paper", "--presets"),
+    runs: int = typer.Option(3, "--runs", min=1),
+    work: Path = typer.Option(DEFAULT_WORK, "--work", help="Where the model files are made."),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save"),
+) -> None:
+    """Peak memory and seconds of loading a model file, from bytes (scan actors) and from a
+    file (evaluate), each load in a fresh process.
+
+    Example: avrl bench load --presets small,paper --runs 3
+    """
+    from avrl_batch.bench import load
+
+    doc = load.bench_load(presets=_names(presets), runs=runs, work=work)
+    _emit(doc, as_json, load.table(doc), save)
+
+
 @bench_app.command("scan")
 def scan_cmd(
     sources: list[Path] = typer.Argument(
@@ -263,12 +282,13 @@ def show_cmd(
 
     Example: avrl bench show /tmp/avrl-bench/results/*.json
     """
-    from avrl_batch.bench import baseline, decode, model, scan
+    from avrl_batch.bench import baseline, decode, load, model, scan
     from avrl_batch.errors import ConfigError
 
     tables = {
         "decode": decode.table,
         "model": model.table,
+        "load": load.table,
         "scan": scan.table,
         "baseline": baseline.table,
     }

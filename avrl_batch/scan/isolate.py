@@ -420,13 +420,12 @@ def _decode_segment_in_child(
 ) -> Iterator[dict[str, Any]]:
     """decode_segment, with the decoder process's peak RSS (MiB) on the trailer: decoding
     happens here, so this is the memory that must stay bounded by the segment."""
-    import resource
-
+    from avrl_batch.memory import peak_rss_mb
     from avrl_batch.scan.decode import WINDOW, decode_segment
 
     for row in decode_segment(seg, spec, endpoint_url=endpoint_url):
         if row["kind"] != WINDOW:
-            row["decoder_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            row["decoder_rss_mb"] = peak_rss_mb()
         yield row
 
 

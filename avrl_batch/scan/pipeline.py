@@ -12,7 +12,6 @@ the driver is bounded by the sources in flight, not by the archive.
 
 from __future__ import annotations
 
-import resource
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 from avrl_batch import storage
 from avrl_batch.errors import ConfigError
+from avrl_batch.memory import peak_rss_mb
 from avrl_batch.scan import sink
 from avrl_batch.scan.naming import scan_id_now
 from avrl_batch.scan.plan import (
@@ -120,11 +120,6 @@ def _decode_rows(
         decoder_rss = out.pop("decoder_rss_mb", 0.0)
         out["rss_mb"] = max(peak_rss_mb(), decoder_rss) if out["kind"] != "window" else 0.0
         yield out
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _probe_all(

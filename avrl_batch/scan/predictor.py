@@ -9,11 +9,11 @@ driver stays a few hundred bytes per window.
 
 from __future__ import annotations
 
-import resource
 from typing import Any
 
 import numpy as np
 
+from avrl_batch.memory import peak_rss_mb
 from avrl_batch.scan.decode import WINDOW
 
 PASS_THROUGH = (
@@ -117,6 +117,6 @@ class Predictor:
         out["infer_node"] = np.full(n, self.node_id, dtype=object)
         # this actor's peak RSS (MiB), for the scan summary
         out["infer_rss_mb"] = np.full(
-            n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, np.float64
+            n, peak_rss_mb(), np.float64
         )
         return out
