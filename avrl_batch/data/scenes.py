@@ -237,6 +237,11 @@ def make_episode(
     t0 = rng.uniform(0.0, 0.25) * duration_s if onset is None else onset
     ep = Episode(label, n)
     if label in ("run", "chase"):
+        if onset is None:
+            # a clip cut from running footage starts anywhere in a crossing, as a scan window
+            # inside a long recorded run or chase does (crossings follow each other with at most
+            # 0.4 s between them, so runners are on screen for most of any clip)
+            t0 = -rng.uniform(0.0, 1.5)
         ep.tracks, spans = _sprints(rng, tt, t0, 1 if label == "run" else 2)
         rate = rng.uniform(*sounds.FOOTSTEP_RUN_HZ)
         audio = np.zeros(ns, np.float32)
