@@ -122,6 +122,10 @@ def train(
     data_fs, _ = storage.filesystem(data_uri, endpoint_url=endpoint_url)
 
     store = float(ray.available_resources().get("object_store_memory", 0.0))
+    # --seed fixes the data order too: each epoch (each execution of the dataset) draws a new
+    # shuffle from (seed, epoch), and rows leave in that order (preserve_order below), so two
+    # runs with the same seed and worker count see the same batches
+    shuffle_seed = ray.data.RandomSeedConfig(seed=tc.seed, reseed_after_execution=True)
 
     def dataset(split: str) -> ray.data.Dataset:
         paths = [
@@ -141,11 +145,15 @@ def train(
             )
             # a full reshuffle every epoch (each epoch re-executes the dataset): SGD needs
             # batches that mix classes, and prepared shards may be in any order
-            return ds.random_shuffle() if split == "train" else ds
+            return ds.random_shuffle(seed=shuffle_seed) if split == "train" else ds
         ds = ray.data.read_parquet(paths, filesystem=data_fs, partitioning=None)
         ds = ds.select_columns(list(TENSOR_COLUMNS))
         # streamed: shuffle the block order per epoch; the loop's local buffer mixes rows
-        return ds.randomize_block_order() if split == "train" else ds
+        return ds.randomize_block_order(seed=shuffle_seed) if split == "train" else ds
+
+    # a seeded shuffle alone still hands rows out in task-completion order
+    ingest_options = ray.train.DataConfig.default_ingest_options()
+    ingest_options.preserve_order = True
 
     progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
     run_config = ray.train.RunConfig(
@@ -176,6 +184,7 @@ def train(
         ),
         run_config=run_config,
         datasets={"train": dataset("train"), "val": dataset(val_split)},
+        dataset_config=ray.train.DataConfig(execution_options=ingest_options),
     )
     if progress is not None:
         progress.start()
