@@ -48,7 +48,13 @@ def prepared_ci(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lines: list[str] = []
     out = root / "prepared"
     prepared = prepare(str(path), str(out), preset("tiny"), log=lines.append)
-    return {"uri": str(out), "prepared": prepared, "log": lines, "n_manifest": len(manifest)}
+    return {
+        "uri": str(out),
+        "prepared": prepared,
+        "log": lines,
+        "n_manifest": len(manifest),
+        "manifest": str(path),
+    }
 
 
 def test_prepare_lists_and_skips_corrupt_clips(prepared_ci: dict) -> None:
@@ -119,15 +125,26 @@ def test_cli_train_two_workers_then_evaluate(
 
 
 def test_same_seed_same_model(prepared_ci: dict, tmp_path: Path) -> None:
-    """`--seed` fixes the data order as well as the initial weights: two runs end with the same
-    weights and the same metrics every epoch. Without a seeded shuffle (Ray Data's default)
-    the same two runs differed after their first epoch."""
+    """One manifest prepared twice gives the same shards, and `--seed` fixes the data order as
+    well as the initial weights: a run on each ends with the same weights and the same metrics
+    every epoch. Before session 6 (task-order shards, Ray Data's unseeded shuffle) two runs
+    differed after their first epoch."""
     from avrl_batch.modelfile import load_model
+    from avrl_batch.train.prepare import load_prepared, prepare, read_split
+
+    again = tmp_path / "prepared_again"
+    prepare(prepared_ci["manifest"], str(again), preset("tiny"), log=lambda _: None)
+    for split in ("train", "val"):
+        first = read_split(load_prepared(prepared_ci["uri"]), split)
+        second = read_split(load_prepared(str(again)), split)
+        assert first.keys() == second.keys()
+        for k in first:
+            assert np.array_equal(first[k], second[k]), (split, k)
 
     runs = []
-    for name in ("a", "b"):
+    for name, data in (("a", prepared_ci["uri"]), ("b", str(again))):
         out = tmp_path / name
-        main(["train", prepared_ci["uri"], "--out", str(out), "--preset", "tiny",
+        main(["train", data, "--out", str(out), "--preset", "tiny",
               "--workers", "1", "--epochs", "2", "--batch-size", "8", "--seed", "3"])  # fmt: skip
         runs.append(load_model(out / "model.avrl"))
     a, b = runs

@@ -327,6 +327,10 @@ def prepare(
     quiet_ray_data()
     geometry = {"frames": cfg.frames, "size": cfg.size, "audio_examples": cfg.audio_examples}
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 64))
+    # shards keep the shuffled manifest order rather than task-completion order, so preparing
+    # one manifest twice gives the same shards and `avrl train --seed` the same model; the
+    # setting is this dataset's (and its descendants'), not the process's
+    ds.context.execution_options.preserve_order = True
     ds = ds.map(_decode_row, fn_kwargs={**geometry, "endpoint_url": endpoint_url})
     ds = ds.materialize()  # decoded once; metadata and shards are both read from it
 
