@@ -18,6 +18,7 @@ storage_path)`` finds the run's checkpoint snapshot in storage and hands its lat
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import threading
 from collections.abc import Callable
@@ -151,8 +152,11 @@ def train(
         # streamed: shuffle the block order per epoch; the loop's local buffer mixes rows
         return ds.randomize_block_order(seed=shuffle_seed) if split == "train" else ds
 
-    # a seeded shuffle alone still hands rows out in task-completion order
-    ingest_options = ray.train.DataConfig.default_ingest_options()
+    # a seeded shuffle alone still hands rows out in task-completion order. Ray Train's
+    # default ingest options are this context's; a copy of them, not
+    # DataConfig.default_ingest_options(), which trips Ray 2.60's own deprecation warning
+    # for exclude_resources
+    ingest_options = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
     ingest_options.preserve_order = True
 
     progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
