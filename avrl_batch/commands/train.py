@@ -88,7 +88,11 @@ def train_cmd(
         help="plateau (the paper's: lr x0.1 when validation loss stalls) or cosine (anneal "
         "to the minimum over --epochs) [plateau]",
     ),
-    seed: int | None = typer.Option(None, help="seed of initial weights, flips and dropout"),
+    seed: int | None = typer.Option(
+        None,
+        help="seed of the initial weights, flips, dropout and data order (same seed, data and "
+        "workers: same model)",
+    ),
     max_failures: int = typer.Option(1, help="worker failures to recover from (FailureConfig)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run already under --out"),
     address: str | None = typer.Option(None, help=_ADDRESS_HELP),
