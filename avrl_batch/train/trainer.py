@@ -124,8 +124,9 @@ def train(
 
     store = float(ray.available_resources().get("object_store_memory", 0.0))
     # --seed fixes the data order too: each epoch (each execution of the dataset) draws a new
-    # shuffle from (seed, epoch), and rows leave in that order (preserve_order below), so two
-    # runs with the same seed and worker count see the same batches
+    # shuffle from (seed, execution count), and rows leave in that order (preserve_order below),
+    # so two uninterrupted runs with the same seed and worker count see the same batches (a
+    # restart or --resume shifts the count: README "--seed")
     shuffle_seed = ray.data.RandomSeedConfig(seed=tc.seed, reseed_after_execution=True)
 
     def dataset(split: str) -> ray.data.Dataset:
