@@ -24,6 +24,6 @@ def run(command: str, argv: list[str] | None = None) -> int:
     # even where it is not installed (a plain Ray image with only the dependencies).
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from avrl_batch.cluster import run_job
+    from avrl_batch.commands.jobconfig import run_job
 
     return run_job(command, sys.argv[1:] if argv is None else argv)

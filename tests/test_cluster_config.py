@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from avrl_batch.cluster import job_argv, load_job_config
+from avrl_batch.commands.jobconfig import job_argv, load_job_config
 from avrl_batch.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

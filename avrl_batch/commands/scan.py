@@ -128,12 +128,6 @@ def scan(
         decode_timeout_s=decode_timeout,
         timeline=tl,
     )
-    import logging
-
-    import ray.data  # noqa: F401 - configures its loggers; quieten them after that
-
-    # Ray Data logs each execution's start and end; the CLI shows its own progress/summary
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     if not dry_run:
         from avrl_batch.scan.sink import check_writable
 

@@ -150,7 +150,7 @@ def submit_job(
     timeout_s: float = 0.0,
 ) -> tuple[str, str | None]:
     """Submit ``jobs/<kind>.py`` and optionally wait; returns (job id, final status or None)."""
-    from avrl_batch.cluster import job_argv, load_job_config
+    from avrl_batch.commands.jobconfig import job_argv, load_job_config
 
     working_dir = working_dir.resolve()
     script = f"jobs/{kind}.py"

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from avrl_batch import storage
+from avrl_batch.cluster import quiet_ray_data
 from avrl_batch.errors import ConfigError
 from avrl_batch.memory import peak_rss_mb
 from avrl_batch.scan import sink
@@ -88,14 +89,6 @@ def _ensure_ray(address: str | None) -> bool:
         return False
     connect(address)
     return True
-
-
-def _data_context() -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the CLI shows its own (sources, windows, hours/hour)
-    ctx.print_on_execution_start = False
 
 
 def _decode_rows(
@@ -231,7 +224,7 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
     # nothing left to do (a rerun of a finished scan): no Ray to start, only the summary
     started_ray = _ensure_ray(cfg.address) if todo else False
     try:
-        _data_context()
+        quiet_ray_data()
         probed = _probe_all(todo, cfg, spec.stride_s) if todo else []
         plan = ScanPlan(
             todo=[p for p in probed if isinstance(p, SourceTask)],

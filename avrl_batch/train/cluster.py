@@ -1,29 +1,6 @@
-"""Connecting to Ray: one place that honours ``--address``."""
+"""How many CPUs a training worker reserves on the cluster it runs on."""
 
 from __future__ import annotations
-
-import logging
-
-
-def init_ray(address: str | None = None) -> None:
-    """Start or join Ray once per process (``avrl_batch.cluster.connect``): ``None`` gives a
-    private local Ray with this machine's CPUs (or joins ``RAY_ADDRESS`` inside a Ray job);
-    ``"auto"``, ``HOST:PORT`` or ``ray://HOST:10001`` join that cluster. An already initialised
-    Ray (a test's, a job's) is reused as it is."""
-    from avrl_batch.cluster import connect
-
-    connect(address)
-
-
-def quiet_ray_data() -> None:
-    """Ray Data's per-operator progress logging drowns the CLI's own output."""
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    for name in ("ray.data", "ray.train", "ray.util"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def cluster_cpus() -> float:

@@ -313,7 +313,7 @@ def prepare(
     import ray
     from ray.data.expressions import col
 
-    from avrl_batch.train.cluster import init_ray, quiet_ray_data
+    from avrl_batch.cluster import connect, quiet_ray_data
 
     rows = read_manifest(manifest_uri, cfg.class_names, endpoint_url=endpoint_url)
     if not any(r["split"] == "train" for r in rows):
@@ -323,7 +323,7 @@ def prepare(
     # batches wherever the trainer can only shuffle locally (large, streamed data sets)
     random.Random(0).shuffle(rows)
 
-    init_ray(address)
+    connect(address)
     quiet_ray_data()
     geometry = {"frames": cfg.frames, "size": cfg.size, "audio_examples": cfg.audio_examples}
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 64))

@@ -92,7 +92,7 @@ def train(
     from ray.train.torch import TorchTrainer
 
     from avrl_batch.train.cluster import cpus_per_worker as default_cpus
-    from avrl_batch.train.cluster import init_ray, quiet_ray_data
+    from avrl_batch.cluster import connect, quiet_ray_data
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
@@ -117,7 +117,7 @@ def train(
         raise ConfigError(f"nothing to resume: no training run under {out_uri}")
     _check_or_record_run(out_uri, cfg, tc, resume=resume, endpoint_url=endpoint_url)
 
-    init_ray(address)
+    connect(address)
     quiet_ray_data()
     fs, out_path = storage.filesystem(out_uri, endpoint_url=endpoint_url)
     data_fs, _ = storage.filesystem(data_uri, endpoint_url=endpoint_url)
