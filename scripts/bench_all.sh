@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Every benchmark figure of the README, saved as JSON under $OUT (default
+# Every benchmark figure of docs/performance.md, saved as JSON under $OUT (default
 # /tmp/avrl-bench/results), then printed as markdown tables. Footage is made on first use
 # under $WORK/footage (720p/1080p H.264, HEVC, MJPEG at 25 fps, GOP 50, B-frames; low-res long
 # recordings for the memory figures): about 10-15 CPU-minutes on 2 cores, reused afterwards.
 #   scripts/bench_all.sh            # all of it (~25 min on 2 cores)
-#   DAY=1 scripts/bench_all.sh      # also the 24-hour recording (issue 5, acceptance 4)
+#   DAY=1 scripts/bench_all.sh      # also the 24-hour recording (memory stays flat)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AVRL=.venv/bin/avrl

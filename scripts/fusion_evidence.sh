@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fusion evidence (issue 4, acceptance 2), the synthetic counterpart of the paper's Table V:
+# Fusion evidence, the synthetic counterpart of the paper's Table V:
 # train the same AVRL (the tiny network on 96x96 frames) as audio-visual (concat), video-only
 # and audio-only on the `bench` synthetic clips, then compare mean per-class top-1 accuracy on
 # the test split and on its dark subset. Passes when AV beats both single-modality models by
@@ -11,7 +11,7 @@
 # 48x48 the people are too small for the video branch), WORKERS (Ray Train workers per run,
 # default 1), SEED (default 0), LR (initial learning rate; default: the preset's, Adam at 1e-3),
 # AUDIO_DROPOUT (modality dropout of the AV model, default 0.3), SCHEDULE (cosine, the default:
-# the rate annealed over EPOCHS, as measured in the README; or plateau, the paper's rule).
+# the rate annealed over EPOCHS, as measured in docs/evaluation.md; or plateau, the paper's rule).
 set -euo pipefail
 OUT=${1:-fusion-evidence}
 EPOCHS=${2:-20}

@@ -1,6 +1,6 @@
 """Cluster deployment files: ray_cluster.yaml against the installed Ray's schema, the KubeRay
 manifests against the repository (entrypoints, configs, image), job configs against the CLI,
-and the no-credentials / loopback-only rules (issue 6 acceptance 4, issue 8 point 6)."""
+and the no-credentials / loopback-only rules."""
 
 from __future__ import annotations
 

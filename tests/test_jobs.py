@@ -1,4 +1,4 @@
-"""Jobs on a real Ray cluster (issue 6 acceptance 3, issue 8 point 6).
+"""Jobs on a real Ray cluster: submitted scans match a local scan, and carry no credentials.
 
 A Ray head is started with ``ray start --head`` on 127.0.0.1 (free ports, token
 authentication on, a private --temp-dir); ``jobs/scan.py`` is submitted through the
@@ -8,8 +8,8 @@ carry the submitter's AWS credentials.
 
 Why the cluster is stopped by process group and not with ``ray stop``: ``ray stop`` kills
 every Ray process of this user on the machine: the pytest process's own local Ray
-(``ray_local``) and any other test run's. So ``ray start`` runs in a new session
-(``start_new_session=True``); its daemons (GCS, raylet, dashboard, monitor) inherit that
+(``ray_local``) and any other test run's. So ``ray start`` runs in a new process
+session (``start_new_session=True``); its daemons (GCS, raylet, dashboard, monitor) inherit that
 process group and are signalled with ``killpg`` - SIGTERM, then SIGKILL after a grace period.
 Job drivers, which Ray starts in sessions of their own, are found by the private temp dir on
 their command lines. Every client call runs in a subprocess with this cluster's token in its
@@ -257,7 +257,7 @@ def test_scan_job_via_ray_job_submit_and_avrl_submit_matches_local_scan(
         info = job["info"]
         print(f"{name}: job ran {(info['end_time'] - info['start_time']) / 1000:.1f} s")
 
-    # issue 8: no credential in job metadata, runtime env, entrypoint, message or logs
+    # no credential in job metadata, runtime env, entrypoint, message or logs
     stored = json.dumps(sub) + json.dumps(cli)
     for secret in (FAKE_KEY_ID, FAKE_SECRET):
         assert secret not in stored
