@@ -56,8 +56,7 @@ def main() -> None:
     # windows every 8 s (2 s long) keep a 24-hour run within minutes on 2 cores; decode still
     # reads every packet of the file
     ap.add_argument("--stride", type=float, default=8.0)
-    # 5 fps: the figures in docs/performance.md are made with it (lower rates work too since media's
-    # end-of-file fix in 528d50a)
+    # 5 fps: the figures in docs/performance.md are made with it (lower rates work too)
     ap.add_argument("--fps", type=int, default=5)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--rate", type=int, default=8000, help="audio sample rate of the recording")
