@@ -134,10 +134,14 @@ PRESETS["tiny96"] = replace(PRESETS["tiny"], preset="tiny96", size=96)
 FROM_SCRATCH = frozenset({"tiny", "tiny96"})
 
 
-def preset(name: str, **overrides: Any) -> ModelConfig:
-    """The named preset with overrides (e.g. ``fusion="lf"``); raises ConfigError if unknown."""
+def _check_preset(name: str) -> None:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with overrides (e.g. ``fusion="lf"``); raises ConfigError if unknown."""
+    _check_preset(name)
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -174,3 +178,23 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
             )
+
+
+# Adam's initial learning rate unless one is given (TrainConfig's lr, 1e-2, is the paper's for SGD)
+ADAM_LR = 1e-3
+
+
+def train_config(preset_name: str, **overrides: Any) -> TrainConfig:
+    """The training settings for a model preset with overrides (``None`` = the default), as
+    ``avrl train`` uses them: the paper's SGD, except Adam for the presets trained from scratch
+    (``FROM_SCRATCH``); Adam starts at ``ADAM_LR`` unless ``lr`` is given. Raises ConfigError
+    for an unknown preset, optimizer or schedule, or an audio dropout outside [0, 1)."""
+    _check_preset(preset_name)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    given.setdefault("optimizer", "adam" if preset_name in FROM_SCRATCH else "sgd")
+    if given["optimizer"] == "adam":
+        given.setdefault("lr", ADAM_LR)
+    tc = TrainConfig(**given)
+    if not 0 <= tc.audio_dropout < 1:
+        raise ConfigError(f"--audio-dropout must be in [0, 1), got {tc.audio_dropout}")
+    return tc

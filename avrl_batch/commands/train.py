@@ -102,30 +102,21 @@ def train_cmd(
 
     Example: avrl train prepared --out runs/av --preset tiny --workers 2 --epochs 10
     """
-    from dataclasses import replace
-
-    from avrl_batch.config import FROM_SCRATCH, TrainConfig
     from avrl_batch.config import preset as get_preset
-    from avrl_batch.errors import ConfigError
+    from avrl_batch.config import train_config
     from avrl_batch.train.trainer import train
 
     cfg = get_preset(preset, fusion=fusion, modality=modality)
-    if optimizer is None:
-        optimizer = "adam" if preset in FROM_SCRATCH else "sgd"
-    if lr is None and optimizer == "adam":
-        lr = 1e-3
-    overrides = {
-        "optimizer": optimizer,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "audio_dropout": audio_dropout,
-        "seed": seed,
-        "schedule": schedule,
-    }
-    tc = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    if not 0 <= tc.audio_dropout < 1:
-        raise ConfigError(f"--audio-dropout must be in [0, 1), got {tc.audio_dropout}")
+    tc = train_config(
+        preset,
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        audio_dropout=audio_dropout,
+        seed=seed,
+        schedule=schedule,
+    )
     display = EpochDisplay(cfg.class_names)
     result = train(
         data,
