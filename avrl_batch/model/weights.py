@@ -72,14 +72,23 @@ def _map_prefixed(
     return out
 
 
+def _check_source(
+    src: Any, target: Mapping[str, torch.Tensor], source: str, expected: str, *, branch: str,
+    other: str,
+) -> None:
+    """``src`` is a mapping and the model has the ``branch`` it fills (a model of modality
+    ``other`` alone has not)."""
+    if not isinstance(src, Mapping):
+        raise WeightsError(f"{source}: expected {expected}, got {type(src).__name__}")
+    if not any(k.startswith(branch + ".") for k in target):
+        raise WeightsError(f"{source}: this model has no {branch} branch (modality '{other}')")
+
+
 def vggish_state(
     src: Mapping[str, Any], target: Mapping[str, torch.Tensor], source: str = "vggish"
 ) -> dict[str, torch.Tensor]:
     """torchvggish state dict -> ``{"audio.features.*": tensor}`` for model state ``target``."""
-    if not isinstance(src, Mapping):
-        raise WeightsError(f"{source}: expected a torchvggish state dict, got {type(src).__name__}")
-    if not any(k.startswith("audio.") for k in target):
-        raise WeightsError(f"{source}: this model has no audio branch (modality 'video')")
+    _check_source(src, target, source, "a torchvggish state dict", branch="audio", other="video")
     trunk: dict[str, torch.Tensor] = {}
     for key, value in src.items():
         if key.startswith("embeddings."):
@@ -105,10 +114,7 @@ def r3d_state(
     ckpt: Mapping[str, Any], target: Mapping[str, torch.Tensor], source: str = "r3d"
 ) -> dict[str, torch.Tensor]:
     """kenshohara checkpoint (or bare state dict) -> ``{"video.*": tensor}`` for ``target``."""
-    if not isinstance(ckpt, Mapping):
-        raise WeightsError(f"{source}: expected a 3D-ResNets checkpoint, got {type(ckpt).__name__}")
-    if not any(k.startswith("video.") for k in target):
-        raise WeightsError(f"{source}: this model has no video branch (modality 'audio')")
+    _check_source(ckpt, target, source, "a 3D-ResNets checkpoint", branch="video", other="audio")
     sd = ckpt.get("state_dict", ckpt)
     if not isinstance(sd, Mapping):
         raise WeightsError(f"{source}: 'state_dict' is a {type(sd).__name__}, not a state dict")
