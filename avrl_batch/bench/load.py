@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from avrl_batch.bench.report import envelope, load_average, median
+from avrl_batch.bench.report import envelope, load_average, markdown_table, median
 from avrl_batch.errors import ConfigError
 
 MODES = ("bytes", "file")
@@ -99,13 +99,12 @@ def bench_load(
 
 
 def table(doc: dict[str, Any]) -> list[str]:
-    lines = [
-        "| preset | load from | file MiB | peak RSS rise MiB | × file | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in doc["results"]:
-        lines.append(
-            f"| {r['preset']} | {r['mode']} | {r['file_mb']:.0f} | {r['peak_rise_mb']:.0f} | "
-            f"{r['peak_over_file']:.2f} | {r['seconds']:.2f} |"
-        )
-    return lines
+    header = ("preset", "load from", "file MiB", "peak RSS rise MiB", "× file", "seconds")
+    return markdown_table(
+        header,
+        (
+            (r["preset"], r["mode"], f"{r['file_mb']:.0f}", f"{r['peak_rise_mb']:.0f}",
+             f"{r['peak_over_file']:.2f}", f"{r['seconds']:.2f}")
+            for r in doc["results"]
+        ),
+    )

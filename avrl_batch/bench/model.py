@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from avrl_batch.bench.report import Measured, envelope, load_average, median
+from avrl_batch.bench.report import Measured, envelope, load_average, markdown_table, median
 from avrl_batch.errors import ConfigError
 
 OPTIONS = ("fp32", "fp16", "bf16", "cl", "compile")
@@ -225,14 +225,15 @@ def bench_model(
 
 
 def table(doc: dict[str, Any]) -> list[str]:
-    lines = [
-        "| preset | fusion | batch | variant | GFLOPs/clip | clips/s | GFLOPs/s | vs fp32 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in doc["results"]:
-        lines.append(
-            f"| {r['preset']} | {r['fusion']} | {r['batch']} | {r['variant']} | "
-            f"{r['gflops_per_clip']:.2f} | {r['clips_per_s']:.2f} | {r['gflops_per_s']:.1f} | "
-            f"{r['speedup_vs_fp32']:.2f} |"
-        )
-    return lines
+    header = (
+        "preset", "fusion", "batch", "variant", "GFLOPs/clip", "clips/s", "GFLOPs/s", "vs fp32"
+    )
+    return markdown_table(
+        header,
+        (
+            (r["preset"], r["fusion"], str(r["batch"]), r["variant"],
+             f"{r['gflops_per_clip']:.2f}", f"{r['clips_per_s']:.2f}", f"{r['gflops_per_s']:.1f}",
+             f"{r['speedup_vs_fp32']:.2f}")
+            for r in doc["results"]
+        ),
+    )
