@@ -420,14 +420,8 @@ def open_source(uri: str, *, endpoint_url: str | None = None) -> CountingReader:
     nothing downloads the whole object."""
     p = parse_uri(uri)
     if p.scheme == "file":
-        try:
+        with _local_errors(p.path):
             raw: io.RawIOBase = _LocalRaw(p.path)
-        except FileNotFoundError:
-            raise _error(f"no such file: {p.path}") from None
-        except IsADirectoryError:
-            raise _error(f"is a directory, not a file: {p.path}") from None
-        except PermissionError:
-            raise _error(f"permission denied: {p.path}") from None
         return CountingReader(raw, buffer_size=64 * 1024)
     if not p.key or p.key.endswith("/"):
         raise _error(f"not an object: {uri} (name a key, not a prefix)")
@@ -438,15 +432,8 @@ def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
     """The whole content of one (small) object, e.g. a manifest or a checkpoint."""
     p = parse_uri(uri)
     if p.scheme == "file":
-        try:
-            with open(p.path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise _error(f"no such file: {p.path}") from None
-        except IsADirectoryError:
-            raise _error(f"is a directory, not a file: {p.path}") from None
-        except PermissionError:
-            raise _error(f"permission denied: {p.path}") from None
+        with _local_errors(p.path), open(p.path, "rb") as f:
+            return f.read()
     with _s3_errors(uri, endpoint_url):
         return _s3(endpoint_url).get_object(Bucket=p.bucket, Key=p.key)["Body"].read()
 
@@ -725,6 +712,19 @@ def _s3_errors(uri: str, endpoint_url: str | None) -> Iterator[None]:
         raise _error(
             f"S3 request for {uri} at {where} failed: {str(e)}"
         ) from None
+
+
+@contextlib.contextmanager
+def _local_errors(path: str) -> Iterator[None]:
+    """A local file that is missing, a directory or not readable: one StorageError line."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise _error(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise _error(f"is a directory, not a file: {path}") from None
+    except PermissionError:
+        raise _error(f"permission denied: {path}") from None
 
 
 @contextlib.contextmanager
