@@ -29,51 +29,59 @@ def is_anomaly(label: str) -> bool:
 
 _TS = pa.timestamp("us", tz="UTC")
 
+
+def _required(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=False)
+
+
+# Where a window or event lies: seconds from the file start, and wall-clock times that are
+# null when the recording start is unknown.
+_SPAN = [
+    _required("start_s", pa.float64()),
+    _required("end_s", pa.float64()),
+    pa.field("start_time", _TS),
+    pa.field("end_time", _TS),
+]
+# Which model and which scan wrote a row of the scan output.
+_WRITTEN_BY = [_required("model_id", pa.string()), _required("scan_id", pa.string())]
+
 WINDOWS = pa.schema(
     [
-        pa.field("source_uri", pa.string(), nullable=False),
+        _required("source_uri", pa.string()),
         pa.field("camera", pa.string()),
-        pa.field("window_index", pa.int32(), nullable=False),
-        pa.field("start_s", pa.float64(), nullable=False),
-        pa.field("end_s", pa.float64(), nullable=False),
-        pa.field("start_time", _TS),  # null when the recording start is unknown
-        pa.field("end_time", _TS),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),  # probability of `label`
-        pa.field("probs", pa.list_(pa.float32()), nullable=False),  # in CLASS_NAMES order
-        pa.field("is_anomaly", pa.bool_(), nullable=False),
-        pa.field("has_audio", pa.bool_(), nullable=False),
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("scan_id", pa.string(), nullable=False),
+        _required("window_index", pa.int32()),
+        *_SPAN,
+        _required("label", pa.string()),
+        _required("score", pa.float32()),  # probability of `label`
+        _required("probs", pa.list_(pa.float32())),  # in CLASS_NAMES order
+        _required("is_anomaly", pa.bool_()),
+        _required("has_audio", pa.bool_()),
+        *_WRITTEN_BY,
     ]
 )
 
 EVENTS = pa.schema(
     [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("source_uri", pa.string(), nullable=False),
+        _required("event_id", pa.string()),
+        _required("source_uri", pa.string()),
         pa.field("camera", pa.string()),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("start_s", pa.float64(), nullable=False),
-        pa.field("end_s", pa.float64(), nullable=False),
-        pa.field("start_time", _TS),
-        pa.field("end_time", _TS),
-        pa.field("peak_score", pa.float32(), nullable=False),
-        pa.field("mean_score", pa.float32(), nullable=False),
-        pa.field("n_windows", pa.int32(), nullable=False),
+        _required("label", pa.string()),
+        *_SPAN,
+        _required("peak_score", pa.float32()),
+        _required("mean_score", pa.float32()),
+        _required("n_windows", pa.int32()),
         pa.field("thumbnail", pa.binary()),  # small JPEG of the peak window
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("scan_id", pa.string(), nullable=False),
+        *_WRITTEN_BY,
     ]
 )
 
 ERRORS = pa.schema(
     [
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),  # list | probe | decode | infer | write
-        pa.field("error_type", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-        pa.field("scan_id", pa.string(), nullable=False),
+        _required("source_uri", pa.string()),
+        _required("stage", pa.string()),  # list | probe | decode | infer | write
+        _required("error_type", pa.string()),
+        _required("message", pa.string()),
+        _required("scan_id", pa.string()),
     ]
 )
 
@@ -81,10 +89,10 @@ ERRORS = pa.schema(
 # supply a CSV with at least uri and label; split defaults to "train", dark to false.
 CLIPS = pa.schema(
     [
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),  # train | test (| val)
-        pa.field("dark", pa.bool_(), nullable=False),
+        _required("uri", pa.string()),
+        _required("label", pa.string()),
+        _required("split", pa.string()),  # train | test (| val)
+        _required("dark", pa.bool_()),
         pa.field("seed", pa.int64()),
     ]
 )
@@ -92,11 +100,11 @@ CLIPS = pa.schema(
 # Ground truth of the synthetic long recordings: one row per embedded event.
 GROUND_TRUTH = pa.schema(
     [
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("camera", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("start_s", pa.float64(), nullable=False),
-        pa.field("end_s", pa.float64(), nullable=False),
+        _required("source_uri", pa.string()),
+        _required("camera", pa.string()),
+        _required("label", pa.string()),
+        _required("start_s", pa.float64()),
+        _required("end_s", pa.float64()),
     ]
 )
 
