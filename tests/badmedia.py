@@ -1,19 +1,31 @@
-"""A corpus of broken recordings made from good tiny PyAV-encoded files (issue 8, point 1).
+"""A corpus of broken recordings made from good tiny PyAV-encoded files, and decoder faults
+injected on marked sources.
 
-Every entry is damaged in one documented way; :func:`make_corpus` writes them under a folder
-with the camera/start naming the scan understands, and returns ``{name: path}``. The
+Every corpus entry is damaged in one documented way; :func:`make_corpus` writes them under a
+folder with the camera/start naming the scan understands, and returns ``{name: path}``. The
 mutators (:func:`flip_bytes`, :func:`mutate`) also drive the fuzz test.
+
+:class:`FaultyDecoder` is a real decoder process (scan/isolate.py) whose jobs on a source
+whose URI holds a marker first log ``<stage> <uri>`` and then abort, hang or run as usual
+(``count``); :func:`decoder_faults_env` is the Ray ``runtime_env`` that gives every worker
+of a test's Ray such a decoder, so a scan meets the faults where real ones happen.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from avrl_batch.media.encode import encode_av
+from avrl_batch.scan import isolate
 
 FPS = 5
 SIZE = 64
@@ -195,3 +207,84 @@ def make_corpus(root: Path, *, seconds: float = 6.0) -> dict[str, Path]:
         p.unlink()
     tmp.rmdir()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# decoder faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Before a decoder job of ``stage`` ("probe", "decode" or "*") on a source whose URI
+    holds ``marker``: ``abort`` (os.abort()), ``hang`` (sleep forever) or ``count`` (only the
+    log line)."""
+
+    action: str
+    stage: str
+    marker: str
+
+
+def _apply_faults(faults: tuple[Fault, ...], log: str | None, source: str, stage: str) -> None:
+    """Runs in the decoder process, before the job."""
+    for f in faults:
+        if f.marker not in source or f.stage not in ("*", stage):
+            continue
+        if log:
+            with open(log, "a") as out:
+                out.write(f"{stage} {source}\n")
+        if f.action == "abort":
+            os.abort()
+        if f.action == "hang":
+            while True:
+                time.sleep(3600)
+
+
+def _faulty_call(faults: tuple[Fault, ...], log: str | None, fn: Callable[..., Any],
+                 args: tuple, kwargs: dict, source: str, stage: str) -> Any:
+    _apply_faults(faults, log, source, stage)
+    return fn(*args, **kwargs)
+
+
+def _faulty_stream(faults: tuple[Fault, ...], log: str | None, fn: Callable[..., Any],
+                   args: tuple, kwargs: dict, source: str, stage: str) -> Iterator[Any]:
+    _apply_faults(faults, log, source, stage)
+    yield from fn(*args, **kwargs)
+
+
+class FaultyDecoder(isolate.DecoderProcess):
+    """A decoder process whose every job first meets ``faults`` (see :class:`Fault`)."""
+
+    def __init__(self, faults: tuple[Fault, ...], log: str | Path | None = None) -> None:
+        super().__init__()
+        self.faults, self.log = faults, str(log) if log else None
+
+    def call(self, fn: Callable[..., Any], args: tuple, kwargs: dict, *, source: str,
+             stage: str, timeout_s: float) -> Any:
+        return super().call(_faulty_call, (self.faults, self.log, fn, args, kwargs, source,
+                                           stage), {}, source=source, stage=stage,
+                            timeout_s=timeout_s)
+
+    def stream(self, fn: Callable[..., Any], args: tuple, kwargs: dict, *, source: str,
+               stage: str, timeout_s: float) -> Iterator[Any]:
+        return super().stream(_faulty_stream, (self.faults, self.log, fn, args, kwargs, source,
+                                               stage), {}, source=source, stage=stage,
+                              timeout_s=timeout_s)
+
+
+def install_faulty_decoder(faults: tuple[Fault, ...], log: str | None) -> None:
+    """Ray's ``worker_process_setup_hook``: this worker's decoder process is a FaultyDecoder
+    (isolate.decoder() hands out the one in ``isolate._DECODER``)."""
+    isolate._DECODER = FaultyDecoder(faults, log)
+
+
+def decoder_faults_env(faults: tuple[Fault, ...], log: Path) -> dict[str, Any]:
+    """A Ray ``runtime_env`` whose workers decode with :class:`FaultyDecoder`; tests/ goes on
+    their PYTHONPATH so that they (and their decoder processes) import this module."""
+    here = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    return {
+        "env_vars": {"PYTHONPATH": path},
+        "worker_process_setup_hook": functools.partial(
+            install_faulty_decoder, faults, str(log)
+        ),
+    }

@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from badmedia import Fault, decoder_faults_env
 from scanhelp import check_outputs, recording, tiny_model
 
 from avrl_batch.scan import ScanConfig, ScanSummary, run_scan
-from avrl_batch.scan.isolate import POISON_ENV, POISON_LOG_ENV
 
 pytestmark = pytest.mark.slow
 
-# Counting decoder jobs: the decoder's documented test hook logs "<stage> <uri>" before each
-# job on a source whose URI holds the marker; the action "count" is neither abort nor hang,
-# so the job then runs as usual. More lines than sources + segments = jobs Ray ran again.
+# Counting decoder jobs: the workers' FaultyDecoder (badmedia) logs "<stage> <uri>" before
+# each job on a source whose URI holds the marker; the fault "count" is neither abort nor
+# hang, so the job then runs as usual. More lines than sources + segments = jobs Ray ran again.
 COUNT_MARKER = "/nodeloss-rec/"
 # The GCS declares a killed node dead after health_check_failure_threshold missed checks,
 # health_check_period_ms apart (Ray's defaults: 5 x 3 s); a live but busy raylet still has
@@ -67,8 +67,7 @@ def cluster(decoder_log: Path) -> Iterator[Nodes]:
         c.add_node(num_cpus=2)
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {POISON_ENV: f"count:*:{COUNT_MARKER}",
-                                       POISON_LOG_ENV: str(decoder_log)}})
+             runtime_env=decoder_faults_env((Fault("count", "*", COUNT_MARKER),), decoder_log))
     try:
         yield Nodes(c, c.head_node, gpu)
     finally:

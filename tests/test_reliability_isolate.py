@@ -1,4 +1,4 @@
-"""Issue 8, point 2 (unit level): the decoder process of avrl_batch/scan/isolate.py turns a
+"""Unit level: the decoder process of avrl_batch/scan/isolate.py turns a
 crash or a hang into a typed error after at most 2 attempts, resumes a stream without
 repeating items, and leaves nothing running behind it. The scan-level poison test is in
 tests/test_reliability_scan.py."""
@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badmedia import good_recording
+from badmedia import Fault, FaultyDecoder, good_recording
 
 from avrl_batch.scan import isolate
+from avrl_batch.scan.decode import decode_segment_isolated
 from avrl_batch.scan.isolate import DecoderCrashed, DecoderProcess, DecoderTimeout, Isolation
+
+# abort on a probe of a source named ABORTME, hang on any job on HANGME
+POISON = (Fault("abort", "probe", "ABORTME"), Fault("hang", "*", "HANGME"))
 
 
 def _items_then_abort_once(n: int, crash_after: int, marker: str) -> Iterator[int]:
@@ -36,15 +40,12 @@ def _hang_forever() -> None:
 
 
 @pytest.fixture
-def poison_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    log = tmp_path / "poison.log"
-    monkeypatch.setenv(isolate.POISON_ENV, "abort:probe:ABORTME;hang:*:HANGME")
-    monkeypatch.setenv(isolate.POISON_LOG_ENV, str(log))
-    return log
+def poison_log(tmp_path: Path) -> Path:
+    return tmp_path / "poison.log"
 
 
-def test_crash_and_hang_are_typed_errors_after_two_attempts(poison_env: Path) -> None:
-    proc = DecoderProcess()
+def test_crash_and_hang_are_typed_errors_after_two_attempts(poison_log: Path) -> None:
+    proc = FaultyDecoder(POISON, poison_log)
     try:
         assert proc.call(divmod, (7, 2), {}, source="ok", stage="probe", timeout_s=30) == (3, 1)
         first_pid = proc.pid
@@ -57,7 +58,7 @@ def test_crash_and_hang_are_typed_errors_after_two_attempts(poison_env: Path) ->
                                  isolation=Isolation(timeout_s=1.0), proc=proc)
         assert time.monotonic() - t0 < 20
         # the marked sources were tried exactly twice each; the hook ignores other stages
-        lines = poison_env.read_text().splitlines()
+        lines = poison_log.read_text().splitlines()
         assert lines == ["probe s3://b/ABORTME.mp4"] * 2 + ["decode /x/HANGME.mkv"] * 2
         assert isolate.run_isolated(divmod, 9, 4, source="ABORTME", stage="decode",
                                     proc=proc) == (2, 1)
@@ -84,7 +85,7 @@ def test_stream_resumes_after_a_crash_without_repeating_items(tmp_path: Path) ->
         proc.close()
 
 
-def test_decode_segment_isolated_equals_in_process(tmp_path: Path, poison_env: Path) -> None:
+def test_decode_segment_isolated_equals_in_process(tmp_path: Path, poison_log: Path) -> None:
     from avrl_batch.scan.decode import decode_segment
     from avrl_batch.scan.plan import WindowSpec
 
@@ -93,8 +94,8 @@ def test_decode_segment_isolated_equals_in_process(tmp_path: Path, poison_env: P
     seg = {"key": "k", "source_uri": path, "index": 0, "n_segments": 1, "start_s": 0.0,
            "end_s": 6.0}
     direct = list(decode_segment(seg, spec))
-    proc = DecoderProcess()  # started with the poison hook set (the fixture)
-    isolated = list(isolate.decode_segment_isolated(seg, spec, proc=proc))
+    proc = FaultyDecoder(POISON, poison_log)
+    isolated = list(decode_segment_isolated(seg, spec, proc=proc))
     assert [r["kind"] for r in isolated] == ["window"] * 3 + ["done"]
     assert len(direct) == len(isolated)
     assert isolated[-1].pop("decoder_rss_mb") > 0  # the decoder's memory, for the summary
@@ -104,8 +105,8 @@ def test_decode_segment_isolated_equals_in_process(tmp_path: Path, poison_env: P
             np.testing.assert_array_equal(a[k], b[k])
     # a hung decode ends as the segment's error trailer, not an exception
     hung = dict(seg, source_uri=str(Path(path).with_name("HANGME.mp4")))
-    rows = list(isolate.decode_segment_isolated(hung, spec, isolation=Isolation(timeout_s=1),
-                                                proc=proc))
+    rows = list(decode_segment_isolated(hung, spec, isolation=Isolation(timeout_s=1),
+                                        proc=proc))
     proc.close()
     assert [r["kind"] for r in rows] == ["error"]
     assert rows[0]["error_type"] == "DecoderTimeout" and "quarantined" in rows[0]["message"]

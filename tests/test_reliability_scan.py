@@ -1,10 +1,10 @@
-"""Issue 8 at the scan level, on a real local Ray: the bad-media corpus scanned with good
-files (point 1), poison files that crash or hang the decoder (point 2), and hostile names
-and credentials (point 6).
+"""Reliability at the scan level, on a real local Ray: the bad-media corpus scanned with good
+files, poison files that crash or hang the decoder, hostile names and credentials, racing
+scans and a killed driver.
 
-The module runs its own local Ray with the decoder test hook set for its workers
-(``AVRL_TEST_POISON``, avrl_batch/scan/isolate.py); the markers only match files named
-POISONABORT / POISONHANG, which only the poison test makes.
+The module runs its own local Ray whose workers decode with injected faults
+(badmedia.decoder_faults_env: a FaultyDecoder in each worker); the markers only match files
+named POISONABORT / POISONHANG, which only the poison test makes.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from badmedia import good_recording, make_corpus
+from badmedia import Fault, decoder_faults_env, good_recording, make_corpus
 from scanhelp import check_outputs, kill_scan_when, tiny_model
 
 from avrl_batch.scan import ScanConfig, run_scan
-from avrl_batch.scan.isolate import POISON_ENV, POISON_LOG_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +44,8 @@ FAKE_SECRET = "reliabilitySecret/Value+9zQ"
 
 @pytest.fixture(scope="module")
 def ray_hooked(poison_log: Path) -> Iterator[None]:
-    """A local Ray whose workers (and so their decoder processes) carry the test hook and
-    the fake credentials (workers inherit the environment Ray starts with)."""
+    """A local Ray whose workers decode with the poison faults and carry the fake
+    credentials (workers inherit the environment Ray starts with)."""
     import ray
 
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
@@ -60,12 +59,10 @@ def ray_hooked(poison_log: Path) -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={
-            "env_vars": {
-                POISON_ENV: "abort:decode:POISONABORT;hang:probe:POISONHANG",
-                POISON_LOG_ENV: str(poison_log),
-            }
-        },
+        runtime_env=decoder_faults_env(
+            (Fault("abort", "decode", "POISONABORT"), Fault("hang", "probe", "POISONHANG")),
+            poison_log,
+        ),
     )
     yield
     ray.shutdown()  # the next module's ray_local starts a plain one
@@ -159,7 +156,7 @@ def test_poison_files_are_quarantined_after_two_attempts_and_the_scan_finishes(
 ) -> None:
     """One file aborts the decoder (os.abort() in the decoder process, while decoding), one
     hangs it (sleeps forever, while probing); both are real, good recordings marked by name
-    for the test hook. The scan finishes with each as one error row after 2 attempts, and
+    for the injected faults. The scan finishes with each as one error row after 2 attempts, and
     the good files scanned."""
     rec = tmp_path / "rec"
     goods = _goods(rec)

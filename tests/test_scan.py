@@ -24,6 +24,7 @@ from scanhelp import (
 from avrl_batch import storage
 from avrl_batch.errors import ConfigError
 from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan, sink
+from avrl_batch.scan.assemble import SourceAssembler
 from avrl_batch.scan.decode import decode_segment
 from avrl_batch.scan.naming import (
     date_partition,
@@ -178,7 +179,7 @@ def _row(kind: str, seg: int, wi: int = -1, n: int = 0, key: str = "cam01_x-abc"
 
 
 def test_assembler_finishes_sources_once_and_ignores_duplicates() -> None:
-    a = sink.SourceAssembler([_task()], class_names=CLASS_NAMES, model_id="m", scan_id="s")
+    a = SourceAssembler([_task()], class_names=CLASS_NAMES, model_id="m", scan_id="s")
     seg0 = [_row("window", 0, i) for i in range(5)] + [_row("done", 0, n=5)]
     assert a.add_batch(_batch(seg0)) == []  # segment 1 not reported yet
     # a retried segment 0 arrives again, interleaved with segment 1
@@ -194,7 +195,7 @@ def test_assembler_finishes_sources_once_and_ignores_duplicates() -> None:
     assert ev["label"].to_pylist() == ["fight"] and ev["thumbnail"][0].as_py() == b"\xff\xd8jpeg"
     assert a.add_batch(_batch(seg1)) == [] and a.unfinished() == []
     # an error trailer makes the whole source an error
-    b = sink.SourceAssembler([_task()], class_names=CLASS_NAMES, model_id="m", scan_id="s")
+    b = SourceAssembler([_task()], class_names=CLASS_NAMES, model_id="m", scan_id="s")
     bad = _row("error", 1, n=0)
     bad.update(error_type="Truncated", message="/a/cam01_x.mp4: data ends at 55%")
     fin = b.add_batch(_batch([*seg0, bad]))
@@ -204,7 +205,7 @@ def test_assembler_finishes_sources_once_and_ignores_duplicates() -> None:
 def test_sink_rewrites_a_crash_leftover_and_never_clobbers_a_finished_key(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     task = _task()
-    a = sink.SourceAssembler([task], class_names=CLASS_NAMES, model_id="m", scan_id="s1")
+    a = SourceAssembler([task], class_names=CLASS_NAMES, model_id="m", scan_id="s1")
     rows = [_row("window", 0, i) for i in range(5)] + [_row("done", 0, n=5)]
     rows += [_row("window", 1, i) for i in range(5, 10)] + [_row("done", 1, n=5)]
     w = a.add_batch(_batch(rows))[0].windows

@@ -1,4 +1,5 @@
-"""Media: probe, frames of time spans, audio + VGGish log-mel (pure functions, no Ray).
+"""Media: probe, frames of time spans, audio + VGGish log-mel (pure functions, no Ray);
+``open_media`` turns a storage URI (local or S3) into what they read.
 
 PyAV (and resampy, for audio) are imported where used so importing this package is cheap.
 """
@@ -19,7 +20,7 @@ from avrl_batch.media.logmel import (
     log_mel_examples_fixed,
     to_mono_16k,
 )
-from avrl_batch.media.probe import MediaCaps, MediaInfo, probe
+from avrl_batch.media.probe import MediaCaps, MediaInfo, open_media, probe
 from avrl_batch.media.video import DecodeStats, Window, decode_frames, iter_windows, sample_times
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "iter_windows",
     "log_mel_examples",
     "log_mel_examples_fixed",
+    "open_media",
     "probe",
     "sample_times",
     "to_mono_16k",

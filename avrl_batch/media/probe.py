@@ -7,8 +7,10 @@ any frame is decoded, so that a hostile file cannot make a worker allocate witho
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -25,6 +27,20 @@ from avrl_batch.media.errors import (
 )
 
 Source = Any  # str | os.PathLike | a binary seekable file object (typing.BinaryIO)
+
+
+@contextlib.contextmanager
+def open_media(uri: str, *, endpoint_url: str | None = None) -> Iterator[Source]:
+    """The Source of a storage URI: a local path as is (FFmpeg's own file I/O), an S3 object
+    as a seekable ranged-read file object."""
+    from avrl_batch import storage
+
+    p = storage.parse_uri(uri)
+    if p.scheme == "file":
+        yield p.path
+    else:
+        with storage.open_source(uri, endpoint_url=endpoint_url) as f:
+            yield f
 
 # first bytes of containers we recognise; a file that starts like one of these but does not
 # open is an incomplete copy, not "not media"

@@ -1,4 +1,5 @@
-"""Decode one segment into window rows (plain function; the pipeline runs it in Ray tasks).
+"""Decode one segment into window rows (plain functions; the pipeline runs
+:func:`decode_segment_isolated`, :func:`decode_segment` in the decoder process, in Ray tasks).
 
 Every segment yields its window rows and then exactly one *trailer* row: ``kind="done"``
 with the number of windows, or ``kind="error"`` with the failure. The trailer tells the
@@ -15,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from avrl_batch.scan.plan import WindowSpec, error_of, open_media
+from avrl_batch.media.errors import MediaError
+from avrl_batch.scan.isolate import DecoderProcess, Isolation, stream_isolated
+from avrl_batch.scan.plan import WindowSpec, error_of
 
 WINDOW, DONE, ERROR = "window", "done", "error"
 LOGMEL_DTYPE = np.float16  # log-mel values lie in about [-4.6, 12]: half the bytes to move
@@ -60,7 +63,7 @@ def decode_segment(
 
     Never raises for a bad source: the failure becomes the trailer (``kind="error"``).
     """
-    from avrl_batch.media import iter_windows
+    from avrl_batch.media import iter_windows, open_media
 
     n = 0
     try:
@@ -94,3 +97,44 @@ def decode_segment(
         yield _row(seg, ERROR, spec, n_windows=n, error_type=error_type, message=message)
         return
     yield _row(seg, DONE, spec, n_windows=n)
+
+
+def _decode_segment_in_child(
+    seg: dict[str, Any], spec: WindowSpec, *, endpoint_url: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """decode_segment, with the decoder process's peak RSS (MiB) on the trailer: decoding
+    happens here, so this is the memory that must stay bounded by the segment."""
+    from avrl_batch.memory import peak_rss_mb
+
+    for row in decode_segment(seg, spec, endpoint_url=endpoint_url):
+        if row["kind"] != WINDOW:
+            row["decoder_rss_mb"] = peak_rss_mb()
+        yield row
+
+
+def decode_segment_isolated(
+    seg: dict[str, Any],
+    spec: WindowSpec,
+    *,
+    endpoint_url: str | None = None,
+    isolation: Isolation = Isolation(),
+    proc: DecoderProcess | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`decode_segment` in the decoder process (scan/isolate.py): the segment's window
+    rows, each once, then its trailer (with ``decoder_rss_mb``: the decoder's peak RSS); a
+    decoder crash or hang (twice) becomes the error trailer."""
+    n = 0
+    try:
+        for row in stream_isolated(
+            _decode_segment_in_child, seg, spec, source=seg["source_uri"], stage="decode",
+            isolation=isolation, proc=proc, endpoint_url=endpoint_url,
+            # a retry re-sends the rows already passed on: skip them (windows by index; the
+            # trailer comes last, so a retry after it never yields a second one)
+            item_id=lambda r: r["window_index"] if r["kind"] == WINDOW else "trailer",
+        ):
+            if row["kind"] == WINDOW:
+                n += 1
+            yield row
+    except MediaError as exc:
+        error_type, message = error_of(exc)
+        yield _row(seg, ERROR, spec, n_windows=n, error_type=error_type, message=message)

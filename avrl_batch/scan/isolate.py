@@ -20,12 +20,12 @@ The child is a ``python -c`` subprocess talking over a socketpair with
 a Ray worker is Ray's own worker script. The child exits when its parent goes away (EOF
 on the socket while idle; a watchdog thread while busy).
 
-Test hook (documented, honoured only when set): ``AVRL_TEST_POISON`` holds
-``action:stage:marker`` items separated by ``;`` -- ``action`` is ``abort`` (``os.abort()``)
-or ``hang`` (sleep forever), ``stage`` is ``probe``, ``decode`` or ``*``; the child applies
-the action before running a job of that stage whose source URI contains ``marker``. With
-``AVRL_TEST_POISON_LOG`` set, it first appends ``<stage> <uri>`` to that file, so a test
-can count attempts. Nothing else changes the decoder; real media goes through real PyAV.
+Nothing here knows what a job does: ``run_isolated`` / ``stream_isolated`` run any picklable
+module-level function. The scan's two jobs sit beside the code they wrap:
+``plan.probe_source_isolated`` and ``decode.decode_segment_isolated``.
+
+Tests inject faults by handing a worker a :class:`DecoderProcess` whose jobs misbehave on
+marked sources (tests/badmedia.py); the module itself runs real jobs only.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from avrl_batch.media.errors import MediaError
-
-POISON_ENV = "AVRL_TEST_POISON"
-POISON_LOG_ENV = "AVRL_TEST_POISON_LOG"
 
 DEFAULT_TIMEOUT_S = 120.0  # longest silence from the decoder: one window, or one probe
 DEFAULT_ATTEMPTS = 2  # a source that kills or wedges the decoder twice is quarantined
@@ -319,29 +316,6 @@ def _final(died: _Died, source: str, attempts: int) -> MediaError:
 # the child
 
 
-def _poison(source: str, stage: str) -> None:
-    """The test hook (module docstring): abort or hang on a marked source."""
-    spec = os.environ.get(POISON_ENV)
-    if not spec:
-        return
-    for item in spec.split(";"):
-        parts = item.strip().split(":", 2)
-        if len(parts) != 3:
-            continue
-        action, on_stage, marker = parts
-        if not marker or marker not in source or on_stage not in ("*", stage):
-            continue
-        log = os.environ.get(POISON_LOG_ENV)
-        if log:
-            with open(log, "a") as f:
-                f.write(f"{stage} {source}\n")
-        if action == "abort":
-            os.abort()
-        if action == "hang":
-            while True:
-                time.sleep(3600)
-
-
 def _watch_parent(parent: int) -> None:
     # a busy child never reads its socket, so it would not notice its parent dying
     while True:
@@ -373,7 +347,6 @@ def _child_main(fd: int) -> None:
             kind, fn, args, kwargs, source, stage = conn.recv()
         except (EOFError, OSError):
             return
-        _poison(source, stage)
         try:
             if kind == "stream":
                 for item in fn(*args, **kwargs):
@@ -385,76 +358,3 @@ def _child_main(fd: int) -> None:
             return  # the parent went away mid-job
         except Exception as exc:  # noqa: BLE001 - the parent decides what an exception means
             _send_exception(conn, exc, source)
-
-
-# ---------------------------------------------------------------------------------------------
-# the scan's two decoder entry points, isolated
-
-
-def probe_source_isolated(
-    uri: str,
-    version: str,
-    size: int,
-    key: str,
-    *,
-    isolation: Isolation = Isolation(),
-    proc: DecoderProcess | None = None,
-    **kwargs: Any,
-) -> Any:
-    """``plan.probe_source`` in the decoder process: a SourceTask, or a SourceError (stage
-    "probe") when the file is bad, crashed the decoder twice or hung it twice."""
-    from avrl_batch.scan.plan import SourceError, error_of, probe_source
-
-    try:
-        return run_isolated(
-            probe_source, uri, version, size, key, source=uri, stage="probe",
-            isolation=isolation, proc=proc, **kwargs,
-        )
-    except MediaError as exc:
-        error_type, message = error_of(exc)
-        return SourceError(uri, key, "probe", error_type, message)
-
-
-def _decode_segment_in_child(
-    seg: dict[str, Any], spec: Any, *, endpoint_url: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """decode_segment, with the decoder process's peak RSS (MiB) on the trailer: decoding
-    happens here, so this is the memory that must stay bounded by the segment."""
-    from avrl_batch.memory import peak_rss_mb
-    from avrl_batch.scan.decode import WINDOW, decode_segment
-
-    for row in decode_segment(seg, spec, endpoint_url=endpoint_url):
-        if row["kind"] != WINDOW:
-            row["decoder_rss_mb"] = peak_rss_mb()
-        yield row
-
-
-def decode_segment_isolated(
-    seg: dict[str, Any],
-    spec: Any,
-    *,
-    endpoint_url: str | None = None,
-    isolation: Isolation = Isolation(),
-    proc: DecoderProcess | None = None,
-) -> Iterator[dict[str, Any]]:
-    """``decode.decode_segment`` in the decoder process: the segment's window rows, each
-    once, then its trailer (with ``decoder_rss_mb``: the decoder's peak RSS); a decoder
-    crash or hang (twice) becomes the error trailer."""
-    from avrl_batch.scan.decode import ERROR, WINDOW, _row
-    from avrl_batch.scan.plan import error_of
-
-    n = 0
-    try:
-        for row in stream_isolated(
-            _decode_segment_in_child, seg, spec, source=seg["source_uri"], stage="decode",
-            isolation=isolation, proc=proc, endpoint_url=endpoint_url,
-            # a retry re-sends the rows already passed on: skip them (windows by index; the
-            # trailer comes last, so a retry after it never yields a second one)
-            item_id=lambda r: r["window_index"] if r["kind"] == WINDOW else "trailer",
-        ):
-            if row["kind"] == WINDOW:
-                n += 1
-            yield row
-    except MediaError as exc:
-        error_type, message = error_of(exc)
-        yield _row(seg, ERROR, spec, n_windows=n, error_type=error_type, message=message)

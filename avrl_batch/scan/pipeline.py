@@ -4,7 +4,7 @@ knows about Ray).
     list sources ─ skip finished keys ─ probe (Ray tasks) ─ plan segments
       └ Ray Data: from_items(segments) → flat_map(decode, CPU tasks)
                   → map_batches(Predictor, actor pool, num_gpus when the cluster has GPUs)
-                  → iter_batches on the driver → SourceAssembler → timeline → sink
+                  → iter_batches on the driver → assemble.SourceAssembler → timeline → sink
 
 The driver finalises a source as soon as all of its segments have reported, so memory on
 the driver is bounded by the sources in flight, not by the archive.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -23,10 +24,12 @@ from avrl_batch.cluster import quiet_ray_data
 from avrl_batch.errors import ConfigError
 from avrl_batch.memory import peak_rss_mb
 from avrl_batch.scan import sink
+from avrl_batch.scan.assemble import FinishedSource, SourceAssembler
 from avrl_batch.scan.naming import scan_id_now
 from avrl_batch.scan.plan import (
     ScanConfig,
     ScanPlan,
+    SkippedSource,
     SourceError,
     SourceTask,
     error_of,
@@ -36,6 +39,8 @@ from avrl_batch.scan.plan import (
 )
 from avrl_batch.scan.timeline import events_from_windows
 from avrl_batch.schema import ANOMALY_CLASSES
+
+ProgressFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -101,7 +106,8 @@ def _decode_rows(
     Ray Data would retry without end."""
     import ray
 
-    from avrl_batch.scan.isolate import Isolation, decode_segment_isolated
+    from avrl_batch.scan.decode import decode_segment_isolated
+    from avrl_batch.scan.isolate import Isolation
 
     node = ray.get_runtime_context().get_node_id()
     for out in decode_segment_isolated(
@@ -120,7 +126,8 @@ def _probe_all(
 ) -> list[SourceTask | SourceError]:
     import ray
 
-    from avrl_batch.scan.isolate import Isolation, probe_source_isolated
+    from avrl_batch.scan.isolate import Isolation
+    from avrl_batch.scan.plan import probe_source_isolated
 
     # probing opens the file with FFmpeg too: in the decoder process, under the time limit
     task = ray.remote(num_cpus=1, max_retries=cfg.probe_retries)(probe_source_isolated)
@@ -186,40 +193,19 @@ def cpu_threads_per_actor(per_node: int, free: int, actors: int, nodes: int) -> 
     return max(1, for_model // -(-actors // max(nodes, 1)))
 
 
-def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> ScanSummary:
+def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSummary:
     """Scan ``cfg.source`` with the model ``cfg.model`` into ``cfg.out`` (DESIGN.md §4).
 
     ``progress`` is called with a dict (sources_done, sources_total, windows, footage_s,
     elapsed_s) each time a source is finalised. Returns the summary (also written as the
     manifest, last). ``cfg.dry_run`` plans (lists, probes, segments) and writes nothing.
     """
-    from avrl_batch.modelfile import model_from_bytes
-
     t0 = time.monotonic()
     started = datetime.now(timezone.utc)
-    scan_id = cfg.scan_id or scan_id_now(started)
-    model_bytes = storage.read_bytes(cfg.model, endpoint_url=cfg.endpoint_url)
-    loaded = model_from_bytes(model_bytes, source=cfg.model)
-    mcfg, model_id = loaded.cfg, loaded.model_id
-    del loaded  # the driver needs the id and config only; actors build their own copy
-    spec = window_spec(cfg, mcfg.window_s, mcfg.frames, mcfg.size)
-
-    include = cfg.include or storage.DEFAULT_VIDEO_GLOBS
-    sources = storage.list_sources(
-        cfg.source, include=include, exclude=cfg.exclude, endpoint_url=cfg.endpoint_url
-    )
-    if not sources:
-        raise ConfigError(
-            f"no recordings under {cfg.source} match {', '.join(include)}: "
-            "check the path or pass --include"
-        )
-    done, failed = sink.finished_objects(cfg.out, endpoint_url=cfg.endpoint_url)
-    keyed = keyed_sources(sources, model_id)
-    todo, skipped = split_done(keyed, set(done), set(failed))
-    # outputs of older versions of these files (changed since an earlier scan with this model)
-    stale = sink.find_superseded(
-        cfg.out, keyed, done, failed, model_id, endpoint_url=cfg.endpoint_url
-    )
+    model = _ScanModel.read(cfg)
+    spec = window_spec(cfg, model.cfg.window_s, model.cfg.frames, model.cfg.size)
+    sources = _list_sources(cfg)
+    keyed, todo, skipped, stale = _split_finished(cfg, sources, model.model_id)
 
     # nothing left to do (a rerun of a finished scan): no Ray to start, only the summary
     started_ray = _ensure_ray(cfg.address) if todo else False
@@ -231,12 +217,12 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
             failed=[p for p in probed if isinstance(p, SourceError)],
             skipped=skipped,
             spec=spec,
-            model_id=model_id,
+            model_id=model.model_id,
             versions={key: src.version for src, key in keyed},
         )
         summary = ScanSummary(
-            scan_id=scan_id,
-            model_id=model_id,
+            scan_id=cfg.scan_id or scan_id_now(started),
+            model_id=model.model_id,
             out=cfg.out,
             dry_run=cfg.dry_run,
             sources_listed=len(sources),
@@ -245,50 +231,111 @@ def run_scan(cfg: ScanConfig, *, progress: sink.ProgressFn | None = None) -> Sca
             plan=plan.summary(),
         )
         if cfg.dry_run:
-            summary.plan["sources"] = [
-                {
-                    "uri": t.uri,
-                    "key": t.key,
-                    "camera": t.camera,
-                    "start_time": t.start_time.isoformat() if t.start_time else None,
-                    "duration_s": t.duration_s,
-                    "has_audio": t.has_audio,
-                    "segments": len(t.segments),
-                }
-                for t in plan.todo
-            ]
-            summary.plan["skipped"] = [asdict(s) for s in skipped]
-            summary.plan["probe_errors"] = [asdict(e) for e in plan.failed]
-            summary.plan["superseded"] = [asdict(s) for s in stale]
+            summary.plan.update(_dry_run_plan(plan, stale))
             summary.wall_s = time.monotonic() - t0
             return summary
-        _execute(cfg, plan, summary, model_bytes, mcfg.class_names, t0, progress)
+        _execute(cfg, plan, summary, model, _Ledger(summary, plan, t0, progress))
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
     if stale:  # after the new versions are written: a source never has no outputs
-        now_done, now_failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
-        removed = sink.remove_superseded(
-            stale, now_done, now_failed, endpoint_url=cfg.endpoint_url
-        )
-        summary.superseded = [{"source_uri": s.source_uri, "version": s.version} for s in removed]
+        summary.superseded = _remove_superseded(cfg, stale)
     summary.wall_s = time.monotonic() - t0
     summary.sources["skipped"] = [s.uri for s in skipped]
+    summary.manifest = _write_manifest(cfg, summary, started, model, spec)
+    return summary
+
+
+@dataclass(frozen=True)
+class _ScanModel:
+    """The model file of a scan: its bytes (for the actors), config and id (for the driver)."""
+
+    data: bytes
+    cfg: Any  # config.ModelConfig
+    model_id: str
+
+    @classmethod
+    def read(cls, cfg: ScanConfig) -> _ScanModel:
+        from avrl_batch.modelfile import model_from_bytes
+
+        data = storage.read_bytes(cfg.model, endpoint_url=cfg.endpoint_url)
+        loaded = model_from_bytes(data, source=cfg.model)
+        # the driver keeps the id and config only; actors build their own copy of the model
+        return cls(data, loaded.cfg, loaded.model_id)
+
+
+def _list_sources(cfg: ScanConfig) -> list[Any]:
+    """The recordings under ``cfg.source`` (storage.Source); ConfigError when none match."""
+    include = cfg.include or storage.DEFAULT_VIDEO_GLOBS
+    sources = storage.list_sources(
+        cfg.source, include=include, exclude=cfg.exclude, endpoint_url=cfg.endpoint_url
+    )
+    if not sources:
+        raise ConfigError(
+            f"no recordings under {cfg.source} match {', '.join(include)}: "
+            "check the path or pass --include"
+        )
+    return sources
+
+
+def _split_finished(
+    cfg: ScanConfig, sources: list[Any], model_id: str
+) -> tuple[list[tuple[Any, str]], list[tuple[Any, str]], list[SkippedSource], list[Any]]:
+    """(every source with its key, those still to scan, those skipped as finished, the
+    outputs of older versions of these files: changed since an earlier scan with this model)."""
+    done, failed = sink.finished_objects(cfg.out, endpoint_url=cfg.endpoint_url)
+    keyed = keyed_sources(sources, model_id)
+    todo, skipped = split_done(keyed, set(done), set(failed))
+    stale = sink.find_superseded(
+        cfg.out, keyed, done, failed, model_id, endpoint_url=cfg.endpoint_url
+    )
+    return keyed, todo, skipped, stale
+
+
+def _dry_run_plan(plan: ScanPlan, stale: list[Any]) -> dict[str, Any]:
+    """What ``--dry-run`` adds to the plan summary: each source to scan, skipped, failed to
+    probe or superseded."""
+    return {
+        "sources": [
+            {
+                "uri": t.uri,
+                "key": t.key,
+                "camera": t.camera,
+                "start_time": t.start_time.isoformat() if t.start_time else None,
+                "duration_s": t.duration_s,
+                "has_audio": t.has_audio,
+                "segments": len(t.segments),
+            }
+            for t in plan.todo
+        ],
+        "skipped": [asdict(s) for s in plan.skipped],
+        "probe_errors": [asdict(e) for e in plan.failed],
+        "superseded": [asdict(s) for s in stale],
+    }
+
+
+def _remove_superseded(cfg: ScanConfig, stale: list[Any]) -> list[dict[str, str]]:
+    """Delete the older versions whose current version is now finished; those removed."""
+    now_done, now_failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
+    removed = sink.remove_superseded(stale, now_done, now_failed, endpoint_url=cfg.endpoint_url)
+    return [{"source_uri": s.source_uri, "version": s.version} for s in removed]
+
+
+def _write_manifest(
+    cfg: ScanConfig, summary: ScanSummary, started: datetime, model: _ScanModel, spec: Any
+) -> str:
     manifest = summary.to_dict()
     manifest.update(
         started_at=started.isoformat(),
         finished_at=datetime.now(timezone.utc).isoformat(),
         config=_public_config(cfg),
-        class_names=list(mcfg.class_names),
+        class_names=list(model.cfg.class_names),
         window_s=spec.window_s,
         stride_s=spec.stride_s,
     )
-    summary.manifest = sink.write_manifest(
-        cfg.out, scan_id, manifest, endpoint_url=cfg.endpoint_url
-    )
-    return summary
+    return sink.write_manifest(cfg.out, summary.scan_id, manifest, endpoint_url=cfg.endpoint_url)
 
 
 def _public_config(cfg: ScanConfig) -> dict[str, Any]:
@@ -299,51 +346,36 @@ def _public_config(cfg: ScanConfig) -> dict[str, Any]:
     return d
 
 
-def _execute(
-    cfg: ScanConfig,
-    plan: ScanPlan,
-    summary: ScanSummary,
-    model_bytes: bytes,
-    class_names: tuple[str, ...],
-    t0: float,
-    progress: sink.ProgressFn | None,
-) -> None:
-    import ray
-    import ray.data
+class _Ledger:
+    """The running account of a scan's sources: the summary's counts and error list, and the
+    progress callback's figures."""
 
-    from avrl_batch.scan.predictor import Predictor
+    def __init__(
+        self, summary: ScanSummary, plan: ScanPlan, t0: float, progress: ProgressFn | None
+    ) -> None:
+        self.summary = summary
+        self.total = len(plan.todo) + len(plan.failed)
+        self.t0 = t0
+        self.progress = progress
+        self.finished = 0  # sources done, ok or not
+        self.by_label: Counter[str] = Counter()
+        self.ok_uris: list[str] = []
 
-    out, ep = cfg.out, cfg.endpoint_url
-    by_label: Counter[str] = Counter()
-    ok_uris: list[str] = []
-    total = len(plan.todo) + len(plan.failed)
-    finished = 0
-
-    def report() -> None:
-        if progress is not None:
-            progress(
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(
                 {
-                    "sources_done": finished,
-                    "sources_total": total,
-                    "windows": summary.windows,
-                    "footage_s": summary.footage_s,
-                    "elapsed_s": time.monotonic() - t0,
+                    "sources_done": self.finished,
+                    "sources_total": self.total,
+                    "windows": self.summary.windows,
+                    "footage_s": self.summary.footage_s,
+                    "elapsed_s": time.monotonic() - self.t0,
                 }
             )
 
-    def record_error(err: SourceError, *, persist: bool = True) -> None:
-        # a storage or machine failure is reported but not saved: a rerun retries the source
-        if persist and not err.transient:
-            sink.write_error(
-                out,
-                err,
-                summary.scan_id,
-                version=plan.versions.get(err.key, ""),
-                model_id=plan.model_id,
-                endpoint_url=ep,
-            )
-        summary.sources_failed += 1
-        summary.errors.append(
+    def failed(self, err: SourceError) -> None:
+        self.summary.sources_failed += 1
+        self.summary.errors.append(
             {
                 "source_uri": err.uri,
                 "stage": err.stage,
@@ -352,104 +384,147 @@ def _execute(
             }
         )
 
-    for err in plan.failed:
-        record_error(err)
-        finished += 1
-    report()
+    def ok(self, uri: str, windows: Any, events: Any) -> None:
+        self.summary.sources_ok += 1
+        self.summary.windows += windows.num_rows
+        self.summary.events += events.num_rows
+        self.by_label.update(events["label"].to_pylist())
+        self.ok_uris.append(uri)
 
+    def close(self) -> None:
+        """The summary's totals, once every source is accounted for."""
+        s = self.summary
+        s.peak_rss_mb["driver"] = round(peak_rss_mb(), 1)
+        s.events_by_label = dict(sorted(self.by_label.items()))
+        s.sources["ok"] = self.ok_uris
+        s.sources["failed"] = [e["source_uri"] for e in s.errors]
+        self.report()
+
+
+def _record_error(
+    cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, err: SourceError, *, persist: bool = True
+) -> None:
+    """Count a failed source; save its error object unless the failure was of storage or
+    the machine (or ``persist`` is off): then a rerun retries the source."""
+    if persist and not err.transient:
+        sink.write_error(
+            cfg.out,
+            err,
+            ledger.summary.scan_id,
+            version=plan.versions.get(err.key, ""),
+            model_id=plan.model_id,
+            endpoint_url=cfg.endpoint_url,
+        )
+    ledger.failed(err)
+
+
+def _execute(
+    cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, model: _ScanModel, ledger: _Ledger
+) -> None:
+    """Run the planned sources through Ray Data and write each as it finishes."""
+    for err in plan.failed:
+        _record_error(cfg, plan, ledger, err)
+        ledger.finished += 1
+    ledger.report()
     if plan.todo:
-        assembler = sink.SourceAssembler(
+        class_names = tuple(model.cfg.class_names)
+        assembler = SourceAssembler(
             plan.todo, class_names=class_names, model_id=plan.model_id, scan_id=summary.scan_id
         )
-        anomaly_index = [i for i, c in enumerate(class_names) if c in ANOMALY_CLASSES]
-        thumb_threshold = min(cfg.timeline.enter, cfg.timeline.exit)
-        n_actors, actor_resources, threads = _pool(cfg)
-        segments = [s.to_row() for s in plan.segments]
-        model_ref = ray.put(model_bytes)
-        ds = (
-            # one block per segment: each decode task owns one segment (bounded memory)
-            ray.data.from_items(segments, override_num_blocks=len(segments))
-            .flat_map(
-                _decode_rows,
-                fn_kwargs={
-                    "spec": plan.spec,
-                    "endpoint_url": ep,
-                    "timeout_s": cfg.decode_timeout_s,
-                },
-                # Ray Data retries a task whose worker or node died (max_retries=-1 by
-                # default, and passing it is deprecated), so node loss costs time, not data
-                num_cpus=1,
-            )
-            .map_batches(
-                Predictor,
-                fn_constructor_kwargs={
-                    "model_ref": [model_ref],
-                    "anomaly_index": anomaly_index,
-                    "thumb_threshold": thumb_threshold,
-                    "timeline_mode": cfg.timeline.mode,
-                    "threads": threads,
-                },
-                compute=ray.data.ActorPoolStrategy(size=n_actors),
-                batch_size=cfg.batch_size,
-                batch_format="numpy",
-                **actor_resources,
-            )
-        )
+        ds = _inference_dataset(cfg, plan, model.data, class_names)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for fin in assembler.add_batch(batch):
-                finished += 1
-                summary.footage_s += fin.task.duration_s or 0.0
-                if fin.error is not None:
-                    record_error(fin.error)
-                    report()
-                    continue
-                windows = fin.windows
-                assert windows is not None
-                try:
-                    events = events_from_windows(
-                        windows, cfg.timeline, thumbnails=fin.thumbnails
-                    )
-                    sink.write_source(
-                        out, fin.task, windows, events, model_id=plan.model_id, endpoint_url=ep
-                    )
-                except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
-                    # Reported, but no error object: a failed write (storage down, denied)
-                    # is not a property of the recording, so a rerun should try it again.
-                    kind, msg = error_of(exc)
-                    record_error(
-                        SourceError(fin.task.uri, fin.task.key, "write", kind, msg),
-                        persist=False,
-                    )
-                    report()
-                    continue
-                summary.sources_ok += 1
-                summary.windows += windows.num_rows
-                summary.events += events.num_rows
-                by_label.update(events["label"].to_pylist())
-                ok_uris.append(fin.task.uri)
-                report()
+                _write_finished(cfg, plan, ledger, fin)
         # The stream ended without some trailers (should not happen): report those sources,
         # but write no error object, so that a rerun scans them instead of skipping them.
         for task in assembler.unfinished():
-            finished += 1
-            record_error(
-                SourceError(
-                    task.uri,
-                    task.key,
-                    "decode",
-                    "Incomplete",
-                    "the pipeline ended before every segment reported; rerun the scan",
-                ),
-                persist=False,
+            ledger.finished += 1
+            incomplete = SourceError(
+                task.uri,
+                task.key,
+                "decode",
+                "Incomplete",
+                "the pipeline ended before every segment reported; rerun the scan",
             )
+            _record_error(cfg, plan, ledger, incomplete, persist=False)
         summary.infer_nodes = dict(assembler.node_windows)
         summary.decode_nodes = dict(assembler.node_segments)
         summary.peak_rss_mb = {
             "decode": round(assembler.peak_rss["decode"], 1),
             "infer": round(assembler.peak_rss["infer"], 1),
         }
-    summary.peak_rss_mb["driver"] = round(peak_rss_mb(), 1)
-    summary.events_by_label = dict(sorted(by_label.items()))
-    summary.sources["ok"] = ok_uris
-    summary.sources["failed"] = [e["source_uri"] for e in summary.errors]
-    report()
+    ledger.close()
+
+
+def _write_finished(
+    cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, fin: FinishedSource
+) -> None:
+    """One finished source: its error row, or its timeline and outputs."""
+    ledger.finished += 1
+    ledger.summary.footage_s += fin.task.duration_s or 0.0
+    if fin.error is not None:
+        _record_error(cfg, plan, ledger, fin.error)
+        ledger.report()
+        return
+    windows = fin.windows
+    assert windows is not None
+    try:
+        events = events_from_windows(windows, cfg.timeline, thumbnails=fin.thumbnails)
+        sink.write_source(
+            cfg.out, fin.task, windows, events, model_id=plan.model_id,
+            endpoint_url=cfg.endpoint_url,
+        )
+    except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
+        # Reported, but no error object: a failed write (storage down, denied) is not a
+        # property of the recording, so a rerun should try it again.
+        kind, msg = error_of(exc)
+        failure = SourceError(fin.task.uri, fin.task.key, "write", kind, msg)
+        _record_error(cfg, plan, ledger, failure, persist=False)
+        ledger.report()
+        return
+    ledger.ok(fin.task.uri, windows, events)
+    ledger.report()
+
+
+def _inference_dataset(
+    cfg: ScanConfig, plan: ScanPlan, model_bytes: bytes, class_names: tuple[str, ...]
+) -> Any:
+    """segments -> flat_map(decode, CPU tasks) -> map_batches(Predictor, actor pool)."""
+    import ray
+    import ray.data
+
+    from avrl_batch.scan.predictor import Predictor
+
+    anomaly_index = [i for i, c in enumerate(class_names) if c in ANOMALY_CLASSES]
+    n_actors, actor_resources, threads = _pool(cfg)
+    segments = [s.to_row() for s in plan.segments]
+    model_ref = ray.put(model_bytes)
+    return (
+        # one block per segment: each decode task owns one segment (bounded memory)
+        ray.data.from_items(segments, override_num_blocks=len(segments))
+        .flat_map(
+            _decode_rows,
+            fn_kwargs={
+                "spec": plan.spec,
+                "endpoint_url": cfg.endpoint_url,
+                "timeout_s": cfg.decode_timeout_s,
+            },
+            # Ray Data retries a task whose worker or node died (max_retries=-1 by
+            # default, and passing it is deprecated), so node loss costs time, not data
+            num_cpus=1,
+        )
+        .map_batches(
+            Predictor,
+            fn_constructor_kwargs={
+                "model_ref": [model_ref],
+                "anomaly_index": anomaly_index,
+                "thumb_threshold": min(cfg.timeline.enter, cfg.timeline.exit),
+                "timeline_mode": cfg.timeline.mode,
+                "threads": threads,
+            },
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            **actor_resources,
+        )
+    )

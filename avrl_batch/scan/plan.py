@@ -1,7 +1,8 @@
 """Scan planning: configuration, probing one source, cutting recordings into segments.
 
-Plain functions and frozen dataclasses (no Ray): ``pipeline.py`` runs :func:`probe_source`
-as Ray tasks and :func:`build_plan` on the driver, and the tests call them directly.
+Plain functions and frozen dataclasses (no Ray): ``pipeline.py`` runs
+:func:`probe_source_isolated` (:func:`probe_source` in the decoder process) as Ray tasks,
+and the tests call them directly.
 
 Segments are window-aligned. Windows start at multiples of the stride (window ``i`` starts
 at ``i * stride_s``); a segment owns the windows that *start* in ``[start_s, end_s)`` and
@@ -13,14 +14,15 @@ memory is bounded by the segment, never by the file.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from avrl_batch.errors import ConfigError
+from avrl_batch.media.errors import MediaError
+from avrl_batch.scan.isolate import DecoderProcess, Isolation, run_isolated
 from avrl_batch.scan.naming import compile_pattern, source_key, source_name
 from avrl_batch.scan.timeline import TimelineConfig
 
@@ -161,6 +163,12 @@ TRANSIENT_ERRORS = frozenset(
 )
 
 
+def error_of(exc: BaseException) -> tuple[str, str]:
+    """(error_type, one-line message) of any exception, for an error row."""
+    text = str(exc).strip().splitlines()
+    return type(exc).__name__, (text[0] if text else type(exc).__name__)[:500]
+
+
 @dataclass(frozen=True)
 class SkippedSource:
     uri: str
@@ -238,26 +246,6 @@ def segment_ranges(
     return out
 
 
-@contextlib.contextmanager
-def open_media(uri: str, *, endpoint_url: str | None = None) -> Iterator[Any]:
-    """What the media functions read: a local path as is (FFmpeg's own file I/O), an S3
-    object as a seekable ranged-read file object."""
-    from avrl_batch import storage
-
-    p = storage.parse_uri(uri)
-    if p.scheme == "file":
-        yield p.path
-    else:
-        with storage.open_source(uri, endpoint_url=endpoint_url) as f:
-            yield f
-
-
-def error_of(exc: BaseException) -> tuple[str, str]:
-    """(error_type, one-line message) of any exception, for an error row."""
-    text = str(exc).strip().splitlines()
-    return type(exc).__name__, (text[0] if text else type(exc).__name__)[:500]
-
-
 def probe_source(
     uri: str,
     version: str,
@@ -271,7 +259,7 @@ def probe_source(
 ) -> SourceTask | SourceError:
     """Probe one source and cut it into segments; any failure is a SourceError, never an
     exception (a bad file must not stop a scan)."""
-    from avrl_batch.media import probe
+    from avrl_batch.media import open_media, probe
 
     try:
         with open_media(uri, endpoint_url=endpoint_url) as src:
@@ -298,6 +286,29 @@ def probe_source(
             segments=segments,
         )
     except Exception as exc:  # noqa: BLE001 - every failure becomes the source's error row
+        error_type, message = error_of(exc)
+        return SourceError(uri, key, "probe", error_type, message)
+
+
+def probe_source_isolated(
+    uri: str,
+    version: str,
+    size: int,
+    key: str,
+    *,
+    isolation: Isolation = Isolation(),
+    proc: DecoderProcess | None = None,
+    **kwargs: Any,
+) -> SourceTask | SourceError:
+    """:func:`probe_source` in the decoder process (scan/isolate.py): a SourceTask, or a
+    SourceError (stage "probe") when the file is bad, crashed the decoder twice or hung it
+    twice."""
+    try:
+        return run_isolated(
+            probe_source, uri, version, size, key, source=uri, stage="probe",
+            isolation=isolation, proc=proc, **kwargs,
+        )
+    except MediaError as exc:
         error_type, message = error_of(exc)
         return SourceError(uri, key, "probe", error_type, message)
 
