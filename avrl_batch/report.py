@@ -112,31 +112,54 @@ def _clusters(intervals: list[tuple[float, float]]) -> list[list[float]]:
     return out
 
 
+@dataclass(frozen=True)
+class _Axis:
+    """Seconds -> px on a time axis made of ``clusters`` (see ``_clusters``), one scale for
+    all of them and a cut of _GAP_PX between two."""
+
+    clusters: list[list[float]]
+    starts: list[float]  # px where each cluster begins
+    scale: float  # px per second
+
+    @classmethod
+    def fit(cls, clusters: list[list[float]]) -> _Axis:
+        inner = _W - _LEFT - _RIGHT
+        total = max(sum(hi - lo for lo, hi in clusters), 1e-9)
+        scale = (inner - _GAP_PX * (len(clusters) - 1)) / total
+        starts, pos = [], float(_LEFT)
+        for lo, hi in clusters:
+            starts.append(pos)
+            pos += (hi - lo) * scale + _GAP_PX
+        return cls(clusters, starts, scale)
+
+    def x(self, v: float) -> float:
+        i = max(bisect.bisect_right(self.clusters, v, key=lambda c: c[0]) - 1, 0)
+        lo, hi = self.clusters[i]
+        return self.starts[i] + (min(max(v, lo), hi) - lo) * self.scale
+
+
 def _timeline_svg(
     title: str, lanes: list[str], spans: list[dict[str, Any]], timed: bool
 ) -> str:
     """One SVG: lane 0 is 'recorded'; ``spans`` have lane, x0, x1, colour, tip, event_id.
     Lane 0 spans define the axis (see ``_clusters``)."""
-    clusters = _clusters([(s["x0"], s["x1"]) for s in spans if s["lane"] == 0])
+    axis = _Axis.fit(_clusters([(s["x0"], s["x1"]) for s in spans if s["lane"] == 0]))
     height = _TOP + _LANE * len(lanes) + _AXIS
-    inner = _W - _LEFT - _RIGHT
-    total = max(sum(hi - lo for lo, hi in clusters), 1e-9)
-    scale = (inner - _GAP_PX * (len(clusters) - 1)) / total  # px per second, one scale
-    starts, pos = [], float(_LEFT)
-    for lo, hi in clusters:
-        starts.append(pos)
-        pos += (hi - lo) * scale + _GAP_PX
-    los = [lo for lo, _ in clusters]
-
-    def x(v: float) -> float:
-        i = max(bisect.bisect_right(los, v) - 1, 0)
-        lo, hi = clusters[i]
-        return starts[i] + (min(max(v, lo), hi) - lo) * scale
-
     parts = [
         f'<svg class="timeline" viewBox="0 0 {_W} {height}" width="100%" role="img" '
         f'aria-label="{_e(title)}" xmlns="http://www.w3.org/2000/svg">'
     ]
+    parts += _lane_rows(lanes)
+    parts += _axis_marks(axis, _TOP + _LANE * len(lanes), timed)
+    parts += _span_bars(axis, spans)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _lane_rows(lanes: list[str]) -> list[str]:
+    """Each lane's striped background and its name in the left margin."""
+    inner = _W - _LEFT - _RIGHT
+    parts = []
     for i, name in enumerate(lanes):
         y = _TOP + i * _LANE
         parts.append(
@@ -145,16 +168,22 @@ def _timeline_svg(
             f'<text x="{_LEFT - 8}" y="{y + _LANE * 0.68:.1f}" text-anchor="end" '
             f'class="lane">{_e(name)}</text>'
         )
-    axis_y = _TOP + _LANE * len(lanes)
+    return parts
+
+
+def _axis_marks(axis: _Axis, axis_y: float, timed: bool) -> list[str]:
+    """Tick lines and labels under the lanes, and a marked cut between two clusters."""
+    clusters, scale = axis.clusters, axis.scale
     long_span = timed and clusters[-1][1] - clusters[0][0] > 86400
     last_label = -1e9
+    parts = []
     for i, (lo, hi) in enumerate(clusters):
         width = (hi - lo) * scale
         fine = (hi - lo) / max(1, int(width // 110)) < 60
         ticks = [lo] + [v for v in _ticks(lo, hi, timed, max(1, int(width // 110)))
                         if (v - lo) * scale >= 90]
         for v in ticks:
-            xv = x(v)
+            xv = axis.x(v)
             parts.append(
                 f'<line x1="{xv:.1f}" x2="{xv:.1f}" y1="{_TOP}" y2="{axis_y + 4}" class="tick"/>'
             )
@@ -165,7 +194,7 @@ def _timeline_svg(
                     f"{_e(_tick_label(v, timed, long_span, fine))}</text>"
                 )
         if i + 1 < len(clusters):
-            gx = starts[i] + width
+            gx = axis.starts[i] + width
             gap = clusters[i + 1][0] - hi
             parts.append(
                 f'<g class="cut"><rect x="{gx + 3:.1f}" y="{_TOP}" width="{_GAP_PX - 6}" '
@@ -174,10 +203,16 @@ def _timeline_svg(
                 f'class="axis">≈</text><title>no footage for {_e(_fmt_dur(gap))} '
                 "(cut from the axis)</title></g>"
             )
+    return parts
+
+
+def _span_bars(axis: _Axis, spans: list[dict[str, Any]]) -> list[str]:
+    """One bar per span in its lane; an event's bar links to its row in the event list."""
+    parts = []
     for s in spans:
         y = _TOP + s["lane"] * _LANE + 3
-        x0 = x(s["x0"])
-        w = max(x(s["x1"]) - x0, 3.0)  # a short event stays visible
+        x0 = axis.x(s["x0"])
+        w = max(axis.x(s["x1"]) - x0, 3.0)  # a short event stays visible
         rect = (
             f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{_LANE - 6}" rx="2" '
             f'fill="{s["colour"]}"><title>{_e(s["tip"])}</title></rect>'
@@ -189,8 +224,7 @@ def _timeline_svg(
             )
         else:
             parts.append(rect)
-    parts.append("</svg>")
-    return "".join(parts)
+    return parts
 
 
 def _camera_timelines(
@@ -312,30 +346,67 @@ def build_report(out: str, *, endpoint_url: str | None = None) -> Report:
     errors = con.sql(f"SELECT * FROM errors ORDER BY {ORDER_BY['errors']}").to_arrow_table()
     ev = events.to_pylist()
     err = errors.to_pylist()
-    manifests = tree.manifests()
-    page = _render(out, ev, coverage, err, manifests)
+    page = _render(_Scan(out, ev, coverage, err, tree.manifests()))
     cameras = {c["camera"] for c in coverage} | {e["camera"] for e in ev}
     return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err))
 
 
-def _render(
-    out: str,
-    events: list[dict[str, Any]],
-    coverage: list[dict[str, Any]],
-    errors: list[dict[str, Any]],
-    manifests: list[dict[str, Any]],
-) -> str:
-    cam_key = lambda c: "(no camera)" if c is None else c  # noqa: E731
-    cameras = sorted(
-        {cam_key(c["camera"]) for c in coverage} | {cam_key(e["camera"]) for e in events}
+def _camera_key(camera: str | None) -> str:
+    return "(no camera)" if camera is None else camera
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What the page shows: the scan output's rows and its manifests."""
+
+    out: str
+    events: list[dict[str, Any]]
+    coverage: list[dict[str, Any]]  # per source: camera, s0/s1, t0/t1, n_windows, has_audio
+    errors: list[dict[str, Any]]
+    manifests: list[dict[str, Any]]
+
+    @property
+    def cameras(self) -> list[str]:
+        return sorted(
+            {_camera_key(c["camera"]) for c in self.coverage}
+            | {_camera_key(e["camera"]) for e in self.events}
+        )
+
+
+def _render(scan: _Scan) -> str:
+    events, errors = scan.events, scan.errors
+    h = _head(scan)
+    h += _timelines(scan)
+    h += _counts(scan)
+    h += _table_section(
+        f"Events ({len(events)})",
+        "No events found.",
+        "<table class='events'><tr><th>thumbnail</th><th>label</th><th>camera</th>"
+        "<th>when</th><th>duration</th><th>peak</th><th>mean</th><th>windows</th>"
+        "<th>source</th></tr>",
+        [_event_row(e) for e in events],
     )
+    h += _table_section(
+        f"Failed sources ({len(errors)})",
+        "Every source was scanned.",
+        "<table class='errors'><tr><th>source</th><th>stage</th><th>error</th>"
+        "<th>message</th></tr>",
+        [_error_row(r) for r in errors],
+    )
+    h += _scans(scan.manifests)
+    h.append(f"</main><script>{_JS}</script></body></html>")
+    return "\n".join(h)
+
+
+def _head(scan: _Scan) -> list[str]:
+    """The document head, the page header and the summary tiles."""
+    out, events, coverage, manifests = scan.out, scan.events, scan.coverage, scan.manifests
     footage_s = sum(c["s1"] - c["s0"] for c in coverage)
     n_windows = sum(c["n_windows"] for c in coverage)
     models = sorted({str(m.get("model_id")) for m in manifests if m.get("model_id")})
     models = models or sorted({e["model_id"] for e in events})
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-    h: list[str] = [
+    h = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -349,14 +420,18 @@ def _render(
         (_fmt_dur(footage_s), "of footage"),
         (f"{n_windows:,}", "windows"),
         (len(events), "events"),
-        (len(cameras), "cameras"),
-        (len(errors), "failed sources"),
+        (len(scan.cameras), "cameras"),
+        (len(scan.errors), "failed sources"),
     ):
         h.append(f'<div class="tile"><b>{_e(value)}</b>{_e(name)}</div>')
     h.append("</div>")
+    return h
 
-    # legend (labels present first, then the rest of the anomaly classes)
-    h.append('<h2>Timeline by camera</h2><div class="legend">')
+
+def _timelines(scan: _Scan) -> list[str]:
+    """The legend (every anomaly class with its count) and each camera's timelines."""
+    events, coverage, cameras = scan.events, scan.coverage, scan.cameras
+    h = ['<h2>Timeline by camera</h2><div class="legend">']
     for label in ANOMALY_CLASSES:
         n = sum(1 for e in events if e["label"] == label)
         h.append(
@@ -367,8 +442,8 @@ def _render(
     if not cameras:
         h.append('<p class="empty">No recordings were scanned successfully.</p>')
     for cam in cameras:
-        cov = [c for c in coverage if cam_key(c["camera"]) == cam]
-        evs = [e for e in events if cam_key(e["camera"]) == cam]
+        cov = [c for c in coverage if _camera_key(c["camera"]) == cam]
+        evs = [e for e in events if _camera_key(e["camera"]) == cam]
         # events of a source whose windows are missing still get a lane span from themselves
         known = {c["source_uri"] for c in cov}
         for e in evs:
@@ -378,9 +453,13 @@ def _render(
                             "s0": e["start_s"], "s1": e["end_s"], "t0": e["start_time"],
                             "t1": e["end_time"], "n_windows": 0, "has_audio": True})
         h.extend(_camera_timelines(cam, cov, evs))
+    return h
 
-    # counts
-    h.append('<h2>Counts</h2><div class="counts">')
+
+def _counts(scan: _Scan) -> list[str]:
+    """Events by label (with a bar), and recordings, footage and events by camera."""
+    events, coverage, cameras = scan.events, scan.coverage, scan.cameras
+    h = ['<h2>Counts</h2><div class="counts">']
     by_label = [(lb, sum(1 for e in events if e["label"] == lb)) for lb in ANOMALY_CLASSES]
     top = max([n for _, n in by_label] + [1])
     h.append("<table><tr><th>label</th><th>events</th><th></th></tr>")
@@ -394,85 +473,80 @@ def _render(
     h.append("</table><table><tr><th>camera</th><th>recordings</th><th>footage</th>"
              "<th>events</th></tr>")
     for cam in cameras:
-        cov = [c for c in coverage if cam_key(c["camera"]) == cam]
-        n_ev = sum(1 for e in events if cam_key(e["camera"]) == cam)
+        cov = [c for c in coverage if _camera_key(c["camera"]) == cam]
+        n_ev = sum(1 for e in events if _camera_key(e["camera"]) == cam)
         h.append(
             f'<tr data-camera-count="{_e(cam)}"><td>{_e(cam)}</td><td class="num">{len(cov)}</td>'
             f'<td class="num">{_e(_fmt_dur(sum(c["s1"] - c["s0"] for c in cov)))}</td>'
             f'<td class="num">{n_ev}</td></tr>'
         )
     h.append("</table></div>")
+    return h
 
-    # event list
-    h.append(f"<h2>Events ({len(events)})</h2>")
-    if not events:
-        h.append('<p class="empty">No events found.</p>')
-    else:
-        h.append(
-            "<table class='events'><tr><th>thumbnail</th><th>label</th><th>camera</th>"
-            "<th>when</th><th>duration</th><th>peak</th><th>mean</th><th>windows</th>"
-            "<th>source</th></tr>"
-        )
-        for e in events:
-            if e["thumbnail"]:
-                b64 = base64.b64encode(e["thumbnail"]).decode()
-                thumb = f'<img class="thumb" alt="peak frame" src="data:image/jpeg;base64,{b64}">'
-            else:
-                thumb = '<div class="nothumb">no thumbnail</div>'
-            if e["start_time"] is not None:
-                when = f"{_fmt_time(e['start_time'])} UTC"
-            else:
-                when = f"+{e['start_s']:.1f} s into the file"
-            h.append(
-                f'<tr id="ev-{_e(e["event_id"])}" data-event-id="{_e(e["event_id"])}" '
-                f'data-label="{_e(e["label"])}"><td>{thumb}</td>'
-                f'<td><span class="chip" style="background:{_colour(e["label"])}"></span>'
-                f'{_e(e["label"])}</td><td>{_e(e["camera"])}</td><td class="when">{_e(when)}<br>'
-                f'<small>{e["start_s"]:.1f}–{e["end_s"]:.1f} s</small></td>'
-                f'<td class="num">{_e(_fmt_dur(e["end_s"] - e["start_s"]))}</td>'
-                f'<td class="num">{e["peak_score"]:.2f}</td>'
-                f'<td class="num">{e["mean_score"]:.2f}</td><td class="num">{e["n_windows"]}</td>'
-                f'<td class="src" title="{_e(e["source_uri"])}">{_e(e["source_uri"])}</td></tr>'
-            )
-        h.append("</table>")
 
-    # errors
-    h.append(f"<h2>Failed sources ({len(errors)})</h2>")
-    if not errors:
-        h.append('<p class="empty">Every source was scanned.</p>')
+def _table_section(title: str, empty: str, header: str, rows: list[str]) -> list[str]:
+    """A titled table, or one line saying there is nothing to list."""
+    if not rows:
+        return [f"<h2>{title}</h2>", f'<p class="empty">{empty}</p>']
+    return [f"<h2>{title}</h2>", header, *rows, "</table>"]
+
+
+def _event_row(e: dict[str, Any]) -> str:
+    if e["thumbnail"]:
+        b64 = base64.b64encode(e["thumbnail"]).decode()
+        thumb = f'<img class="thumb" alt="peak frame" src="data:image/jpeg;base64,{b64}">'
     else:
-        h.append("<table class='errors'><tr><th>source</th><th>stage</th><th>error</th>"
-                 "<th>message</th></tr>")
-        for r in errors:
-            h.append(
-                f'<tr data-error-source="{_e(r["source_uri"])}"><td class="src">'
-                f'{_e(r["source_uri"])}</td><td>{_e(r["stage"])}</td><td>{_e(r["error_type"])}'
-                f'</td><td>{_e(r["message"])}</td></tr>'
-            )
-        h.append("</table>")
-    if manifests:
+        thumb = '<div class="nothumb">no thumbnail</div>'
+    if e["start_time"] is not None:
+        when = f"{_fmt_time(e['start_time'])} UTC"
+    else:
+        when = f"+{e['start_s']:.1f} s into the file"
+    return (
+        f'<tr id="ev-{_e(e["event_id"])}" data-event-id="{_e(e["event_id"])}" '
+        f'data-label="{_e(e["label"])}"><td>{thumb}</td>'
+        f'<td><span class="chip" style="background:{_colour(e["label"])}"></span>'
+        f'{_e(e["label"])}</td><td>{_e(e["camera"])}</td><td class="when">{_e(when)}<br>'
+        f'<small>{e["start_s"]:.1f}–{e["end_s"]:.1f} s</small></td>'
+        f'<td class="num">{_e(_fmt_dur(e["end_s"] - e["start_s"]))}</td>'
+        f'<td class="num">{e["peak_score"]:.2f}</td>'
+        f'<td class="num">{e["mean_score"]:.2f}</td><td class="num">{e["n_windows"]}</td>'
+        f'<td class="src" title="{_e(e["source_uri"])}">{_e(e["source_uri"])}</td></tr>'
+    )
+
+
+def _error_row(r: dict[str, Any]) -> str:
+    return (
+        f'<tr data-error-source="{_e(r["source_uri"])}"><td class="src">'
+        f'{_e(r["source_uri"])}</td><td>{_e(r["stage"])}</td><td>{_e(r["error_type"])}'
+        f'</td><td>{_e(r["message"])}</td></tr>'
+    )
+
+
+def _scans(manifests: list[dict[str, Any]]) -> list[str]:
+    """One row per scan manifest (none when the output has no manifest)."""
+    if not manifests:
+        return []
+    h = [
+        "<h2>Scans</h2><table class='scans'><tr><th>scan</th><th>model</th><th>finished</th>"
+        "<th>sources ok / failed / skipped</th><th>windows</th><th>events</th>"
+        "<th>footage</th><th>footage h per h</th></tr>"
+    ]
+    for m in sorted(manifests, key=lambda m: str(m.get("scan_id"))):
+        ok, failed, skipped = (m.get(k, "?") for k in
+                               ("sources_ok", "sources_failed", "sources_skipped"))
+        footage = m.get("footage_s")
+        speed = m.get("footage_hours_per_hour")
         h.append(
-            "<h2>Scans</h2><table class='scans'><tr><th>scan</th><th>model</th><th>finished</th>"
-            "<th>sources ok / failed / skipped</th><th>windows</th><th>events</th>"
-            "<th>footage</th><th>footage h per h</th></tr>"
+            f"<tr><td>{_e(m.get('scan_id'))}</td><td>{_e(m.get('model_id'))}</td>"
+            f"<td>{_e(m.get('finished_at', ''))}</td>"
+            f"<td class='num'>{_e(ok)} / {_e(failed)} / {_e(skipped)}</td>"
+            f"<td class='num'>{_e(m.get('windows', ''))}</td>"
+            f"<td class='num'>{_e(m.get('events', ''))}</td>"
+            f"<td class='num'>{_e(_fmt_dur(footage) if footage is not None else '')}</td>"
+            f"<td class='num'>{_e(f'{speed:.1f}' if speed is not None else '')}</td></tr>"
         )
-        for m in sorted(manifests, key=lambda m: str(m.get("scan_id"))):
-            ok, failed, skipped = (m.get(k, "?") for k in
-                                   ("sources_ok", "sources_failed", "sources_skipped"))
-            footage = m.get("footage_s")
-            speed = m.get("footage_hours_per_hour")
-            h.append(
-                f"<tr><td>{_e(m.get('scan_id'))}</td><td>{_e(m.get('model_id'))}</td>"
-                f"<td>{_e(m.get('finished_at', ''))}</td>"
-                f"<td class='num'>{_e(ok)} / {_e(failed)} / {_e(skipped)}</td>"
-                f"<td class='num'>{_e(m.get('windows', ''))}</td>"
-                f"<td class='num'>{_e(m.get('events', ''))}</td>"
-                f"<td class='num'>{_e(_fmt_dur(footage) if footage is not None else '')}</td>"
-                f"<td class='num'>{_e(f'{speed:.1f}' if speed is not None else '')}</td></tr>"
-            )
-        h.append("</table>")
-    h.append(f"</main><script>{_JS}</script></body></html>")
-    return "\n".join(h)
+    h.append("</table>")
+    return h
 
 
 __all__ = ["LABEL_COLOURS", "Report", "build_report"]
