@@ -108,30 +108,16 @@ def footage_path(folder: str | Path, name: str, seconds: float) -> Path:
 
 
 def _frames(k: FootageKind, n: int, seed: int) -> Iterator[np.ndarray]:
-    from avrl_batch.data.scenes import MARGIN, draw_figure, make_background, random_figure
+    from avrl_batch.data.scenes import Passersby, make_background
 
     rng = np.random.default_rng(seed)
     bg = make_background(rng, k.height, k.width)  # (H, W, 3) float32 0-1
-    people = []
-    for _ in range(8):
-        h, w, c = random_figure(rng)
-        people.append([h, w, c, rng.uniform(0.1, 0.9, 2), rng.uniform(0, 2 * np.pi)])
-    speeds = rng.uniform(0.03, 0.09, len(people))
-    fps = k.fps
+    crowd = Passersby(rng, 8, k.fps)
     # int16 noise fields, sigma ~ 3 levels of 255: typical daylight sensor noise
     bank = [rng.normal(0, 3.0, (k.height, k.width, 3)).astype(np.int16) for _ in range(_NOISE_BANK)]
     for i in range(n):
         img = bg.copy()
-        for person, v in zip(people, speeds, strict=True):
-            h, w, c, p, ang = person
-            ang += rng.normal(0, 0.35)
-            p = p + v / fps * np.array([np.cos(ang), np.sin(ang)])
-            for d in range(2):
-                if not MARGIN <= p[d] <= 1 - MARGIN:
-                    p[d] = np.clip(p[d], MARGIN, 1 - MARGIN)
-                    ang = np.pi - ang if d == 0 else -ang
-            person[3], person[4] = p, ang
-            draw_figure(img, float(p[0]), float(p[1]), h, w, 0.0, c)
+        crowd.step_and_draw(img)
         noise = np.roll(bank[i % _NOISE_BANK], int(rng.integers(0, k.width)), axis=1)
         out = (img * 255.0).astype(np.int16) + noise  # (H, W, 3)
         yield np.clip(out, 0, 255).astype(np.uint8)

@@ -83,14 +83,44 @@ def wander(
     ang = rng.uniform(0, 2 * np.pi)
     out = np.empty((n, 2))
     for i in range(n):
-        ang += rng.normal(0, 0.35)
-        p = p + v / fps * np.array([np.cos(ang), np.sin(ang)])
-        for d in range(2):
-            if not MARGIN <= p[d] <= 1 - MARGIN:
-                p[d] = np.clip(p[d], MARGIN, 1 - MARGIN)
-                ang = np.pi - ang if d == 0 else -ang
+        p, ang = wander_step(rng, p, ang, v, fps)
         out[i] = p
     return out[:, 0], out[:, 1]
+
+
+def wander_step(
+    rng: np.random.Generator, p: np.ndarray, ang: float, v: float, fps: float
+) -> tuple[np.ndarray, float]:
+    """One frame of ``wander``: the heading drifts, the figure moves ``v`` frame widths a
+    second, and it reflects off the frame margins. Returns the new position and heading."""
+    ang += rng.normal(0, 0.35)
+    p = p + v / fps * np.array([np.cos(ang), np.sin(ang)])  # (2,) x, y
+    for d in range(2):
+        if not MARGIN <= p[d] <= 1 - MARGIN:
+            p[d] = np.clip(p[d], MARGIN, 1 - MARGIN)
+            ang = np.pi - ang if d == 0 else -ang
+    return p, ang
+
+
+class Passersby:
+    """People wandering through footage of any length, stepped frame by frame (the walk of
+    ``wander``, which would hold a whole recording's track in memory)."""
+
+    def __init__(self, rng: np.random.Generator, count: int, fps: float) -> None:
+        self.rng, self.fps = rng, fps
+        self.people = []
+        for _ in range(count):
+            h, w, c = random_figure(rng)
+            self.people.append([h, w, c, rng.uniform(0.1, 0.9, 2), rng.uniform(0, 2 * np.pi)])
+        self.speeds = rng.uniform(0.03, 0.09, count)
+
+    def step_and_draw(self, img: np.ndarray) -> None:
+        """Move everyone one frame on and draw them onto ``img`` (H, W, 3) float in place."""
+        for person, v in zip(self.people, self.speeds, strict=True):
+            h, w, c, p, ang = person
+            p, ang = wander_step(self.rng, p, ang, v, self.fps)
+            person[3], person[4] = p, ang
+            draw_figure(img, float(p[0]), float(p[1]), h, w, 0.0, c)
 
 
 def passersby_tracks(rng: np.random.Generator, n: int, fps: float, count: int) -> list[Track]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,15 +26,13 @@ import numpy as np
 
 from avrl_batch.data import sounds
 from avrl_batch.data.scenes import (
-    MARGIN,
     Episode,
     Lighting,
-    draw_figure,
+    Passersby,
     draw_tracks,
     make_background,
     make_episode,
     passersby_tracks,
-    random_figure,
 )
 from avrl_batch.errors import ConfigError
 from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, CLIPS, GROUND_TRUTH
@@ -160,9 +158,19 @@ def render_clip(
 
 
 def write_clip(path: Path, label: str, seed: int, preset: SynthPreset, dark: bool) -> None:
+    frames, audio = render_clip(label, seed, preset, dark)
+    _encode(path, frames, audio, preset)
+
+
+def _encode(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    audio: np.ndarray | Iterable[np.ndarray] | None,
+    preset: SynthPreset,
+) -> None:
+    """Encode a clip or recording byte-reproducibly (see the module doc)."""
     from avrl_batch.media.encode import encode_av
 
-    frames, audio = render_clip(label, seed, preset, dark)
     path.parent.mkdir(parents=True, exist_ok=True)
     encode_av(
         path,
@@ -275,123 +283,95 @@ class _EventCache:
                 yield j
 
 
-class _Passersby:
-    """People wandering through the whole recording, stepped frame by frame."""
-
-    def __init__(self, rng: np.random.Generator, count: int, fps: int) -> None:
-        self.rng, self.fps = rng, fps
-        self.people = []
-        for _ in range(count):
-            h, w, c = random_figure(rng)
-            self.people.append([h, w, c, rng.uniform(0.1, 0.9, 2), rng.uniform(0, 2 * np.pi)])
-        self.speeds = rng.uniform(0.03, 0.09, count)
-
-    def step_and_draw(self, img: np.ndarray) -> None:
-        # the same smooth random walk as scenes.wander, one step at a time
-        for person, v in zip(self.people, self.speeds, strict=True):
-            h, w, c, p, ang = person
-            ang += self.rng.normal(0, 0.35)
-            p = p + v / self.fps * np.array([np.cos(ang), np.sin(ang)])
-            for d in range(2):
-                if not MARGIN <= p[d] <= 1 - MARGIN:
-                    p[d] = np.clip(p[d], MARGIN, 1 - MARGIN)
-                    ang = np.pi - ang if d == 0 else -ang
-            person[3], person[4] = p, ang
-            draw_figure(img, float(p[0]), float(p[1]), h, w, 0.0, c)
-
-
 def write_recording(
     path: str | Path,
+    preset: SynthPreset,
     *,
     seed: int,
     duration_s: float,
     n_events: int,
-    width: int = 64,
-    height: int = 64,
-    fps: int = 10,
-    sample_rate: int = 16_000,
     with_audio: bool = True,
     progress: Callable[[float], None] | None = None,
 ) -> list[PlannedEvent]:
-    """Write one long recording, streaming (memory does not grow with ``duration_s``).
+    """Write one long recording in the geometry and sample rate of ``preset``, streaming
+    (memory does not grow with ``duration_s``).
 
     Returns the planned episodes; the anomaly ones are the ground truth.
     ``progress`` is called with the seconds of footage written since the last call.
     """
-    from avrl_batch.media.encode import encode_av
-
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
-    bg = make_background(rng, height, width)
-    light = Lighting.draw(rng, dark=False)
-    crowd = _Passersby(rng, int(rng.integers(*PASSERSBY)), fps)
-    events = plan_recording(seed, duration_s, n_events, fps)
-    cache = _EventCache(events, fps, sample_rate)
-    n_frames = int(round(duration_s * fps))
-    noise_rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
-
-    def frames() -> Iterator[np.ndarray]:
-        for i in range(n_frames):
-            t = i / fps
-            img = bg.copy()
-            crowd.step_and_draw(img)
-            for k in cache.overlapping(t, t + 1e-9):
-                ep, _ = cache.get(k)
-                j = i - int(round(events[k].start_s * fps))
-                if 0 <= j < ep.n_frames:
-                    draw_tracks(img, ep.tracks, j)
-            if progress is not None and i % fps == fps - 1:
-                progress(1.0)
-            yield light.expose(noise_rng, img)
-
-    def audio() -> Iterator[np.ndarray]:
-        sr = sample_rate
-        chunk = int(AUDIO_CHUNK_S * sr)
-        total = int(round(duration_s * sr))
-        level_rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
-        level = level_rng.uniform(*BABBLE_RMS)
-        voices = int(level_rng.integers(3, 7))
-        # Each chunk's babble is made a little longer than the chunk and the overhang is
-        # cross-faded (equal power) into the next chunk's start. Butted end to end, independent
-        # chunks clicked once a second (a level jump plus the FFT band-pass's edge) — a sound no
-        # clip has, which the model heard as a knockdown's thud.
-        ov = int(CROSSFADE_S * sr)
-        ramp = np.sin(np.linspace(0.0, np.pi / 2, ov)) if ov else np.zeros(0)  # (ov,) 0 -> 1
-        tail = None
-        for c, s0 in enumerate(range(0, total, chunk)):
-            n = min(chunk, total - s0)
-            crng = np.random.default_rng(np.random.SeedSequence([seed, 6, c]))
-            long = sounds.babble(crng, n + ov, sr, voices) * level  # (n + ov,)
-            block = long[:n].copy()
-            if tail is not None:
-                k = min(ov, n)
-                block[:k] = tail[:k] * ramp[::-1][:k] + block[:k] * ramp[:k]
-            tail = long[n:]
-            block += crng.normal(0, HISS_RMS[0] * 2, n)
-            for k in cache.overlapping(s0 / sr, (s0 + n) / sr):
-                ep, gain_db = cache.get(k)
-                if ep.audio is None:
-                    continue
-                e0 = int(round(events[k].start_s * sr))
-                lo, hi = max(s0, e0), min(s0 + n, e0 + ep.audio.shape[0])
-                if lo < hi:
-                    block[lo - s0 : hi - s0] += (
-                        ep.audio[lo - e0 : hi - e0] * level * 10 ** (gain_db / 20)
-                    )
-            yield np.clip(block, -1, 1).astype(np.float32)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encode_av(
-        path,
-        frames(),
-        fps=fps,
-        audio=audio() if with_audio else None,
-        sample_rate=sample_rate,
-        gop=fps * 2,
-        threads=1,
-        bframes=0,  # x264 B-frame decisions differ between runs; P-only output is reproducible
-    )
+    events = plan_recording(seed, duration_s, n_events, preset.fps)
+    cache = _EventCache(events, preset.fps, preset.sample_rate)
+    frames = _recording_frames(preset, seed, duration_s, cache, progress)
+    audio = _recording_audio(preset.sample_rate, seed, duration_s, cache) if with_audio else None
+    _encode(Path(path), frames, audio, preset)
     return events
+
+
+def _recording_frames(
+    preset: SynthPreset,
+    seed: int,
+    duration_s: float,
+    cache: _EventCache,
+    progress: Callable[[float], None] | None,
+) -> Iterator[np.ndarray]:
+    """The frames of a recording: the plaza, its passers-by and each event's figures."""
+    fps = preset.fps
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    bg = make_background(rng, preset.height, preset.width)
+    light = Lighting.draw(rng, dark=False)
+    crowd = Passersby(rng, int(rng.integers(*PASSERSBY)), fps)
+    noise_rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    for i in range(int(round(duration_s * fps))):
+        t = i / fps
+        img = bg.copy()
+        crowd.step_and_draw(img)
+        for k in cache.overlapping(t, t + 1e-9):
+            ep, _ = cache.get(k)
+            j = i - int(round(cache.events[k].start_s * fps))
+            if 0 <= j < ep.n_frames:
+                draw_tracks(img, ep.tracks, j)
+        if progress is not None and i % fps == fps - 1:
+            progress(1.0)
+        yield light.expose(noise_rng, img)
+
+
+def _recording_audio(
+    sr: int, seed: int, duration_s: float, cache: _EventCache
+) -> Iterator[np.ndarray]:
+    """The audio of a recording, one AUDIO_CHUNK_S chunk at a time: babble, hiss, the cues."""
+    chunk = int(AUDIO_CHUNK_S * sr)
+    total = int(round(duration_s * sr))
+    level_rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+    level = level_rng.uniform(*BABBLE_RMS)
+    voices = int(level_rng.integers(3, 7))
+    # Each chunk's babble is made a little longer than the chunk and the overhang is
+    # cross-faded (equal power) into the next chunk's start. Butted end to end, independent
+    # chunks click once a second (a level jump plus the FFT band-pass's edge) — a sound no
+    # clip has, which a model hears as a knockdown's thud.
+    ov = int(CROSSFADE_S * sr)
+    ramp = np.sin(np.linspace(0.0, np.pi / 2, ov)) if ov else np.zeros(0)  # (ov,) 0 -> 1
+    tail = None
+    for c, s0 in enumerate(range(0, total, chunk)):
+        n = min(chunk, total - s0)
+        crng = np.random.default_rng(np.random.SeedSequence([seed, 6, c]))
+        long = sounds.babble(crng, n + ov, sr, voices) * level  # (n + ov,)
+        block = long[:n].copy()
+        if tail is not None:
+            k = min(ov, n)
+            block[:k] = tail[:k] * ramp[::-1][:k] + block[:k] * ramp[:k]
+        tail = long[n:]
+        block += crng.normal(0, HISS_RMS[0] * 2, n)
+        for k in cache.overlapping(s0 / sr, (s0 + n) / sr):
+            ep, gain_db = cache.get(k)
+            if ep.audio is None:
+                continue
+            e0 = int(round(cache.events[k].start_s * sr))
+            lo, hi = max(s0, e0), min(s0 + n, e0 + ep.audio.shape[0])
+            if lo < hi:
+                block[lo - s0 : hi - s0] += (
+                    ep.audio[lo - e0 : hi - e0] * level * 10 ** (gain_db / 20)
+                )
+        yield np.clip(block, -1, 1).astype(np.float32)
 
 
 def recording_plan(preset: SynthPreset, seed: int) -> list[tuple[str, str, float, bool, int]]:
@@ -466,13 +446,10 @@ def generate(
         )
         events = write_recording(
             out / uri,
+            p,
             seed=rec_seed,
             duration_s=duration_s,
             n_events=n_events,
-            width=p.width,
-            height=p.height,
-            fps=p.fps,
-            sample_rate=p.sample_rate,
             with_audio=has_audio,
             progress=tick,
         )
