@@ -5,7 +5,8 @@ PyAV wheels ship FFmpeg with libx264, libx265, AAC and Opus, so no system ffmpeg
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -57,86 +58,123 @@ def encode_av(
     dest = str(dest)
     fmt = container_format or Path(dest).suffix.lstrip(".").lower()
     d_v, d_a, d_pix = DEFAULT_CODECS.get(fmt, DEFAULT_CODECS["mp4"])
-    vcodec = vcodec or d_v
-    acodec = acodec or d_a
-    pix_fmt = pix_fmt or d_pix
     rate = Fraction(fps).limit_denominator(1001)
-
+    settings = _VideoSettings(
+        vcodec or d_v, pix_fmt or d_pix, gop, bframes, crf, video_options, threads, pts_s
+    )
     with av.open(dest, mode="w", format=container_format) as out:
         if metadata:
             out.metadata.update(metadata)
-        vs = None
         frame_iter = iter(frames)
         first = next(frame_iter, None)
-        if first is not None:
-            vs = out.add_stream(vcodec, rate=rate)
-            vs.height, vs.width = first.shape[:2]
-            vs.pix_fmt = pix_fmt
-            opts: dict[str, Any] = {}
-            if vcodec in ("libx264", "libx265", "h264", "hevc"):
-                vs.gop_size = gop
-                if bframes is not None:
-                    vs.codec_context.max_b_frames = bframes
-                if crf is not None:
-                    opts["crf"] = str(crf)
-                opts.setdefault("preset", "veryfast")
-                if vcodec == "libx265":
-                    opts["x265-params"] = "log-level=error"
-            elif vcodec == "libvpx-vp9":
-                vs.gop_size = gop
-                opts.update({"deadline": "realtime", "cpu-used": "8"})
-            opts.update(video_options or {})
-            vs.options = opts
-            if threads is not None:
-                vs.codec_context.thread_count = threads
-            if pts_s is not None:
-                # millisecond time base so arbitrary presentation times are representable
-                vs.time_base = Fraction(1, 1000)
-                vs.codec_context.time_base = Fraction(1, 1000)
-        as_ = None
-        audio_chunks: Iterable[np.ndarray] = ()
-        channels = 1
-        if audio is not None and acodec:
-            if isinstance(audio, np.ndarray):
-                wave = np.atleast_2d(np.asarray(audio, dtype=np.float32))  # (C, N)
-                audio_chunks = (wave[:, i : i + 4096] for i in range(0, wave.shape[1], 4096))
-                channels = wave.shape[0]
-            else:
-                audio_chunks, peek = _peek(iter(audio))
-                channels = np.atleast_2d(peek).shape[0] if peek is not None else 1
-            as_ = out.add_stream(acodec, rate=sample_rate)
-            as_.layout = "mono" if channels == 1 else "stereo"
-        audio_writer = _AudioWriter(out, as_, sample_rate, channels) if as_ is not None else None
-        audio_iter = iter(audio_chunks)
-
+        vs = _add_video_stream(out, first, rate, settings) if first is not None else None
+        audio_writer, audio_iter = _add_audio_stream(out, audio, acodec or d_a, sample_rate)
         if vs is not None:
-            for i, img in enumerate(_chain(first, frame_iter)):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                if pts_s is not None:
-                    t = pts_s[i]
-                    frame.pts = int(round(t * 1000))
-                    frame.time_base = Fraction(1, 1000)
-                else:
-                    t = i / float(rate)
-                    frame.pts = i
-                    frame.time_base = 1 / rate
-                for packet in vs.encode(frame):
-                    out.mux(packet)
-                # interleave: keep the audio up to this frame's time so the muxer never has
-                # to buffer a whole stream (long recordings stay bounded in memory)
-                if audio_writer is not None:
-                    while audio_writer.seconds <= t:
-                        chunk = next(audio_iter, None)
-                        if chunk is None:
-                            break
-                        audio_writer.write(chunk)
-            for packet in vs.encode():
-                out.mux(packet)
-
+            _write_video(out, vs, _chain(first, frame_iter), rate, pts_s, audio_writer, audio_iter)
         if audio_writer is not None:
             for chunk in audio_iter:
                 audio_writer.write(chunk)
             audio_writer.close()
+
+
+@dataclass(frozen=True)
+class _VideoSettings:
+    """The video options of ``encode_av``, with the container's defaults filled in."""
+
+    vcodec: str
+    pix_fmt: str
+    gop: int
+    bframes: int | None
+    crf: int | None
+    video_options: dict[str, str] | None
+    threads: int | None
+    pts_s: Sequence[float] | None
+
+
+def _add_video_stream(out: Any, first: np.ndarray, rate: Fraction, v: _VideoSettings) -> Any:
+    """The video stream, sized from the first frame, with the codec's options set."""
+    vs = out.add_stream(v.vcodec, rate=rate)
+    vs.height, vs.width = first.shape[:2]
+    vs.pix_fmt = v.pix_fmt
+    opts: dict[str, Any] = {}
+    if v.vcodec in ("libx264", "libx265", "h264", "hevc"):
+        vs.gop_size = v.gop
+        if v.bframes is not None:
+            vs.codec_context.max_b_frames = v.bframes
+        if v.crf is not None:
+            opts["crf"] = str(v.crf)
+        opts.setdefault("preset", "veryfast")
+        if v.vcodec == "libx265":
+            opts["x265-params"] = "log-level=error"
+    elif v.vcodec == "libvpx-vp9":
+        vs.gop_size = v.gop
+        opts.update({"deadline": "realtime", "cpu-used": "8"})
+    opts.update(v.video_options or {})
+    vs.options = opts
+    if v.threads is not None:
+        vs.codec_context.thread_count = v.threads
+    if v.pts_s is not None:
+        # millisecond time base so arbitrary presentation times are representable
+        vs.time_base = Fraction(1, 1000)
+        vs.codec_context.time_base = Fraction(1, 1000)
+    return vs
+
+
+def _add_audio_stream(
+    out: Any, audio: np.ndarray | Iterable[np.ndarray] | None, acodec: str | None, sample_rate: int
+) -> tuple[_AudioWriter | None, Iterator[np.ndarray]]:
+    """The audio stream's writer (None without audio or an audio codec) and the chunks to
+    write, (C, n) or (n,) each."""
+    if audio is None or not acodec:
+        return None, iter(())
+    if isinstance(audio, np.ndarray):
+        wave = np.atleast_2d(np.asarray(audio, dtype=np.float32))  # (C, N)
+        chunks: Iterable[np.ndarray] = (
+            wave[:, i : i + 4096] for i in range(0, wave.shape[1], 4096)
+        )
+        channels = wave.shape[0]
+    else:
+        chunks, peek = _peek(iter(audio))
+        channels = np.atleast_2d(peek).shape[0] if peek is not None else 1
+    stream = out.add_stream(acodec, rate=sample_rate)
+    stream.layout = "mono" if channels == 1 else "stereo"
+    return _AudioWriter(out, stream, sample_rate, channels), iter(chunks)
+
+
+def _write_video(
+    out: Any,
+    vs: Any,
+    frames: Iterable[np.ndarray],
+    rate: Fraction,
+    pts_s: Sequence[float] | None,
+    audio_writer: _AudioWriter | None,
+    audio_iter: Iterator[np.ndarray],
+) -> None:
+    """Encode every frame, with the audio written up to each frame's time, then flush."""
+    import av
+
+    for i, img in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        if pts_s is not None:
+            t = pts_s[i]
+            frame.pts = int(round(t * 1000))
+            frame.time_base = Fraction(1, 1000)
+        else:
+            t = i / float(rate)
+            frame.pts = i
+            frame.time_base = 1 / rate
+        for packet in vs.encode(frame):
+            out.mux(packet)
+        # interleave: keep the audio up to this frame's time so the muxer never has
+        # to buffer a whole stream (long recordings stay bounded in memory)
+        if audio_writer is not None:
+            while audio_writer.seconds <= t:
+                chunk = next(audio_iter, None)
+                if chunk is None:
+                    break
+                audio_writer.write(chunk)
+    for packet in vs.encode():
+        out.mux(packet)
 
 
 def _chain(first: np.ndarray, rest: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
