@@ -7,11 +7,16 @@ shows exactly the commands to reuse on your own footage.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from avrl_batch.cli import app
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @app.command("demo")
@@ -26,15 +31,55 @@ def demo(
     Example: avrl demo --workdir /tmp/avrl-demo
     """
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     console = Console(stderr=True)
-    workdir = workdir.resolve()
-    data, prepared, run = workdir / "footage", workdir / "prepared", workdir / "run"
-    scans, html = workdir / "scans", workdir / "report.html"
-    model = run / "model.avrl"
-    steps: list[tuple[str, list[str]]] = [
+    where = _Places(workdir.resolve())
+    steps = _steps(where, epochs=epochs, workers=workers, seed=seed)
+    if where.model.exists():
+        # a previous demo trained here already: reuse its model (delete WORKDIR to retrain)
+        steps = [s for s in steps if s[1][0] not in ("prepare", "train")]
+    t_all = time.perf_counter()
+    timings = _run_steps(console, steps)
+    _print_summary(console, where, timings, time.perf_counter() - t_all)
+
+
+@dataclass(frozen=True)
+class _Places:
+    """Where each step of the demo writes, under WORKDIR."""
+
+    workdir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "footage"
+
+    @property
+    def prepared(self) -> Path:
+        return self.workdir / "prepared"
+
+    @property
+    def run(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def model(self) -> Path:
+        return self.run / "model.avrl"
+
+    @property
+    def scans(self) -> Path:
+        return self.workdir / "scans"
+
+    @property
+    def html(self) -> Path:
+        return self.workdir / "report.html"
+
+
+def _steps(where: _Places, *, epochs: int, workers: int, seed: int) -> list[tuple[str, list[str]]]:
+    """(title, avrl arguments) of each step, as a user would type them."""
+    data, prepared, run, scans, model = (
+        where.data, where.prepared, where.run, where.scans, where.model
+    )
+    return [
         ("synthesise footage", ["synth", str(data), "--preset", "demo", "--seed", str(seed)]),
         # tiny96: the tiny network on the demo footage's own 96x96 frames (at tiny's 48x48 a
         # person is 2-4 px wide, and the model took calm footage for knockdowns: event F1 0.1-0.3)
@@ -63,13 +108,13 @@ def demo(
              "round(end_s - start_s, 1) AS seconds, round(peak_score, 2) AS peak "
              "FROM events ORDER BY camera, start_time LIMIT 20"],
         ),
-        ("write the HTML report", ["report", str(scans), "--html", str(html)]),
+        ("write the HTML report", ["report", str(scans), "--html", str(where.html)]),
     ]
-    if model.exists():
-        # a previous demo trained here already: reuse its model (delete WORKDIR to retrain)
-        steps = [s for s in steps if s[1][0] not in ("prepare", "train")]
+
+
+def _run_steps(console: Console, steps: list[tuple[str, list[str]]]) -> list[tuple[str, float]]:
+    """Run each step through the real CLI; (title, seconds) of each."""
     timings: list[tuple[str, float]] = []
-    t_all = time.perf_counter()
     for i, (title, argv) in enumerate(steps, 1):
         console.rule(f"[bold]{i}/{len(steps)} {title}[/bold]")
         console.print(f"$ avrl {' '.join(argv)}", style="dim", markup=False, highlight=False)
@@ -78,23 +123,31 @@ def demo(
         if isinstance(rv, int) and rv:
             raise typer.Exit(rv)
         timings.append((title, time.perf_counter() - t0))
+    return timings
 
-    table = Table(title=f"avrl demo finished in {time.perf_counter() - t_all:.0f} s")
+
+def _print_summary(
+    console: Console, where: _Places, timings: list[tuple[str, float]], seconds: float
+) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"avrl demo finished in {seconds:.0f} s")
     table.add_column("step")
     table.add_column("seconds", justify="right")
     for title, sec in timings:
         table.add_row(title, f"{sec:.1f}")
     console.print(table)
-    where = Table(title="where everything is", show_header=False)
+    places = Table(title="where everything is", show_header=False)
     for name, path in [
-        ("footage + ground truth", data),
-        ("prepared shards", prepared),
-        ("model", model),
-        ("scan output", scans),
-        ("HTML report", html),
+        ("footage + ground truth", where.data),
+        ("prepared shards", where.prepared),
+        ("model", where.model),
+        ("scan output", where.scans),
+        ("HTML report", where.html),
     ]:
-        where.add_row(name, Text(str(path)))  # a path is text, not rich markup
-    console.print(where)
+        places.add_row(name, Text(str(path)))  # a path is text, not rich markup
+    console.print(places)
     console.print(
-        f"next: avrl query {scans} --label fight --format csv", markup=False, highlight=False
+        f"next: avrl query {where.scans} --label fight --format csv", markup=False, highlight=False
     )

@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from avrl_batch.cli import app
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMATS = ("table", "json", "csv", "parquet")
 _EXT_FORMAT = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv",
@@ -73,26 +77,9 @@ def query(
       JOIN windows w ON w.source_uri = e.source_uri AND w.start_s >= e.start_s AND
       w.end_s <= e.end_s GROUP BY e.label"
     """
-    from avrl_batch.errors import ConfigError
-    from avrl_batch.query import (
-        QueryFilters,
-        parse_time,
-        rich_table,
-        run_query,
-        to_csv,
-        to_json_lines,
-        to_parquet,
-    )
+    from avrl_batch.query import QueryFilters, parse_time, run_query
 
-    if fmt is None:
-        if output is not None:
-            fmt = _EXT_FORMAT.get(output.suffix.lower(), "json")
-        else:
-            fmt = "table" if sys.stdout.isatty() else "json"
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt == "parquet" and output is None:
-        raise ConfigError("--format parquet needs --output FILE")
+    fmt = _output_format(fmt, output)
     filters = QueryFilters(
         labels=tuple(label),
         cameras=tuple(camera),
@@ -106,19 +93,48 @@ def query(
     )
     what = "rows" if sql else table
     if fmt == "table":
-        from rich.console import Console
+        _print_table(data, output, what, filters.is_empty)
+    else:
+        _write_rows(data, fmt, output, what)
 
+
+def _output_format(fmt: str | None, output: Path | None) -> str:
+    """--format, or the one --output's extension names, or table on a terminal, json piped."""
+    from avrl_batch.errors import ConfigError
+
+    if fmt is None:
         if output is not None:
-            text = io.StringIO()
-            Console(file=text, width=200).print(rich_table(data))
-            _write_file(output, text.getvalue().encode())
-            return
-        console = Console()
-        if data.num_rows == 0:
-            console.print(f"no {what} match" + ("" if filters.is_empty else " these filters"))
-            return
-        console.print(rich_table(data, title=f"{data.num_rows} {what}"))
+            fmt = _EXT_FORMAT.get(output.suffix.lower(), "json")
+        else:
+            fmt = "table" if sys.stdout.isatty() else "json"
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and output is None:
+        raise ConfigError("--format parquet needs --output FILE")
+    return fmt
+
+
+def _print_table(data: pa.Table, output: Path | None, what: str, unfiltered: bool) -> None:
+    from rich.console import Console
+
+    from avrl_batch.query import rich_table
+
+    if output is not None:
+        text = io.StringIO()
+        Console(file=text, width=200).print(rich_table(data))
+        _write_file(output, text.getvalue().encode())
         return
+    console = Console()
+    if data.num_rows == 0:
+        console.print(f"no {what} match" + ("" if unfiltered else " these filters"))
+        return
+    console.print(rich_table(data, title=f"{data.num_rows} {what}"))
+
+
+def _write_rows(data: pa.Table, fmt: str, output: Path | None, what: str) -> None:
+    """json, csv or parquet to --output (with a count on stderr) or to stdout."""
+    from avrl_batch.query import to_csv, to_json_lines, to_parquet
+
     if fmt == "json":
         payload = to_json_lines(data).encode()
     elif fmt == "csv":
