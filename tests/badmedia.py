@@ -13,7 +13,6 @@ of a test's Ray such a decoder, so a scan meets the faults where real ones happe
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 import time
@@ -282,9 +281,9 @@ def decoder_faults_env(faults: tuple[Fault, ...], log: Path) -> dict[str, Any]:
     their PYTHONPATH so that they (and their decoder processes) import this module."""
     here = str(Path(__file__).resolve().parent)
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-    return {
-        "env_vars": {"PYTHONPATH": path},
-        "worker_process_setup_hook": functools.partial(
-            install_faulty_decoder, faults, str(log)
-        ),
-    }
+    log_path = str(log)
+
+    def setup() -> None:  # Ray wants a named function, and pickles this one by value
+        install_faulty_decoder(faults, log_path)
+
+    return {"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": setup}
