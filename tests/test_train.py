@@ -1,7 +1,8 @@
 """Training and evaluation on real synthetic clips, a real local Ray and a real moto S3 server.
 
-One session fixture generates the `ci` synthetic clips (plus two corrupt files) and prepares
-them once; the tests then train the `tiny` preset for 2-3 epochs with two Ray Train workers.
+A session-scoped fixture generates the `ci` synthetic clips (plus two corrupt files) and
+prepares them once; the tests then train the `tiny` preset for 2-3 epochs with two Ray Train
+workers.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def test_prepare_lists_and_skips_corrupt_clips(prepared_ci: dict) -> None:
 def test_cli_train_two_workers_then_evaluate(
     prepared_ci: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Acceptance 1: prepare -> `avrl train --preset tiny --workers 2` -> `avrl evaluate`."""
+    """prepare -> `avrl train --preset tiny --workers 2` -> `avrl evaluate`, then --resume."""
     from avrl_batch.modelfile import load_model
 
     out = tmp_path / "run"
@@ -127,8 +128,7 @@ def test_cli_train_two_workers_then_evaluate(
 def test_same_seed_same_model(prepared_ci: dict, tmp_path: Path) -> None:
     """One manifest prepared twice gives the same shards, and `--seed` fixes the data order as
     well as the initial weights: a run on each ends with the same weights and the same metrics
-    every epoch. Before session 6 (task-order shards, Ray Data's unseeded shuffle) two runs
-    differed after their first epoch."""
+    every epoch."""
     from avrl_batch.modelfile import load_model
     from avrl_batch.train.prepare import load_prepared, prepare, read_split
 
@@ -159,6 +159,47 @@ def test_same_seed_same_model(prepared_ci: dict, tmp_path: Path) -> None:
     ]
 
 
+class FailOnce:
+    """An epoch hook for ``train(epoch_hook=...)``: the highest-rank worker raises as epoch
+    ``at_epoch`` begins, once: it leaves ``marker``, and the restarted worker group finds it
+    and trains on.
+
+    It first waits until Ray Train has registered the previous epoch's checkpoint (listed in
+    the run's checkpoint snapshot under ``out_uri``): Ray Train V2's controller handles a
+    worker error before reports still queued from the same poll, so a failure within a poll
+    interval (2 s) of a report can drop that report and resume one epoch earlier. A real
+    crash mid-epoch is far from the report; the wait makes the test see that case."""
+
+    def __init__(self, at_epoch: int, marker: str, out_uri: str, endpoint_url: str | None) -> None:
+        self.at_epoch = at_epoch
+        self.marker = marker
+        self.out_uri = out_uri
+        self.endpoint_url = endpoint_url
+
+    def __call__(self, epoch: int, rank: int, world: int) -> None:
+        if epoch != self.at_epoch or rank != world - 1 or Path(self.marker).exists():
+            return
+        if epoch > 1:
+            self._wait_for_checkpoint(f"epoch_{epoch - 1:04d}")
+        Path(self.marker).write_text(f"failed at epoch {epoch} on rank {rank}\n")
+        raise RuntimeError(f"injected failure at epoch {epoch} (FailOnce epoch hook)")
+
+    def _wait_for_checkpoint(self, name: str) -> None:
+        import time
+
+        from avrl_batch import storage
+        from avrl_batch.train.trainer import RUN_NAME, SNAPSHOT_NAME
+
+        snapshot = storage.join(self.out_uri, RUN_NAME, SNAPSHOT_NAME)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if storage.exists(snapshot, endpoint_url=self.endpoint_url):
+                listed = storage.read_bytes(snapshot, endpoint_url=self.endpoint_url)
+                if name in listed.decode("utf-8", "replace"):
+                    return
+            time.sleep(0.5)
+
+
 def test_fault_injection_resumes_from_checkpoint_on_s3(
     prepared_ci: dict,
     tmp_path: Path,
@@ -166,15 +207,17 @@ def test_fault_injection_resumes_from_checkpoint_on_s3(
     s3_bucket: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Acceptance 3 and 4: checkpoints and model on S3 (moto); a worker raises once at epoch 2,
+    """Checkpoints and model on S3 (moto); a worker raises once at epoch 2 (``FailOnce``),
     FailureConfig(max_failures=1) restarts the group from the epoch-1 checkpoint; evaluate
     loads the S3 model file and the S3 checkpoint back."""
     import boto3
+    import ray
 
     from avrl_batch.train.trainer import train
 
     out = f"s3://{s3_bucket}/runs/av"
     marker = tmp_path / "failed-once"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # FailOnce, to the workers
     rows: list[dict] = []
     result = train(
         prepared_ci["uri"],
@@ -185,8 +228,7 @@ def test_fault_injection_resumes_from_checkpoint_on_s3(
         max_failures=1,
         endpoint_url=s3_endpoint,
         on_epoch=rows.append,
-        fail_at_epoch=2,
-        fail_marker=str(marker),
+        epoch_hook=FailOnce(2, str(marker), out, s3_endpoint),
     )
     assert marker.read_text().startswith("failed at epoch 2 on rank 1")
     # attempt 1 reported epoch 1 and died at the start of epoch 2; attempt 2 resumed there
@@ -267,7 +309,7 @@ def _ddp_one_step(config: dict) -> None:
 
 
 def test_ddp_step_equals_single_process(tmp_path: Path, ray_local: None) -> None:
-    """Acceptance 5: one step on 2 DDP workers with global batch B (B/2 each) gives the loss and
+    """One step on 2 DDP workers with global batch B (B/2 each) gives the loss and
     gradients of 1 process with batch B.
 
     BatchNorm is why the check runs the model in eval mode: in training mode each worker

@@ -14,10 +14,10 @@ the epoch after the saved one with the optimiser, scheduler and metric history r
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,170 +137,95 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _metrics_from_counts(
-    loss_sum: float, correct: torch.Tensor, total: torch.Tensor, class_names: tuple[str, ...]
-) -> dict[str, Any]:
-    n = int(total.sum())
-    per_class = [
-        (float(c) / float(t)) if t > 0 else None for c, t in zip(correct, total, strict=True)
-    ]
-    seen = [a for a in per_class if a is not None]
-    return {
-        "loss": loss_sum / max(1, n),
-        "acc": float(correct.sum()) / max(1, n),
-        "mean_class_acc": sum(seen) / len(seen) if seen else None,
-        "per_class_acc": dict(zip(class_names, per_class, strict=True)),
-        "n": n,
-    }
+class EpochCounts:
+    """Loss sum and per-class correct/total counts of one pass over a shard, on the CPU."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.loss_sum = torch.zeros(1, dtype=torch.float64)
+        self.correct = torch.zeros(n_classes, dtype=torch.float64)
+        self.total = torch.zeros(n_classes, dtype=torch.float64)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n_cls = self.correct.shape[0]
+        pred = logits.detach().argmax(1).cpu()
+        y = labels.cpu()
+        self.loss_sum += float(loss.detach()) * y.shape[0]
+        self.total += torch.bincount(y, minlength=n_cls).double()
+        self.correct += torch.bincount(y[pred == y], minlength=n_cls).double()
+
+    def metrics(self, class_names: tuple[str, ...]) -> dict[str, Any]:
+        """The counts summed over all workers (every worker must call this, in the same order)
+        -> loss, acc, mean_class_acc, per_class_acc, n."""
+        loss_sum = float(_all_reduce_sum(self.loss_sum)[0])
+        correct = _all_reduce_sum(self.correct)
+        total = _all_reduce_sum(self.total)
+        n = int(total.sum())
+        per_class = [
+            (float(c) / float(t)) if t > 0 else None for c, t in zip(correct, total, strict=True)
+        ]
+        seen = [a for a in per_class if a is not None]
+        return {
+            "loss": loss_sum / max(1, n),
+            "acc": float(correct.sum()) / max(1, n),
+            "mean_class_acc": sum(seen) / len(seen) if seen else None,
+            "per_class_acc": dict(zip(class_names, per_class, strict=True)),
+            "n": n,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # the Ray Train function
 
+# called on every worker as each epoch begins, after the previous epoch's checkpoint was
+# reported: (epoch, world rank, world size). Pickled to the workers with the loop config.
+EpochHook = Callable[[int, int, int], None]
 
-def _maybe_fail(config: dict[str, Any], epoch: int, rank: int, world: int) -> None:
-    """Test hook for fault injection (``fail_at_epoch`` + ``fail_marker`` in the loop config):
-    the highest-rank worker raises once at the start of that epoch. The marker file makes it
-    once: the restarted worker group finds it and trains on.
 
-    It first waits until Ray Train has registered the previous epoch's checkpoint (listed in
-    the run's ``checkpoint_manager_snapshot.json``): Ray Train V2's controller handles a
-    worker error before reports still queued from the same poll, so a failure within a poll
-    interval (2 s) of a report can drop that report and resume one epoch earlier. A real
-    crash mid-epoch is far from the report; the wait makes the test see that case."""
-    at = config.get("fail_at_epoch")
-    marker = config.get("fail_marker")
-    if at is None or epoch != at or rank != world - 1 or not marker:
-        return
-    if os.path.exists(marker):
-        return
-    snapshot = config.get("fail_snapshot")
-    if snapshot and epoch > 1:
-        from avrl_batch import storage
+@dataclass
+class _Worker:
+    """What one worker's epochs share: its place in the group, the network and its optimiser,
+    its dataset shards and the run's metric history."""
 
-        previous = f"epoch_{epoch - 1:04d}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            endpoint = config.get("endpoint_url")
-            if storage.exists(snapshot, endpoint_url=endpoint) and previous in storage.read_bytes(
-                snapshot, endpoint_url=endpoint
-            ).decode("utf-8", "replace"):
-                break
-            time.sleep(0.5)
-    Path(marker).write_text(f"failed at epoch {epoch} on rank {rank}\n")
-    raise RuntimeError(f"injected failure at epoch {epoch} (test hook fail_at_epoch)")
+    cfg: ModelConfig
+    tc: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    autocast: Any
+    scaler: torch.amp.GradScaler | None
+    train_shard: Any
+    val_shard: Any
+    history: list[dict[str, Any]]
+    resumed_from: int
+
+    @property
+    def local_batch(self) -> int:
+        return max(1, self.tc.batch_size // self.world)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"model": ModelConfig dict, "train": TrainConfig dict,
-    optional "fail_at_epoch"/"fail_marker" (test hook)}."""
-    import ray.train
-    import ray.train.torch
-
-    from avrl_batch.model import build_model
-
+    optional "epoch_hook": an ``EpochHook``}."""
     cfg = ModelConfig.from_dict(config["model"])
     tc = TrainConfig(**config["train"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-
-    torch.manual_seed(tc.seed)  # identical initial weights on every worker
-    model = build_model(cfg)
-    opt, sched = make_optimizer(model, tc)
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    resumed_from = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        # a private copy per worker: as_directory() shares one download folder between the
-        # workers of a node, and a worker could read a file another is still writing
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint.to_directory(d)
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        resumed_from = int(state["epoch"])
-        start_epoch = resumed_from + 1
-
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    autocast, scaler = _autocast(device)
-    local_batch = max(1, tc.batch_size // world)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    hook: EpochHook | None = config.get("epoch_hook")
+    w = _start_worker(cfg, tc)
     gen = torch.Generator()
-    class_names = tuple(cfg.class_names)
-    n_cls = len(class_names)
-
-    for epoch in range(start_epoch, tc.epochs + 1):
-        _maybe_fail(config, epoch, rank, world)
+    for epoch in range(w.resumed_from + 1, tc.epochs + 1):
+        if hook is not None:
+            hook(epoch, w.rank, w.world)
         t_epoch = time.monotonic()
-        gen.manual_seed(tc.seed * 100_003 + epoch * 1009 + rank)  # flips differ per worker/epoch
-        torch.manual_seed(tc.seed * 100_003 + epoch * 1009 + rank)  # audio dropout draws
-
-        model.train()
-        loss_sum = torch.zeros(1, dtype=torch.float64)
-        correct = torch.zeros(n_cls, dtype=torch.float64)
-        total = torch.zeros(n_cls, dtype=torch.float64)
-        batches = train_shard.iter_torch_batches(
-            batch_size=local_batch,
-            device="cpu",
-            local_shuffle_buffer_size=8 * local_batch,
-            local_shuffle_seed=tc.seed + epoch * 7919 + rank,
-        )
-        data_wait = 0.0  # time blocked on the data stream: >> compute means data-bound
-        t_wait = time.monotonic()
-        for batch in batches:
-            data_wait += time.monotonic() - t_wait
-            video, audio, has_audio, labels = batch_inputs(
-                batch, cfg, device, flip_p=tc.flip_p, generator=gen
-            )
-            with autocast:
-                loss, logits = forward_loss(
-                    model, video, audio, has_audio, labels, audio_dropout=tc.audio_dropout
-                )
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            _accumulate(loss, logits, labels, loss_sum, correct, total)
-            t_wait = time.monotonic()
-        data_wait += time.monotonic() - t_wait
+        gen.manual_seed(tc.seed * 100_003 + epoch * 1009 + w.rank)  # flips differ per worker/epoch
+        torch.manual_seed(tc.seed * 100_003 + epoch * 1009 + w.rank)  # audio dropout draws
+        train_counts, data_wait = _train_epoch(w, epoch, gen)
         t_train = time.monotonic() - t_epoch
-        train_m = _metrics_from_counts(
-            float(_all_reduce_sum(loss_sum)[0]),
-            _all_reduce_sum(correct),
-            _all_reduce_sum(total),
-            class_names,
-        )
-
-        model.eval()
-        loss_sum = torch.zeros(1, dtype=torch.float64)
-        correct = torch.zeros(n_cls, dtype=torch.float64)
-        total = torch.zeros(n_cls, dtype=torch.float64)
-        with torch.no_grad():
-            for batch in val_shard.iter_torch_batches(
-                batch_size=max(local_batch, 16), device="cpu"
-            ):
-                video, audio, has_audio, labels = batch_inputs(batch, cfg, device)
-                with autocast:
-                    loss, logits = forward_loss(model, video, audio, has_audio, labels)
-                _accumulate(loss, logits, labels, loss_sum, correct, total)
-        val_m = _metrics_from_counts(
-            float(_all_reduce_sum(loss_sum)[0]),
-            _all_reduce_sum(correct),
-            _all_reduce_sum(total),
-            class_names,
-        )
-        lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
-        step_schedule(sched, val_m["loss"] if val_m["n"] > 0 else None)
-
+        train_m = train_counts.metrics(tuple(cfg.class_names))
+        val_m = _validate(w).metrics(tuple(cfg.class_names))
+        lr = w.opt.param_groups[0]["lr"]  # the rate this epoch trained with
+        step_schedule(w.sched, val_m["loss"] if val_m["n"] > 0 else None)
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -312,58 +237,138 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "val_per_class_acc": val_m["per_class_acc"],
             "train_clips": train_m["n"],
             "val_clips": val_m["n"],
-            "world_size": world,
-            "resumed_from_epoch": resumed_from,
+            "world_size": w.world,
+            "resumed_from_epoch": w.resumed_from,
             "epoch_s": time.monotonic() - t_epoch,
             "train_s": t_train,
             "data_wait_s": data_wait,
         }
-        history.append(row)
-        _report(row, history, epoch, rank, model, opt, sched, tc, cfg)
+        w.history.append(row)
+        _report(w, row, epoch)
 
 
-def _accumulate(
-    loss: torch.Tensor,
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    loss_sum: torch.Tensor,
-    correct: torch.Tensor,
-    total: torch.Tensor,
-) -> None:
-    n_cls = correct.shape[0]
-    pred = logits.detach().argmax(1).cpu()
-    y = labels.cpu()
-    loss_sum += float(loss.detach()) * y.shape[0]
-    total += torch.bincount(y, minlength=n_cls).double()
-    correct += torch.bincount(y[pred == y], minlength=n_cls).double()
+def _start_worker(cfg: ModelConfig, tc: TrainConfig) -> _Worker:
+    """The same initial network on every worker (same seed), restored from
+    ``ray.train.get_checkpoint()`` when there is one, then wrapped in DDP."""
+    import ray.train
+    import ray.train.torch
+
+    from avrl_batch.model import build_model
+
+    ctx = ray.train.get_context()
+    torch.manual_seed(tc.seed)  # identical initial weights on every worker
+    model = build_model(cfg)
+    opt, sched = make_optimizer(model, tc)
+    history, resumed_from = _restore(model, opt, sched)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model)
+    autocast, scaler = _autocast(device)
+    return _Worker(
+        cfg=cfg,
+        tc=tc,
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        device=device,
+        model=model,
+        opt=opt,
+        sched=sched,
+        autocast=autocast,
+        scaler=scaler,
+        train_shard=ray.train.get_dataset_shard("train"),
+        val_shard=ray.train.get_dataset_shard("val"),
+        history=history,
+        resumed_from=resumed_from,
+    )
 
 
-def _report(
-    row: dict[str, Any],
-    history: list[dict[str, Any]],
-    epoch: int,
-    rank: int,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    tc: TrainConfig,
-    cfg: ModelConfig,
-) -> None:
+def _restore(
+    model: nn.Module, opt: torch.optim.Optimizer, sched: Any
+) -> tuple[list[dict[str, Any]], int]:
+    """Load the run's latest checkpoint, if any, into the model, optimiser and scheduler;
+    returns the metric history and the epoch it was saved after (0: a fresh start)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return [], 0
+    # a private copy per worker: as_directory() shares one download folder between the
+    # workers of a node, and a worker could read a file another is still writing
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint.to_directory(d)
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return list(state["history"]), int(state["epoch"])
+
+
+def _train_epoch(w: _Worker, epoch: int, gen: torch.Generator) -> tuple[EpochCounts, float]:
+    """One pass over this worker's train shard: its counts and the seconds it waited for data
+    (much more than the compute time: data-bound)."""
+    w.model.train()
+    counts = EpochCounts(w.cfg.num_classes)
+    batches = w.train_shard.iter_torch_batches(
+        batch_size=w.local_batch,
+        device="cpu",
+        local_shuffle_buffer_size=8 * w.local_batch,
+        local_shuffle_seed=w.tc.seed + epoch * 7919 + w.rank,
+    )
+    data_wait = 0.0
+    t_wait = time.monotonic()
+    for batch in batches:
+        data_wait += time.monotonic() - t_wait
+        video, audio, has_audio, labels = batch_inputs(
+            batch, w.cfg, w.device, flip_p=w.tc.flip_p, generator=gen
+        )
+        with w.autocast:
+            loss, logits = forward_loss(
+                w.model, video, audio, has_audio, labels, audio_dropout=w.tc.audio_dropout
+            )
+        w.opt.zero_grad(set_to_none=True)
+        if w.scaler is not None:
+            w.scaler.scale(loss).backward()
+            w.scaler.step(w.opt)
+            w.scaler.update()
+        else:
+            loss.backward()
+            w.opt.step()
+        counts.add(loss, logits, labels)
+        t_wait = time.monotonic()
+    data_wait += time.monotonic() - t_wait
+    return counts, data_wait
+
+
+def _validate(w: _Worker) -> EpochCounts:
+    """One pass over this worker's val shard in eval mode: its counts."""
+    w.model.eval()
+    counts = EpochCounts(w.cfg.num_classes)
+    with torch.no_grad():
+        for batch in w.val_shard.iter_torch_batches(
+            batch_size=max(w.local_batch, 16), device="cpu"
+        ):
+            video, audio, has_audio, labels = batch_inputs(batch, w.cfg, w.device)
+            with w.autocast:
+                loss, logits = forward_loss(w.model, video, audio, has_audio, labels)
+            counts.add(loss, logits, labels)
+    return counts
+
+
+def _report(w: _Worker, row: dict[str, Any], epoch: int) -> None:
     """Every worker reports (it is a barrier); rank 0 alone attaches the checkpoint."""
     import ray.train
 
-    if rank != 0:
+    if w.rank != 0:
         ray.train.report(row)
         return
-    inner = getattr(model, "module", model)  # unwrap DDP
+    inner = getattr(w.model, "module", w.model)  # unwrap DDP
     state = {
         "epoch": epoch,
         "model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "history": history,
-        "model_config": cfg.to_dict(),
-        "train_config": asdict(tc),
+        "optimizer": w.opt.state_dict(),
+        "scheduler": w.sched.state_dict(),
+        "history": w.history,
+        "model_config": w.cfg.to_dict(),
+        "train_config": asdict(w.tc),
     }
     with tempfile.TemporaryDirectory() as d:
         torch.save(state, Path(d) / STATE_FILE)

@@ -23,12 +23,15 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avrl_batch import storage
 from avrl_batch.config import ModelConfig, TrainConfig
 from avrl_batch.errors import AvrlError, ConfigError, DataError
 from avrl_batch.train.prepare import TENSOR_COLUMNS, PreparedData, load_prepared
+
+if TYPE_CHECKING:
+    from avrl_batch.train.loop import EpochHook
 
 RUN_NAME = "checkpoints"
 MODEL_NAME = "model.avrl"
@@ -51,18 +54,6 @@ class TrainResult:
     checkpoint_uri: str
 
 
-def _val_split(prepared: PreparedData) -> str:
-    # the manifest's (or prepare's carved) val split; the test split only as a last resort so a
-    # tiny manifest still trains, and the driver says so
-    for split in ("val", "test"):
-        if prepared.n_clips(split) > 0:
-            return split
-    raise DataError(
-        f"{prepared.uri} has no 'val' or 'test' clips to validate on; add some to the manifest "
-        "(split=val) and rerun `avrl prepare`"
-    )
-
-
 def train(
     data_uri: str,
     out_uri: str,
@@ -78,34 +69,83 @@ def train(
     endpoint_url: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = print,
-    fail_at_epoch: int | None = None,
-    fail_marker: str | None = None,
+    epoch_hook: EpochHook | None = None,
 ) -> TrainResult:
     """Train AVRL on a prepared dataset with ``workers`` Ray Train workers (DDP).
 
     ``on_epoch`` receives each epoch's metrics row on the driver as it is reported.
-    ``fail_at_epoch``/``fail_marker`` are the fault-injection test hook (see loop._maybe_fail).
+    ``epoch_hook(epoch, rank, world_size)`` runs on every worker as each epoch begins (after
+    the previous epoch's checkpoint was reported); it must pickle, and an exception it raises
+    is a worker failure (``max_failures``), which is how tests inject faults.
     """
-    import ray
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from avrl_batch.train.cluster import cpus_per_worker as default_cpus
     from avrl_batch.cluster import connect, quiet_ray_data
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if tc.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {tc.epochs}")
+    prepared = _load_training_data(data_uri, cfg, endpoint_url)
+    val_split = _val_split(prepared)
+    if val_split == "test":
+        log("note: no val split; the plateau schedule follows the test split's loss")
+    ckpt_root = _check_out(out_uri, resume=resume, endpoint_url=endpoint_url)
+    _check_or_record_run(out_uri, cfg, tc, resume=resume, endpoint_url=endpoint_url)
+
+    connect(address)
+    quiet_ray_data()
+    datasets = _datasets(prepared, val_split, seed=tc.seed, endpoint_url=endpoint_url)
+    loop_config: dict[str, Any] = {"model": cfg.to_dict(), "train": asdict(tc)}
+    if epoch_hook is not None:
+        loop_config["epoch_hook"] = epoch_hook
+    progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
+    trainer = _torch_trainer(
+        loop_config,
+        datasets,
+        out_uri,
+        workers=workers,
+        use_gpu=use_gpu,
+        cpus=worker_cpus(workers, use_gpu, cpus_per_worker),
+        max_failures=max_failures,
+        progress=progress,
+        endpoint_url=endpoint_url,
+    )
+    result = _fit(trainer, progress, ckpt_root)
+    return _write_model_file(
+        _select_checkpoint(result),
+        result.checkpoint,
+        out_uri,
+        cfg,
+        tc,
+        data_uri,
+        ckpt_root,
+        endpoint_url,
+    )
+
+
+def _load_training_data(data_uri: str, cfg: ModelConfig, endpoint_url: str | None) -> PreparedData:
+    """The prepared dataset, checked to fit ``cfg`` and to have clips to train on."""
     prepared = load_prepared(data_uri, endpoint_url=endpoint_url)
     prepared.check_fits(cfg)
     if prepared.n_clips("train") == 0:
         raise DataError(f"{data_uri} has no 'train' clips; rerun `avrl prepare` with some")
-    val_split = _val_split(prepared)
-    if val_split == "test":
-        log("note: no val split; the plateau schedule follows the test split's loss")
+    return prepared
 
+
+def _val_split(prepared: PreparedData) -> str:
+    # the manifest's (or prepare's carved) val split; the test split only as a last resort so a
+    # tiny manifest still trains, and the driver says so
+    for split in ("val", "test"):
+        if prepared.n_clips(split) > 0:
+            return split
+    raise DataError(
+        f"{prepared.uri} has no 'val' or 'test' clips to validate on; add some to the manifest "
+        "(split=val) and rerun `avrl prepare`"
+    )
+
+
+def _check_out(out_uri: str, *, resume: bool, endpoint_url: str | None) -> str:
+    """OUT holds a run exactly when ``resume`` asks to continue one; returns its checkpoint
+    root."""
     ckpt_root = storage.join(out_uri, RUN_NAME)
     has_run = storage.exists(storage.join(ckpt_root, SNAPSHOT_NAME), endpoint_url=endpoint_url)
     if has_run and not resume:
@@ -115,52 +155,106 @@ def train(
         )
     if resume and not has_run:
         raise ConfigError(f"nothing to resume: no training run under {out_uri}")
-    _check_or_record_run(out_uri, cfg, tc, resume=resume, endpoint_url=endpoint_url)
+    return ckpt_root
 
-    connect(address)
-    quiet_ray_data()
-    fs, out_path = storage.filesystem(out_uri, endpoint_url=endpoint_url)
-    data_fs, _ = storage.filesystem(data_uri, endpoint_url=endpoint_url)
 
+def worker_cpus(workers: int, use_gpu: bool, requested: float | None = None) -> float:
+    """CPUs each training worker reserves. Ray Data's read tasks also need a CPU to stream shards
+    to the workers; on a small machine whole-CPU workers would take every CPU and the reads
+    would wait forever, so by default at least one CPU is left free for them."""
+    import ray
+
+    if requested is not None:
+        return requested
+    if use_gpu:
+        return 1.0
+    free = float(ray.cluster_resources().get("CPU", 1.0)) - 1.0
+    return max(0.25, min(1.0, free / max(1, workers)))
+
+
+def _datasets(
+    prepared: PreparedData, val_split: str, *, seed: int, endpoint_url: str | None
+) -> dict[str, Any]:
+    """The "train" and "val" Ray datasets of the loop: ``val_split``'s clips validate."""
+    import ray
+    import ray.data
+
+    data_fs, _ = storage.filesystem(prepared.uri, endpoint_url=endpoint_url)
     store = float(ray.available_resources().get("object_store_memory", 0.0))
     # --seed fixes the data order too: each epoch (each execution of the dataset) draws a new
-    # shuffle from (seed, execution count), and rows leave in that order (preserve_order below),
-    # so two uninterrupted runs with the same seed and worker count see the same batches (a
-    # restart or --resume shifts the count: README "--seed")
-    shuffle_seed = ray.data.RandomSeedConfig(seed=tc.seed, reseed_after_execution=True)
+    # shuffle from (seed, execution count), and rows leave in that order (preserve_order in
+    # _torch_trainer), so two uninterrupted runs with the same seed and worker count see the
+    # same batches (a restart or --resume shifts the count: README "--seed")
+    shuffle_seed = ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    return {
+        split_name: _split_dataset(prepared, split, data_fs, store, shuffle_seed, endpoint_url)
+        for split_name, split in (("train", "train"), ("val", val_split))
+    }
 
-    def dataset(split: str) -> ray.data.Dataset:
-        paths = [
-            storage.filesystem(u, endpoint_url=endpoint_url)[1] for u in prepared.shard_uris(split)
-        ]
-        size = sum(i.size or 0 for i in data_fs.get_file_info(paths))
-        # Shards that fit easily in the object store are read once, here, and kept there: each
-        # epoch's streaming_split then hands out blocks instead of re-reading storage with new
-        # read tasks (on a small machine their start-up dominated the epoch). Larger data sets
-        # stream from storage every epoch with parallel read tasks, as memory needs.
-        if 3 * size < 0.2 * store:  # x3: Parquet compression
-            import pyarrow.parquet as pq
 
-            cols = list(TENSOR_COLUMNS)
-            ds = ray.data.from_arrow(
-                [pq.read_table(p, filesystem=data_fs, columns=cols) for p in paths]
-            )
-            # a full reshuffle every epoch (each epoch re-executes the dataset): SGD needs
-            # batches that mix classes, and prepared shards may be in any order
-            return ds.random_shuffle(seed=shuffle_seed) if split == "train" else ds
-        ds = ray.data.read_parquet(paths, filesystem=data_fs, partitioning=None)
-        ds = ds.select_columns(list(TENSOR_COLUMNS))
-        # streamed: shuffle the block order per epoch; the loop's local buffer mixes rows
-        return ds.randomize_block_order(seed=shuffle_seed) if split == "train" else ds
+def _split_dataset(
+    prepared: PreparedData,
+    split: str,
+    data_fs: Any,
+    store: float,
+    shuffle_seed: Any,
+    endpoint_url: str | None,
+) -> Any:
+    """One split's shards as a Ray dataset of TENSOR_COLUMNS, shuffled each epoch if "train";
+    ``store``: the cluster's object store bytes."""
+    import ray.data
 
+    paths = [
+        storage.filesystem(u, endpoint_url=endpoint_url)[1] for u in prepared.shard_uris(split)
+    ]
+    size = sum(i.size or 0 for i in data_fs.get_file_info(paths))
+    # Shards that fit easily in the object store are read once, here, and kept there: each
+    # epoch's streaming_split then hands out blocks instead of re-reading storage with new
+    # read tasks (on a small machine their start-up dominated the epoch). Larger data sets
+    # stream from storage every epoch with parallel read tasks, as memory needs.
+    if 3 * size < 0.2 * store:  # x3: Parquet compression
+        import pyarrow.parquet as pq
+
+        cols = list(TENSOR_COLUMNS)
+        ds = ray.data.from_arrow(
+            [pq.read_table(p, filesystem=data_fs, columns=cols) for p in paths]
+        )
+        # a full reshuffle every epoch (each epoch re-executes the dataset): SGD needs
+        # batches that mix classes, and prepared shards may be in any order
+        return ds.random_shuffle(seed=shuffle_seed) if split == "train" else ds
+    ds = ray.data.read_parquet(paths, filesystem=data_fs, partitioning=None)
+    ds = ds.select_columns(list(TENSOR_COLUMNS))
+    # streamed: shuffle the block order per epoch; the loop's local buffer mixes rows
+    return ds.randomize_block_order(seed=shuffle_seed) if split == "train" else ds
+
+
+def _torch_trainer(
+    loop_config: dict[str, Any],
+    datasets: dict[str, Any],
+    out_uri: str,
+    *,
+    workers: int,
+    use_gpu: bool,
+    cpus: float,
+    max_failures: int,
+    progress: _ProgressRelay | None,
+    endpoint_url: str | None,
+) -> Any:
+    """The TorchTrainer of the run: checkpoints under OUT/checkpoints, every one kept, the
+    worker group restarted from the latest after up to ``max_failures`` failures."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from avrl_batch.train.loop import train_loop_per_worker
+
+    fs, out_path = storage.filesystem(out_uri, endpoint_url=endpoint_url)
     # a seeded shuffle alone still hands rows out in task-completion order. Ray Train's
     # default ingest options are this context's; a copy of them, not
     # DataConfig.default_ingest_options(), which trips Ray 2.60's own deprecation warning
     # for exclude_resources
     ingest_options = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
     ingest_options.preserve_order = True
-
-    progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
     run_config = ray.train.RunConfig(
         name=RUN_NAME,
         storage_path=out_path,
@@ -169,28 +263,23 @@ def train(
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
         callbacks=[progress.callback()] if progress is not None else None,
     )
-    loop_config: dict[str, Any] = {"model": cfg.to_dict(), "train": asdict(tc)}
-    if fail_at_epoch is not None:
-        loop_config.update(
-            fail_at_epoch=fail_at_epoch,
-            fail_marker=fail_marker,
-            fail_snapshot=storage.join(ckpt_root, SNAPSHOT_NAME),
-            endpoint_url=endpoint_url,
-        )
-    from avrl_batch.train.loop import train_loop_per_worker
-
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": default_cpus(workers, use_gpu, cpus_per_worker)},
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
         ),
         run_config=run_config,
-        datasets={"train": dataset("train"), "val": dataset(val_split)},
+        datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=ingest_options),
     )
+
+
+def _fit(trainer: Any, progress: _ProgressRelay | None, ckpt_root: str) -> Any:
+    """``trainer.fit()`` with the progress relay running; a run that used up its failures is
+    TrainingFailed (the checkpoints stay for --resume)."""
+    import ray.train
+
     if progress is not None:
         progress.start()
     try:
@@ -206,10 +295,7 @@ def train(
             progress.stop()
     if result.checkpoint is None:
         raise TrainingFailed("training finished without a checkpoint")
-    return _write_model_file(
-        _select_checkpoint(result), result.checkpoint, out_uri, cfg, tc, data_uri, ckpt_root,
-        endpoint_url,
-    )
+    return result
 
 
 def _check_or_record_run(
@@ -343,7 +429,7 @@ class _ProgressRelay:
 
         self.on_epoch = on_epoch
         # on the driver's node: a queue actor on a worker node would die with that node and
-        # take the controller (whose callback puts on it) down with it (issue 8, node loss)
+        # take the controller (whose callback puts on it) down with it
         here = ray.get_runtime_context().get_node_id()
         self.queue = Queue(
             actor_options={
