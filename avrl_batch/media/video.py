@@ -208,123 +208,169 @@ def _scan(
     n_examples: int,
     stats: DecodeStats,
 ) -> Iterator[Window]:
-    vs = container.streams.video[0]
-    vs.thread_type = "AUTO"  # frame threading: ~1.6x on H.264 (PERF_NOTES)
-    origin = time_origin(container, vs)
-    astream = container.streams.audio[0] if (audio and container.streams.audio) else None
-
     # plan: window starts in [start_s, min(end_s, file end))
     stop = min(end_s, file_end_s)
     n_windows = max(0, int(np.ceil((stop - start_s) / stride_s - 1e-9)))
     if n_windows == 0:
         return
-    pending: list[_Pending] = []
-    targets: list[tuple[float, int, int]] = []  # (time, window k, slot), sorted below
-    for k in range(n_windows):
-        ws = start_s + k * stride_s
-        we = min(ws + window_s, file_end_s)
-        times = sample_times(ws, we, frames)
-        pending.append(_Pending(k, ws, we, times, [None] * frames, np.zeros(frames, np.float64)))
-        targets.extend((float(t), k, i) for i, t in enumerate(times))
-    targets.sort()
-    last_needed_s = pending[-1].end_s
+    pending = [
+        _pending(k, start_s + k * stride_s, window_s, file_end_s, frames) for k in range(n_windows)
+    ]
+    scan = _SegmentScan(container, name, caps, pending, size, audio, n_examples, stats)
+    scan.seek(start_s)
+    yield from scan.run(start_s, file_end_s)
 
-    convert = _Converter(size, caps, name, stats)
-    abuf = AudioBuffer(astream.codec_context.sample_rate, origin) if astream is not None else None
-    audio_done = abuf is None
 
-    # one seek to the keyframe before the first sample (and the audio margin before it)
-    seek_s = start_s - 2 * RESAMPLE_MARGIN_S
-    if seek_s > 0:
-        container.seek(int((seek_s + origin) / vs.time_base), stream=vs, backward=True)
-        stats.seek_s = seek_s
+def _pending(k: int, ws: float, window_s: float, file_end_s: float, frames: int) -> _Pending:
+    """Window k, starting at ``ws`` and cut at the file's end, with its T sample times."""
+    we = min(ws + window_s, file_end_s)
+    times = sample_times(ws, we, frames)
+    return _Pending(k, ws, we, times, [None] * frames, np.zeros(frames, np.float64))
 
-    next_target = 0
-    next_emit = 0
-    prev: Any = None
-    prev_t = 0.0
 
-    def assign(frame: Any, t: float) -> None:
-        nonlocal next_target
-        _, k, slot = targets[next_target]
-        w = pending[k]
-        w.frames[slot] = convert(frame)
-        w.frame_times[slot] = t
-        w.filled += 1
-        next_target += 1
+class _SegmentScan:
+    """One forward pass over a segment's packets: each sample time takes its frame (the last
+    one at or before it), and a window is yielded once all its frames (and audio) are in."""
 
-    def ready() -> Iterator[Window]:
-        nonlocal next_emit
-        while next_emit < len(pending):
-            w = pending[next_emit]
-            if w.filled < frames:
+    def __init__(
+        self,
+        container: Any,
+        name: str,
+        caps: MediaCaps,
+        pending: list[_Pending],
+        size: int,
+        audio: bool,
+        n_examples: int,
+        stats: DecodeStats,
+    ) -> None:
+        self.container, self.name, self.stats = container, name, stats
+        self.vs = container.streams.video[0]
+        self.vs.thread_type = "AUTO"  # frame threading: ~1.6x on H.264 (PERF_NOTES)
+        self.origin = time_origin(container, self.vs)
+        self.astream = (
+            container.streams.audio[0] if (audio and container.streams.audio) else None
+        )
+        self.pending: list[_Pending | None] = list(pending)
+        # (time, window k, slot) of every sample, in time order
+        self.targets = sorted(
+            (float(t), w.index, i) for w in pending for i, t in enumerate(w.times)
+        )
+        self.last_needed_s = pending[-1].end_s
+        self.frames, self.audio, self.n_examples = len(pending[0].times), audio, n_examples
+        self.convert = _Converter(size, caps, name, stats)
+        self.abuf = (
+            AudioBuffer(self.astream.codec_context.sample_rate, self.origin)
+            if self.astream is not None
+            else None
+        )
+        self.audio_done = self.abuf is None
+        self.next_target = 0
+        self.next_emit = 0
+        self.prev: Any = None  # the last decoded video frame, and its time
+        self.prev_t = 0.0
+
+    def seek(self, start_s: float) -> None:
+        """One seek to the keyframe before the first sample (and the audio margin before it)."""
+        seek_s = start_s - 2 * RESAMPLE_MARGIN_S
+        if seek_s > 0:
+            self.container.seek(
+                int((seek_s + self.origin) / self.vs.time_base), stream=self.vs, backward=True
+            )
+            self.stats.seek_s = seek_s
+
+    def run(self, start_s: float, file_end_s: float) -> Iterator[Window]:
+        streams = [self.vs] + ([self.astream] if self.astream is not None else [])
+        video_done = False
+        for packet in self.container.demux(*streams):
+            if packet.stream.type == "audio":
+                if self.audio_done:
+                    continue
+                self._audio_packet(packet)
+            elif not video_done:
+                for vframe in packet.decode():
+                    self._video_frame(vframe, record_first=True)
+                video_done = self.next_target == len(self.targets)
+            yield from self._ready()
+            if video_done and self.audio_done:
                 return
-            if not audio_done and abuf is not None and abuf.end_s < w.end_s + RESAMPLE_MARGIN_S:
-                return
-            yield _finish(w, abuf, n_examples, audio)
-            pending[next_emit] = None  # type: ignore[call-overload]  # free its frames
-            next_emit += 1
-            if abuf is not None and next_emit < len(pending):
-                abuf.trim(pending[next_emit].start_s - 2 * RESAMPLE_MARGIN_S)
-
-    streams = [vs] + ([astream] if astream is not None else [])
-    video_done = False
-    for packet in container.demux(*streams):
-        if packet.stream.type == "audio":
-            if audio_done:
-                continue
-            for aframe in packet.decode():
-                abuf.append(aframe)  # type: ignore[union-attr]
-                stats.audio_frames_decoded += 1
-            if abuf.end_s >= last_needed_s + RESAMPLE_MARGIN_S:  # type: ignore[union-attr]
-                audio_done = True
-        elif not video_done:
-            for vframe in packet.decode():
-                stats.frames_decoded += 1
-                t = float(vframe.time) - origin if vframe.time is not None else prev_t
-                if stats.first_frame_s is None:
-                    stats.first_frame_s = t
-                while next_target < len(targets) and targets[next_target][0] < t - _EPS_S:
-                    # the last frame at or before the target, or this one if none was
-                    if prev is not None:
-                        assign(prev, prev_t)
-                    else:
-                        assign(vframe, t)
-                prev, prev_t = vframe, t
-            if next_target == len(targets):
-                video_done = True
-        yield from ready()
-        if video_done and audio_done:
-            break
-    else:
         # end of file: flush the decoder, then the remaining targets take the last frame
         if not video_done:
-            for vframe in _drain(vs):
-                stats.frames_decoded += 1
-                t = float(vframe.time) - origin if vframe.time is not None else prev_t
-                while next_target < len(targets) and targets[next_target][0] < t - _EPS_S:
-                    assign(prev if prev is not None else vframe, prev_t if prev is not None else t)
-                prev, prev_t = vframe, t
-        if prev is None:
+            for vframe in _drain(self.vs):
+                self._video_frame(vframe, record_first=False)
+        self._check_not_truncated(start_s, file_end_s)
+        while self.next_target < len(self.targets):
+            self._assign(self.prev, self.prev_t)
+        self.audio_done = True
+        yield from self._ready()
+
+    def _audio_packet(self, packet: Any) -> None:
+        assert self.abuf is not None
+        for aframe in packet.decode():
+            self.abuf.append(aframe)
+            self.stats.audio_frames_decoded += 1
+        if self.abuf.end_s >= self.last_needed_s + RESAMPLE_MARGIN_S:
+            self.audio_done = True
+
+    def _video_frame(self, vframe: Any, *, record_first: bool) -> None:
+        """Every sample time before this frame takes the last frame at or before it (this one
+        if none was)."""
+        self.stats.frames_decoded += 1
+        t = float(vframe.time) - self.origin if vframe.time is not None else self.prev_t
+        if record_first and self.stats.first_frame_s is None:
+            self.stats.first_frame_s = t
+        while (
+            self.next_target < len(self.targets) and self.targets[self.next_target][0] < t - _EPS_S
+        ):
+            if self.prev is not None:
+                self._assign(self.prev, self.prev_t)
+            else:
+                self._assign(vframe, t)
+        self.prev, self.prev_t = vframe, t
+
+    def _assign(self, frame: Any, t: float) -> None:
+        _, k, slot = self.targets[self.next_target]
+        w = self.pending[k]
+        assert w is not None
+        w.frames[slot] = self.convert(frame)
+        w.frame_times[slot] = t
+        w.filled += 1
+        self.next_target += 1
+
+    def _check_not_truncated(self, start_s: float, file_end_s: float) -> None:
+        if self.prev is None:
             raise Truncated(
-                name,
+                self.name,
                 f"no video frames from {start_s:.2f} s on although the file declares "
                 f"{file_end_s:.2f} s; the file is probably cut short — re-copy it",
             )
-        if next_target < len(targets) and (
-            targets[next_target][0] > prev_t + _TRUNCATED_GAP_S
+        if self.next_target < len(self.targets) and (
+            self.targets[self.next_target][0] > self.prev_t + _TRUNCATED_GAP_S
             # frames are still wanted and the header promised over a second more video
-            or file_end_s > prev_t + _TRUNCATED_GAP_S
+            or file_end_s > self.prev_t + _TRUNCATED_GAP_S
         ):
             raise Truncated(
-                name,
-                f"video ends at {prev_t:.2f} s but the file declares {file_end_s:.2f} s; "
+                self.name,
+                f"video ends at {self.prev_t:.2f} s but the file declares {file_end_s:.2f} s; "
                 "the file is probably cut short — re-copy it",
             )
-        while next_target < len(targets):
-            assign(prev, prev_t)
-        audio_done = True
-        yield from ready()
+
+    def _ready(self) -> Iterator[Window]:
+        """The windows now complete, in order; each one's frames are freed once yielded."""
+        abuf = self.abuf
+        while self.next_emit < len(self.pending):
+            w = self.pending[self.next_emit]
+            assert w is not None
+            if w.filled < self.frames:
+                return
+            audio_short = abuf is not None and abuf.end_s < w.end_s + RESAMPLE_MARGIN_S
+            if not self.audio_done and audio_short:
+                return
+            yield _finish(w, abuf, self.n_examples, self.audio)
+            self.pending[self.next_emit] = None  # free its frames
+            self.next_emit += 1
+            nxt = self.pending[self.next_emit] if self.next_emit < len(self.pending) else None
+            if abuf is not None and nxt is not None:
+                abuf.trim(nxt.start_s - 2 * RESAMPLE_MARGIN_S)
 
 
 def _drain(vs: Any) -> Iterator[Any]:

@@ -158,106 +158,146 @@ def _thumbnail(thumbnails: Thumbnails, window_index: int) -> bytes | None:
     return thumbnails(window_index)
 
 
-def _events_one_source(
-    windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails
-) -> list[dict]:
-    order = np.lexsort(
-        (windows["window_index"].to_numpy(), windows["start_s"].to_numpy())
-    )  # by start_s, then window_index
-    w = windows.take(pa.array(order))
-    idx = w["window_index"].to_numpy()
-    if len(np.unique(idx)) != len(idx):
-        raise ValueError(
-            f"duplicate window_index in {w['source_uri'][0].as_py()}: "
-            "overlapping segments must be de-duplicated before the timeline"
+@dataclass(frozen=True)
+class _Windows:
+    """One source's windows ordered by start_s (then window_index), as arrays."""
+
+    index: np.ndarray  # (N,) window_index
+    start_s: np.ndarray  # (N,)
+    end_s: np.ndarray  # (N,)
+    start_time: list
+    end_time: list
+    probs: np.ndarray  # (N, classes) float64
+    hole_after: np.ndarray  # (N,) bool: the next window starts after this one ended
+    source_uri: str
+    camera: str | None
+    model_id: str
+    scan_id: str
+
+    @classmethod
+    def of(cls, windows: pa.Table) -> _Windows:
+        order = np.lexsort(
+            (windows["window_index"].to_numpy(), windows["start_s"].to_numpy())
+        )  # by start_s, then window_index
+        w = windows.take(pa.array(order))
+        idx = w["window_index"].to_numpy()
+        if len(np.unique(idx)) != len(idx):
+            raise ValueError(
+                f"duplicate window_index in {w['source_uri'][0].as_py()}: "
+                "overlapping segments must be de-duplicated before the timeline"
+            )
+        start_s, end_s = w["start_s"].to_numpy(), w["end_s"].to_numpy()
+        probs = np.asarray(w["probs"].to_pylist(), dtype=np.float64)  # (N windows, classes)
+        if probs.ndim != 2 or probs.shape[1] != len(CLASS_NAMES):
+            raise ValueError(f"probs must have {len(CLASS_NAMES)} values per window")
+        return cls(
+            index=idx,
+            start_s=start_s,
+            end_s=end_s,
+            start_time=w["start_time"].to_pylist(),
+            end_time=w["end_time"].to_pylist(),
+            probs=probs,
+            hole_after=np.append(start_s[1:] > end_s[:-1] + 1e-9, True),
+            source_uri=w["source_uri"][0].as_py(),
+            camera=w["camera"][0].as_py(),
+            model_id=w["model_id"][0].as_py(),
+            scan_id=w["scan_id"][0].as_py(),
         )
-    start_s = w["start_s"].to_numpy()
-    end_s = w["end_s"].to_numpy()
-    start_time = w["start_time"].to_pylist()
-    end_time = w["end_time"].to_pylist()
-    probs = np.asarray(w["probs"].to_pylist(), dtype=np.float64)  # (N windows, classes)
-    if probs.ndim != 2 or probs.shape[1] != len(CLASS_NAMES):
-        raise ValueError(f"probs must have {len(CLASS_NAMES)} values per window")
-    # a window is followed by a hole when the next one starts after it ended
-    hole_after = np.append(start_s[1:] > end_s[:-1] + 1e-9, True)
-    source_uri = w["source_uri"][0].as_py()
-    camera = w["camera"][0].as_py()
-    model_id = w["model_id"][0].as_py()
-    scan_id = w["scan_id"][0].as_py()
 
-    anomaly = [CLASS_NAMES.index(c) for c in ANOMALY_CLASSES]
 
-    def spans(track: np.ndarray, start: np.ndarray | None = None) -> list[tuple[int, int]]:
-        """[first, last] windows of the merged, long-enough runs of ``track`` (N,), started
-        where ``start`` (default ``track``) reaches enter."""
-        k = cfg.smooth_windows
-        runs = _runs(
-            _smooth(track, k),
-            hole_after,
-            cfg.enter,
-            cfg.exit,
-            None if start is None else _smooth(start, k),
-        )
-        merged: list[list[int]] = []
-        for run in runs:
-            if merged:
-                gap = start_s[run[0]] - end_s[merged[-1][1]]
-                if gap <= 0 or gap < cfg.merge_gap_s:
-                    merged[-1][1] = run[1]
-                    continue
-            merged.append(run)
-        return [
-            (first, last)
-            for first, last in merged
-            if end_s[last] - start_s[first] >= cfg.min_event_s
-        ]
+def _spans(
+    w: _Windows, cfg: TimelineConfig, track: np.ndarray, start: np.ndarray | None = None
+) -> list[tuple[int, int]]:
+    """[first, last] windows of the merged, long-enough runs of ``track`` (N,), started
+    where ``start`` (default ``track``) reaches enter."""
+    k = cfg.smooth_windows
+    runs = _runs(
+        _smooth(track, k),
+        w.hole_after,
+        cfg.enter,
+        cfg.exit,
+        None if start is None else _smooth(start, k),
+    )
+    merged: list[list[int]] = []
+    for run in runs:
+        if merged:
+            gap = w.start_s[run[0]] - w.end_s[merged[-1][1]]
+            if gap <= 0 or gap < cfg.merge_gap_s:
+                merged[-1][1] = run[1]
+                continue
+        merged.append(run)
+    return [
+        (first, last)
+        for first, last in merged
+        if w.end_s[last] - w.start_s[first] >= cfg.min_event_s
+    ]
 
-    part = probs[:, anomaly]  # (N, anomaly classes)
-    found: list[tuple[str, int, int]] = []  # (label, first, last)
+
+_ANOMALY = [CLASS_NAMES.index(c) for c in ANOMALY_CLASSES]
+
+
+def _found(w: _Windows, cfg: TimelineConfig) -> list[tuple[str, int, int]]:
+    """(label, first, last window) of each event under ``cfg.mode``."""
+    part = w.probs[:, _ANOMALY]  # (N, anomaly classes)
+    found: list[tuple[str, int, int]] = []
     if cfg.mode == "incident":
-        for first, last in spans(window_level(part, "incident"), start=part.max(axis=1)):
+        for first, last in _spans(w, cfg, window_level(part, "incident"), start=part.max(axis=1)):
             votes = part[first : last + 1].sum(axis=0)  # (anomaly classes,)
             found.append((ANOMALY_CLASSES[int(np.argmax(votes))], first, last))
     else:
         for label in ANOMALY_CLASSES:
-            found += [(label, f, la) for f, la in spans(probs[:, CLASS_NAMES.index(label)])]
+            track = w.probs[:, CLASS_NAMES.index(label)]  # (N,)
+            found += [(label, f, la) for f, la in _spans(w, cfg, track)]
+    return found
 
+
+def _incident_thumbnail_window(
+    w: _Windows, cfg: TimelineConfig, first: int, last: int, scores: np.ndarray, peak: int
+) -> int:
+    """The window whose thumbnail an incident shows: the peak among the windows at or above
+    exit (the scan makes thumbnails only for those; a window in a merged gap is below it)."""
+    part = w.probs[:, _ANOMALY]  # (N, anomaly classes)
+    level = window_level(part[first : last + 1], "incident")  # (n,)
+    if (level >= cfg.exit).any():
+        return first + int(np.argmax(np.where(level >= cfg.exit, scores, -1.0)))
+    # smoothing can start a run beside the raw window that set it off (a lone spike spread
+    # over its neighbours): show that window, the nearest one above exit within the
+    # smoothing reach
+    reach = cfg.smooth_windows // 2
+    lo, hi = max(first - reach, 0), min(last + reach, len(part) - 1)
+    near = window_level(part[lo : hi + 1], "incident")  # (m,)
+    if (near >= cfg.exit).any():
+        return lo + int(np.argmax(np.where(near >= cfg.exit, near, -1.0)))
+    return peak
+
+
+def _events_one_source(
+    windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails
+) -> list[dict]:
+    w = _Windows.of(windows)
     rows: list[dict] = []
-    for label, first, last in found:
-        s, e = float(start_s[first]), float(end_s[last])
-        scores = probs[first : last + 1, CLASS_NAMES.index(label)]  # raw, (n,)
+    for label, first, last in _found(w, cfg):
+        s, e = float(w.start_s[first]), float(w.end_s[last])
+        scores = w.probs[first : last + 1, CLASS_NAMES.index(label)]  # raw, (n,)
         peak = first + int(np.argmax(scores))
         if cfg.mode == "incident":
-            # the thumbnail's window: the peak among the windows at or above exit (the scan
-            # makes thumbnails only for those; a window in a merged gap is below it)
-            level = window_level(part[first : last + 1], "incident")  # (n,)
-            if (level >= cfg.exit).any():
-                peak = first + int(np.argmax(np.where(level >= cfg.exit, scores, -1.0)))
-            else:
-                # smoothing can start a run beside the raw window that set it off (a lone
-                # spike spread over its neighbours): show that window, the nearest one above
-                # exit within the smoothing reach
-                reach = cfg.smooth_windows // 2
-                lo, hi = max(first - reach, 0), min(last + reach, len(part) - 1)
-                near = window_level(part[lo : hi + 1], "incident")  # (m,)
-                if (near >= cfg.exit).any():
-                    peak = lo + int(np.argmax(np.where(near >= cfg.exit, near, -1.0)))
+            peak = _incident_thumbnail_window(w, cfg, first, last, scores, peak)
         rows.append(
             {
-                "event_id": event_id(source_uri, label, s, model_id),
-                "source_uri": source_uri,
-                "camera": camera,
+                "event_id": event_id(w.source_uri, label, s, w.model_id),
+                "source_uri": w.source_uri,
+                "camera": w.camera,
                 "label": label,
                 "start_s": s,
                 "end_s": e,
-                "start_time": start_time[first],
-                "end_time": end_time[last],
+                "start_time": w.start_time[first],
+                "end_time": w.end_time[last],
                 "peak_score": float(scores.max()),
                 "mean_score": float(scores.mean()),
                 "n_windows": last - first + 1,
-                "thumbnail": _thumbnail(thumbnails, int(idx[peak])),
-                "model_id": model_id,
-                "scan_id": scan_id,
+                "thumbnail": _thumbnail(thumbnails, int(w.index[peak])),
+                "model_id": w.model_id,
+                "scan_id": w.scan_id,
             }
         )
     return rows
