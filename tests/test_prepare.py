@@ -81,6 +81,8 @@ def test_empty_eval_and_val_split(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "has no 'test' clips" in err and "train (3)" in err
     err = _run_error(["train", str(data), "--out", str(tmp_path / "run")], capsys)
     assert "no 'val' or 'test' clips" in err
+    argv = ["evaluate", str(tmp_path / "m.avrl"), "--data", str(data), "--patch", "temporal"]
+    assert "--patch needs --ratio in (0, 1]" in _run_error(argv, capsys)
 
 
 def test_geometry_mismatch_and_missing_data(
@@ -99,3 +101,25 @@ def test_clip_uris_resolve_against_the_manifest_folder() -> None:
     assert resolve_clip_uri("s3://b/p/m.csv", "clips/a.mp4") == "s3://b/p/clips/a.mp4"
     assert resolve_clip_uri("s3://b/p/m.csv", "s3://o/x.mp4") == "s3://o/x.mp4"
     assert resolve_clip_uri("m.csv", "a.mp4") == "a.mp4"
+
+
+def test_train_config_gives_the_cli_defaults_of_a_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avrl_batch.config import ADAM_LR, TrainConfig, train_config
+    from avrl_batch.errors import ConfigError
+
+    # from-scratch presets train with Adam at ADAM_LR; the others with the paper's SGD
+    assert train_config("tiny") == TrainConfig(optimizer="adam", lr=ADAM_LR)
+    assert train_config("tiny96", epochs=3).optimizer == "adam"
+    assert train_config("paper") == TrainConfig()
+    assert train_config("small", optimizer="adam") == TrainConfig(optimizer="adam", lr=ADAM_LR)
+    assert train_config("tiny", lr=0.05, optimizer="sgd") == TrainConfig(lr=0.05)
+    assert train_config("tiny", seed=None).seed == TrainConfig().seed  # None: the default
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        train_config("huge")
+    with pytest.raises(ConfigError, match=r"--audio-dropout must be in \[0, 1\), got 1.0"):
+        train_config("tiny", audio_dropout=1.0)
+    data = _train_only_dataset(tmp_path / "prep")
+    argv = ["train", str(data), "--out", str(tmp_path / "r"), "--audio-dropout", "1"]
+    assert "--audio-dropout must be in [0, 1)" in _run_error(argv, capsys)

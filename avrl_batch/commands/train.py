@@ -211,11 +211,8 @@ def evaluate_cmd(
 
     Example: avrl evaluate runs/av/model.avrl --data prepared --compare runs/video/model.avrl
     """
-    from avrl_batch.errors import ConfigError
     from avrl_batch.train.evaluate import evaluate, plot_confusion, results_table
 
-    if patch is not None and ratio <= 0:
-        raise ConfigError("--patch needs --ratio in (0, 1], e.g. --ratio 0.5")
     results = evaluate(
         [model, *compare],
         data,

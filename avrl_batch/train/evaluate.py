@@ -184,6 +184,8 @@ def evaluate(
     endpoint_url: str | None = None,
 ) -> list[EvalResult]:
     """Evaluate each model on the same clips (and the same occlusions); one result per model."""
+    if patch is not None and ratio <= 0:
+        raise ConfigError("--patch needs --ratio in (0, 1], e.g. --ratio 0.5")
     prepared = load_prepared(data_uri, endpoint_url=endpoint_url)
     clips = select_clips(prepared, split, subset, endpoint_url=endpoint_url)
     clips["frames"] = occlude(clips["frames"], patch, ratio, seed)
