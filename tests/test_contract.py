@@ -188,7 +188,7 @@ def test_unwritable_output_is_a_one_line_error(
 
 def test_truth_match_counts_only_this_models_events(tmp_path: Path) -> None:
     """Two models scanned into one OUT: F1 of model B must not count model A's events."""
-    from avrl_batch.commands.scan import _match
+    from avrl_batch.scan.matching import match_output
 
     out = tmp_path / "out"
     uri = str(tmp_path / "cam01" / "cam01_20260301T080000Z.mp4")
@@ -208,7 +208,7 @@ def test_truth_match_counts_only_this_models_events(tmp_path: Path) -> None:
         ),
         truth,
     )
-    m = _match(str(out), str(truth), None, model_id=MODEL_B, sources=[uri])
+    m = match_output(str(out), str(truth), model_id=MODEL_B, sources=[uri])
     assert (m["tp"], m["fp"], m["fn"]) == (1, 0, 0), m
     assert m["f1"] == 1.0
 

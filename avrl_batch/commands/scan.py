@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -75,40 +74,16 @@ def scan(
 
     Example: avrl scan s3://cams/2026/ --model model.avrl --out s3://cams-scans/ --segment 600
     """
-    from dataclasses import replace
-
-    from avrl_batch.errors import ConfigError
     from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan
 
-    tl = TimelineConfig(mode=timeline)
-    # name the options (TimelineConfig speaks of fields): `--enter 0.3` alone is below the
-    # default --exit, and the user must learn that --exit is the other half
-    enter_v = tl.enter if enter is None else enter
-    exit_v = tl.exit if exit_ is None else exit_
-    if not 0.0 <= exit_v <= enter_v <= 1.0:
-        raise ConfigError(
-            f"--exit {exit_v:g} and --enter {enter_v:g} must satisfy 0 <= --exit <= --enter <= 1 "
-            f"(defaults: --enter {tl.enter:g}, --exit {tl.exit:g}); set both"
-        )
-    for name, value in (("--merge-gap", merge_gap), ("--min-event", min_event)):
-        if value is not None and not value >= 0:
-            raise ConfigError(f"{name} must be a number of seconds >= 0, got {value}")
-    if smooth is not None and smooth < 1:
-        raise ConfigError(f"--smooth must be a number of windows >= 1, got {smooth}")
-    tl = replace(
-        tl,
-        **{
-            k: v
-            for k, v in {
-                "enter": enter,
-                "exit": exit_,
-                "merge_gap_s": merge_gap,
-                "min_event_s": min_event,
-                "smooth_windows": smooth,
-            }.items()
-            if v is not None
-        },
-    )
+    overrides = {
+        "enter": enter,
+        "exit": exit_,
+        "merge_gap_s": merge_gap,
+        "min_event_s": min_event,
+        "smooth_windows": smooth,
+    }
+    tl = TimelineConfig(mode=timeline, **{k: v for k, v in overrides.items() if v is not None})
     cfg = ScanConfig(
         source=source,
         model=model,
@@ -138,11 +113,9 @@ def scan(
         summary = _run_with_progress(cfg, run_scan)
     result = summary.to_dict()
     if truth and not dry_run:
-        listed = [u for outcome in ("ok", "failed", "skipped")
-                  for u in result.get("sources", {}).get(outcome, [])]
-        result["match"] = _match(
-            out, truth, endpoint_url, model_id=result["model_id"], sources=listed
-        )
+        from avrl_batch.scan.matching import match_scan
+
+        result["match"] = match_scan(summary, truth, endpoint_url=endpoint_url)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
@@ -178,70 +151,6 @@ def _run_with_progress(cfg: Any, run_scan: Any) -> Any:
             )
 
         return run_scan(cfg, progress=on_progress)
-
-
-def _match(
-    out: str,
-    truth: str,
-    endpoint_url: str | None,
-    *,
-    model_id: str | None = None,
-    sources: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """F1 of the scan's events against ground truth at temporal IoU 0.3 (issue 5 point 5).
-
-    OUT may also hold other models' events (a rerun with a retrained model keeps both) and
-    other archives' sources: only events of ``model_id`` on ``sources`` (the sources this scan
-    listed) count, and only the truth of those sources (None: no restriction)."""
-    import io
-    import os
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from avrl_batch import storage
-    from avrl_batch.scan.matching import match_events
-    from avrl_batch.schema import EVENTS
-
-    files = storage.list_files(
-        storage.join(out, "events"), suffix=".parquet", endpoint_url=endpoint_url
-    )
-    tables = [
-        pq.read_table(io.BytesIO(storage.read_bytes(f, endpoint_url=endpoint_url)), schema=EVENTS)
-        for f in files
-    ]
-    pred = pa.concat_tables([EVENTS.empty_table(), *tables])
-    if model_id is not None:
-        pred = pred.filter(pc.equal(pred["model_id"], model_id))
-    if sources is not None:
-        pred = pred.filter(pc.is_in(pred["source_uri"], pa.array(list(sources), pa.string())))
-    from avrl_batch.data.synth import resolve_uri
-
-    data = storage.read_bytes(truth, endpoint_url=endpoint_url)
-    gt = (
-        pacsv.read_csv(io.BytesIO(data))
-        if truth.lower().endswith(".csv")
-        else pq.read_table(io.BytesIO(data))
-    )
-    # `avrl synth` writes URIs relative to the truth table's folder; the scan writes the
-    # canonical URIs that storage lists (absolute paths, s3://...)
-    base = truth if "://" in truth else os.path.abspath(truth)
-    uris = [resolve_uri(base, u) for u in gt.column("source_uri").to_pylist()]
-    gt = gt.set_column(gt.schema.get_field_index("source_uri"), "source_uri", pa.array(uris))
-    if sources is not None:
-        gt = gt.filter(pc.is_in(gt["source_uri"], pa.array(list(sources), pa.string())))
-    res = match_events(pred, gt, iou=0.3)
-    return {
-        "iou": 0.3,
-        "precision": round(res.precision, 4),
-        "recall": round(res.recall, 4),
-        "f1": round(res.f1, 4),
-        "tp": res.tp,
-        "fp": res.fp,
-        "fn": res.fn,
-    }
 
 
 def _print_summary(r: dict[str, Any]) -> None:

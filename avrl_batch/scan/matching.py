@@ -14,17 +14,24 @@ its file URI name the same recording.
 Empty cases: precision is 1 when nothing was predicted and recall is 1 when there was
 nothing to find (so no events and no truth score F1 = 1, and predictions with no truth
 score precision 0).
+
+:func:`match_scan` / :func:`match_output` score a scan's events (read from its output)
+against a ground-truth table: the figures ``avrl scan --truth`` prints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    from avrl_batch.scan.pipeline import ScanSummary
+
 _IOU_TOLERANCE = 1e-9
+SCAN_IOU = 0.3  # the temporal IoU at which a scan's events are scored
 
 
 @dataclass(frozen=True)
@@ -126,3 +133,100 @@ def match_events(
         )
     tp = len(pairs)
     return MatchResult(tp=tp, fp=len(p) - tp, fn=len(t) - tp, per_label=per_label, pairs=pairs)
+
+
+def match_scan(
+    summary: ScanSummary,
+    truth: str,
+    *,
+    endpoint_url: str | None = None,
+    iou: float = SCAN_IOU,
+) -> dict[str, Any]:
+    """:func:`match_output` for the scan ``summary`` describes: its model's events on the
+    sources it listed (scanned, failed or skipped as done before)."""
+    listed = [u for outcome in ("ok", "failed", "skipped")
+              for u in summary.sources.get(outcome, [])]
+    return match_output(
+        summary.out, truth, model_id=summary.model_id, sources=listed,
+        endpoint_url=endpoint_url, iou=iou,
+    )
+
+
+def match_output(
+    out: str,
+    truth: str,
+    *,
+    model_id: str,
+    sources: Sequence[str],
+    endpoint_url: str | None = None,
+    iou: float = SCAN_IOU,
+) -> dict[str, Any]:
+    """Precision, recall and F1 (and tp/fp/fn) of the events under the scan output ``out``
+    against ``truth`` (Parquet or CSV with source_uri, label, start_s, end_s; local or s3://)
+    at temporal IoU ``iou``.
+
+    ``out`` may also hold other models' events (a rerun with a retrained model keeps both)
+    and other archives' sources: only events of ``model_id`` on ``sources`` count, and only
+    the truth of those sources."""
+    pred = _scan_events(out, endpoint_url, model_id=model_id, sources=list(sources))
+    gt = _truth_events(truth, endpoint_url, sources=list(sources))
+    res = match_events(pred, gt, iou=iou)
+    return {
+        "iou": iou,
+        "precision": round(res.precision, 4),
+        "recall": round(res.recall, 4),
+        "f1": round(res.f1, 4),
+        "tp": res.tp,
+        "fp": res.fp,
+        "fn": res.fn,
+    }
+
+
+def _scan_events(
+    out: str, endpoint_url: str | None, *, model_id: str, sources: list[str]
+) -> pa.Table:
+    """Every events object under ``out`` (EVENTS schema), kept to ``model_id`` on ``sources``."""
+    import io
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from avrl_batch import storage
+    from avrl_batch.schema import EVENTS
+
+    files = storage.list_files(
+        storage.join(out, "events"), suffix=".parquet", endpoint_url=endpoint_url
+    )
+    tables = [
+        pq.read_table(io.BytesIO(storage.read_bytes(f, endpoint_url=endpoint_url)), schema=EVENTS)
+        for f in files
+    ]
+    pred = pa.concat_tables([EVENTS.empty_table(), *tables])
+    pred = pred.filter(pc.equal(pred["model_id"], model_id))
+    return pred.filter(pc.is_in(pred["source_uri"], pa.array(sources, pa.string())))
+
+
+def _truth_events(truth: str, endpoint_url: str | None, *, sources: list[str]) -> pa.Table:
+    """The ground-truth table with canonical source URIs, kept to ``sources``."""
+    import io
+    import os
+
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from avrl_batch import storage
+    from avrl_batch.data.synth import resolve_uri
+
+    data = storage.read_bytes(truth, endpoint_url=endpoint_url)
+    gt = (
+        pacsv.read_csv(io.BytesIO(data))
+        if truth.lower().endswith(".csv")
+        else pq.read_table(io.BytesIO(data))
+    )
+    # `avrl synth` writes URIs relative to the truth table's folder; the scan writes the
+    # canonical URIs that storage lists (absolute paths, s3://...)
+    base = truth if "://" in truth else os.path.abspath(truth)
+    uris = [resolve_uri(base, u) for u in gt.column("source_uri").to_pylist()]
+    gt = gt.set_column(gt.schema.get_field_index("source_uri"), "source_uri", pa.array(uris))
+    return gt.filter(pc.is_in(gt["source_uri"], pa.array(sources, pa.string())))

@@ -63,6 +63,8 @@ from avrl_batch.errors import ConfigError
 from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, EVENTS
 
 TIMELINE_MODES = ("incident", "class")
+DEFAULT_ENTER = 0.6  # probability at which an event starts
+DEFAULT_EXIT = 0.4  # probability below which it ends
 Thumbnails = Callable[[int], "bytes | None"] | Mapping[int, "bytes | None"] | None
 
 
@@ -74,9 +76,9 @@ class TimelineConfig:
     # "class": each anomaly class tracked on its own (events of different classes may overlap)
     mode: str = "incident"
     # start an event when the class (incident: anomaly) probability reaches this ...
-    enter: float = 0.6
+    enter: float = DEFAULT_ENTER
     # ... and keep it while it stays at or above this (hysteresis: no flicker around one value)
-    exit: float = 0.4
+    exit: float = DEFAULT_EXIT
     # events closer than this (seconds between one's end and the next's start; same class in
     # "class" mode) are one event: a chase does not become two because the runners were out of
     # sight for a window or two
@@ -88,19 +90,25 @@ class TimelineConfig:
     smooth_windows: int = 1
 
     def __post_init__(self) -> None:
+        # messages name the `avrl scan` options: `--enter 0.3` alone is below the default
+        # --exit, and the user must learn that --exit is the other half
         if self.mode not in TIMELINE_MODES:
             raise ConfigError(
                 f"unknown timeline mode {self.mode!r}; choose one of {', '.join(TIMELINE_MODES)}"
             )
         if not 0.0 <= self.exit <= self.enter <= 1.0:
             raise ConfigError(
-                f"timeline thresholds need 0 <= exit <= enter <= 1 "
-                f"(got enter={self.enter}, exit={self.exit})"
+                f"--exit {self.exit:g} and --enter {self.enter:g} must satisfy "
+                f"0 <= --exit <= --enter <= 1 (defaults: --enter {DEFAULT_ENTER:g}, "
+                f"--exit {DEFAULT_EXIT:g}); set both"
             )
+        for name, value in (("--merge-gap", self.merge_gap_s), ("--min-event", self.min_event_s)):
+            if not value >= 0:
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value}")
         if self.smooth_windows < 1:
-            raise ConfigError(f"smooth_windows must be >= 1 (got {self.smooth_windows})")
-        if self.min_event_s < 0:
-            raise ConfigError(f"min_event_s must be >= 0 (got {self.min_event_s})")
+            raise ConfigError(
+                f"--smooth must be a number of windows >= 1, got {self.smooth_windows}"
+            )
 
 
 def event_id(source_uri: str, label: str, start_s: float, model_id: str) -> str:
