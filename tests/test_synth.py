@@ -1,4 +1,4 @@
-"""The synthetic footage generator: determinism, manifest, media and ground truth (issue 3)."""
+"""The synthetic footage generator: determinism, manifest, media and ground truth."""
 
 from __future__ import annotations
 
@@ -123,6 +123,35 @@ def test_recordings_names_ground_truth_and_silent_one(ci_twice: tuple[Path, Path
         spans.sort()
         # separated by normal footage
         assert all(b[0] - a[1] >= 4.0 for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_cuecheck_scores_each_modality_on_the_clips(ci_twice: tuple[Path, Path]) -> None:
+    """`python -m avrl_batch.data.cuecheck MANIFEST`: one accuracy row per feature set over
+    the manifest's test clips, and on the ci clips audio + video beats video alone."""
+    import subprocess
+    import sys
+
+    manifest = ci_twice[0] / "manifest.parquet"
+    done = subprocess.run(
+        [sys.executable, "-m", "avrl_batch.data.cuecheck", str(manifest)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    rows = pq.read_table(manifest).to_pylist()
+    test = [r for r in rows if r["split"] == "test"]
+    n_train, n_test, n_dark = len(rows) - len(test), len(test), sum(r["dark"] for r in test)
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"clips: {n_train} train, {n_test} test ({n_dark} dark)"
+    accuracy = {}
+    for line in lines:
+        m = re.fullmatch(r"(audio|video|both) +([\d.]+) +([\d.]+) +([\d.]+)", line)
+        if m:
+            accuracy[m[1]] = [float(x) for x in m.groups()[1:]]
+    assert set(accuracy) == {"audio", "video", "both"}
+    assert all(0.0 <= a <= 100.0 for accs in accuracy.values() for a in accs)
+    assert accuracy["both"][0] > accuracy["video"][0]
+    gain = re.search(r"both - video: ([+-][\d.]+) all", done.stdout)
+    both_minus_video = accuracy["both"][0] - accuracy["video"][0]
+    assert gain and float(gain[1]) == pytest.approx(both_minus_video, abs=0.15)
 
 
 def test_cue_design_dark_hides_video_and_keeps_audio() -> None:
