@@ -229,12 +229,30 @@ def test_enter_below_the_default_exit_names_the_option(
 # ---- help ---------------------------------------------------------------------------------
 
 
+def _command_paths(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command of a click group as the words that run it, sub-commands of groups
+    included (a group has ``commands``: typer's vendored click and click alike)."""
+    paths = []
+    for name, command in sorted(group.commands.items()):  # type: ignore[attr-defined]
+        if hasattr(command, "commands"):
+            paths += _command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
 def test_every_command_has_an_example(capfd: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from avrl_batch import cli
+
     code, out, _ = avrl(capfd, "--help")
     assert code == 0
-    commands = ["query", "report", "scan", "info", "import-weights", "probe"]
+    cli._register_commands()
+    commands = _command_paths(typer.main.get_command(cli.app))
+    assert {("scan",), ("query",), ("bench", "scan"), ("submit", "train")} <= set(commands)
     for cmd in commands:
-        code, text, err = avrl(capfd, cmd, "--help")
+        code, text, err = avrl(capfd, *cmd, "--help")
         assert code == 0, err
         assert "Example" in text, cmd
     _, text, _ = avrl(capfd, "import-weights", "--help")
