@@ -1,4 +1,4 @@
-"""Query a scan's output tree (DESIGN.md §4) with DuckDB, locally or on S3.
+"""Query a scan's output tree (docs/design.md §6) with DuckDB, locally or on S3.
 
 How a query runs:
 

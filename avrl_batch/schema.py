@@ -1,4 +1,4 @@
-"""Class names and the one Arrow schema per table (DESIGN.md §4).
+"""Class names and the one Arrow schema per table (docs/design.md §6).
 
 Writers, readers and tests all use these objects; nothing else declares columns.
 """

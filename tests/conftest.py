@@ -99,7 +99,7 @@ FIGURES_ENV = "AVRL_FIGURES_DIR"
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Callable[[dict], None]:
-    """Records a test's figures for the README (issue 8): always printed (seen with -s), and
+    """Records a test's figures for the README: always printed (seen with -s), and
     written as JSON to $AVRL_FIGURES_DIR/<test name>.json when that is set."""
 
     def record(data: dict) -> None:

@@ -1,4 +1,4 @@
-"""A realistic small scan output tree (DESIGN.md §4) for the query and report tests.
+"""A realistic small scan output tree (docs/design.md §6) for the query and report tests.
 
 Windows carry probabilities with embedded anomalies; events come from the real timeline
 code (with real JPEG thumbnails of the peak windows); errors and a scan manifest are there

@@ -135,9 +135,9 @@ def test_load_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 
 
 def test_windows_reach_the_end_of_an_mjpeg_file(tmp_path: Path) -> None:
-    """Regression: when the last window's sample times lie past the last video frame, the
-    end-of-file flush used to raise EOFError (FFmpeg drained twice) and an intact MJPEG/MKV
-    recording was reported as Truncated, failing its whole scan."""
+    """The last window's sample times lie past the last video frame: the end-of-file flush
+    drains FFmpeg once (a second drain raises EOFError), so an intact MJPEG/MKV recording is
+    not reported as Truncated and its scan does not fail."""
     from avrl_batch.bench.decode import windowed_decode
 
     path = make_footage(tmp_path, "mjpeg-720p", 2.0)  # Matroska declares 2.021 s (audio)

@@ -1,7 +1,7 @@
 """Storage: the same behaviour through a local path, a file:// URI and S3 (a real moto server).
 
-Issue 3 (storage; acceptance 2's bytes-read half and 5) and issue 8 point 6 (key safety,
-credentials never in errors or logs).
+Listing, ranged reads (only the bytes asked for are fetched), whole writes, key safety, and
+credentials never in errors or logs.
 """
 
 from __future__ import annotations
@@ -471,7 +471,7 @@ def test_pyarrow_filesystem_reads_what_we_wrote(
 
 
 # ---------------------------------------------------------------------------------------------
-# key safety and credentials (issue 8 point 6)
+# key safety and credentials
 
 UNSAFE_PARTS = [
     "../x", "/abs", "a/../../b", "%2e%2e/x", "%2E%2e%2fx", "%252e%252e/x", "a\\..\\b",

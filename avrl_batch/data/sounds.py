@@ -176,8 +176,8 @@ def whistle_or_siren(
 def thud(rng: np.random.Generator, n: int, sr: int, t0: float) -> np.ndarray:
     """A body hitting the ground: a low decaying sine plus the impact's noise burst (knockdown).
 
-    Both sit inside VGGish's mel range (125 Hz - 7.5 kHz): an earlier 50-110 Hz thud with
-    20-400 Hz noise was mostly below it, so the network could barely hear a knockdown."""
+    Both sit inside VGGish's mel range (125 Hz - 7.5 kHz): a 50-110 Hz thud with 20-400 Hz
+    noise would lie mostly below it, and the network could barely hear a knockdown."""
     out = np.zeros(n)
     length = int(0.5 * sr)
     tau = rng.uniform(0.05, 0.14)

@@ -77,7 +77,7 @@ SYNTH_PRESETS: dict[str, SynthPreset] = {
     # chase (two runners) from a run (one) among the passers-by (AV 78% of mean per-class
     # accuracy, chase mostly called run); with 200 it reached 92% (plain loop, 15 epochs)
     "bench": SynthPreset("bench", 96, 96, 10, 2.0, 200, 20, 0.3, 3, 10.0, 12, 3.0, 16_000),
-    # paper-like geometry (DESIGN.md §2: 4 s windows), fewer clips
+    # paper-like geometry (docs/design.md §2: 4 s windows), fewer clips
     "paper-size": SynthPreset("paper-size", 320, 240, 25, 4.0, 10, 5, 0.3, 2, 5.0, 6, 2.0, 48_000),
 }
 

@@ -1,4 +1,4 @@
-"""AVRL: the video branch, the audio branch, their fusion and the Table I head (DESIGN.md §2).
+"""AVRL: the video branch, the audio branch, their fusion and the Table I head (docs/design.md §2).
 
 Fusion strategies (``ModelConfig.fusion``; only used when ``modality == "av"``):
 
