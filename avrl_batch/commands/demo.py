@@ -33,7 +33,7 @@ def demo(
     from rich.console import Console
 
     console = Console(stderr=True)
-    where = _Places(workdir.resolve())
+    where = _Places.under(workdir.resolve())
     steps = _steps(where, epochs=epochs, workers=workers, seed=seed)
     if where.model.exists():
         # a previous demo trained here already: reuse its model (delete WORKDIR to retrain)
@@ -47,31 +47,20 @@ def demo(
 class _Places:
     """Where each step of the demo writes, under WORKDIR."""
 
-    workdir: Path
+    data: Path  # footage + ground truth
+    prepared: Path
+    run: Path
+    model: Path
+    scans: Path
+    html: Path
 
-    @property
-    def data(self) -> Path:
-        return self.workdir / "footage"
-
-    @property
-    def prepared(self) -> Path:
-        return self.workdir / "prepared"
-
-    @property
-    def run(self) -> Path:
-        return self.workdir / "run"
-
-    @property
-    def model(self) -> Path:
-        return self.run / "model.avrl"
-
-    @property
-    def scans(self) -> Path:
-        return self.workdir / "scans"
-
-    @property
-    def html(self) -> Path:
-        return self.workdir / "report.html"
+    @classmethod
+    def under(cls, workdir: Path) -> _Places:
+        run = workdir / "run"
+        return cls(
+            workdir / "footage", workdir / "prepared", run, run / "model.avrl",
+            workdir / "scans", workdir / "report.html",
+        )
 
 
 def _steps(where: _Places, *, epochs: int, workers: int, seed: int) -> list[tuple[str, list[str]]]:
