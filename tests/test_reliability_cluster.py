@@ -1,9 +1,8 @@
 """The scan and training on a ray.cluster_utils.Cluster (one per module, shared by the tests):
-issue 5 acceptance 3 (inference actors on the node that declares a GPU, decoding on the
-others, worker nodes lost mid-scan) and issue 8 point 4 (repeated worker-node loss during a
-scan and during training, with runtimes with and without failures); plus `avrl evaluate` and
-`avrl scan --model` refusing a pickle payload (issue 8 point 6), which needs the prepared data
-set made here.
+inference actors on the node that declares a GPU and decoding on the others, repeated
+worker-node loss during a scan and during training (with runtimes with and without
+failures); plus `avrl evaluate` and `avrl scan --model` refusing a pickle payload, which needs
+the prepared data set made here.
 
 Nodes are removed without grace (their processes are killed, as when a machine dies); in the
 scan a fresh node joins after each loss, as an autoscaler would bring one. The tests record

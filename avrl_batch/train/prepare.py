@@ -310,59 +310,24 @@ def prepare(
 
     Corrupt or unreadable clips are skipped and listed (``log`` and ``skipped`` in the JSON).
     """
-    import ray
-    from ray.data.expressions import col
-
     from avrl_batch.cluster import connect, quiet_ray_data
 
-    rows = read_manifest(manifest_uri, cfg.class_names, endpoint_url=endpoint_url)
-    if not any(r["split"] == "train" for r in rows):
-        raise DataError(f"{manifest_uri}: no clips in the 'train' split; label some as split=train")
-    moved = carve_val(rows, val_fraction)
-    # manifests are usually grouped by class; shards in that order would feed SGD single-class
-    # batches wherever the trainer can only shuffle locally (large, streamed data sets)
-    random.Random(0).shuffle(rows)
-
+    rows, moved = _training_rows(manifest_uri, cfg, val_fraction, endpoint_url)
     connect(address)
     quiet_ray_data()
-    geometry = {"frames": cfg.frames, "size": cfg.size, "audio_examples": cfg.audio_examples}
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 64))
-    # shards keep the shuffled manifest order rather than task-completion order, so preparing
-    # one manifest twice gives the same shards and `avrl train --seed` the same model; the
-    # setting is this dataset's (and its descendants'), not the process's
-    ds.context.execution_options.preserve_order = True
-    ds = ds.map(_decode_row, fn_kwargs={**geometry, "endpoint_url": endpoint_url})
-    ds = ds.materialize()  # decoded once; metadata and shards are both read from it
-
+    ds = _decode(rows, cfg, endpoint_url)
     meta = ds.select_columns(["uri", "label", "split", "error"]).take_all()
     skipped = [{"uri": m["uri"], "reason": m["error"]} for m in meta if m["error"]]
     for s in skipped:
         log(f"skipped corrupt clip {s['uri']}: {s['reason']}")
     good = [m for m in meta if not m["error"]]
-    counts: dict[str, dict[str, int]] = {}
-    for (split, label), n in sorted(Counter((m["split"], int(m["label"])) for m in good).items()):
-        counts.setdefault(split, {})[cfg.class_names[label]] = n
+    counts = _counts(good, cfg.class_names)
     if not counts.get("train"):
         raise DataError(
             f"{manifest_uri}: no usable 'train' clips ({len(skipped)} skipped as unreadable)"
         )
-
     prepare_id = uuid.uuid4().hex[:12]
-    shard_root = storage.join(out_uri, "shards", prepare_id)
-    fs, fs_path = storage.filesystem(shard_root, endpoint_url=endpoint_url)
-    (
-        ds.filter(expr=col("error") == "")
-        .drop_columns(["error"])
-        .repartition(max(1, len(good) // 256))  # ~256 clips a shard, not one file per task
-        .write_parquet(fs_path, filesystem=fs, partition_cols=["split"])
-    )
-    prefix = out_uri.rstrip("/") + "/"
-    shards: dict[str, list[str]] = {}
-    for split in counts:
-        files = storage.list_files(
-            storage.join(shard_root, f"split={split}"), suffix=".parquet", endpoint_url=endpoint_url
-        )
-        shards[split] = [_relative(f, prefix, out_uri) for f in files]
+    shards = _write_shards(ds, out_uri, prepare_id, list(counts), len(good), endpoint_url)
     prepared = PreparedData(
         uri=out_uri,
         prepare_id=prepare_id,
@@ -383,6 +348,73 @@ def prepare(
         storage.join(out_uri, PREPARED_NAME), prepared.to_json().encode(), endpoint_url=endpoint_url
     )
     return prepared
+
+
+def _training_rows(
+    manifest_uri: str, cfg: ModelConfig, val_fraction: float, endpoint_url: str | None
+) -> tuple[list[dict[str, Any]], int]:
+    """The manifest's rows with a val split carved from train if it has none, in a fixed
+    shuffled order; and how many clips moved to val."""
+    rows = read_manifest(manifest_uri, cfg.class_names, endpoint_url=endpoint_url)
+    if not any(r["split"] == "train" for r in rows):
+        raise DataError(f"{manifest_uri}: no clips in the 'train' split; label some as split=train")
+    moved = carve_val(rows, val_fraction)
+    # manifests are usually grouped by class; shards in that order would feed SGD single-class
+    # batches wherever the trainer can only shuffle locally (large, streamed data sets)
+    random.Random(0).shuffle(rows)
+    return rows, moved
+
+
+def _decode(rows: list[dict[str, Any]], cfg: ModelConfig, endpoint_url: str | None) -> Any:
+    """Every row decoded once (``_decode_row``) into a materialised Ray dataset, in row order."""
+    import ray.data
+
+    geometry = {"frames": cfg.frames, "size": cfg.size, "audio_examples": cfg.audio_examples}
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 64))
+    # shards keep the shuffled manifest order rather than task-completion order, so preparing
+    # one manifest twice gives the same shards and `avrl train --seed` the same model; the
+    # setting is this dataset's (and its descendants'), not the process's
+    ds.context.execution_options.preserve_order = True
+    ds = ds.map(_decode_row, fn_kwargs={**geometry, "endpoint_url": endpoint_url})
+    return ds.materialize()  # decoded once; metadata and shards are both read from it
+
+
+def _counts(good: list[dict[str, Any]], class_names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """split -> label -> clips of the decoded rows, in sorted (split, label index) order."""
+    counts: dict[str, dict[str, int]] = {}
+    for (split, label), n in sorted(Counter((m["split"], int(m["label"])) for m in good).items()):
+        counts.setdefault(split, {})[class_names[label]] = n
+    return counts
+
+
+def _write_shards(
+    ds: Any,
+    out_uri: str,
+    prepare_id: str,
+    splits: list[str],
+    n_good: int,
+    endpoint_url: str | None,
+) -> dict[str, list[str]]:
+    """The readable clips as Parquet shards under OUT/shards/<prepare_id>/split=<split>/;
+    returns split -> shard files relative to ``out_uri``."""
+    from ray.data.expressions import col
+
+    shard_root = storage.join(out_uri, "shards", prepare_id)
+    fs, fs_path = storage.filesystem(shard_root, endpoint_url=endpoint_url)
+    (
+        ds.filter(expr=col("error") == "")
+        .drop_columns(["error"])
+        .repartition(max(1, n_good // 256))  # ~256 clips a shard, not one file per task
+        .write_parquet(fs_path, filesystem=fs, partition_cols=["split"])
+    )
+    prefix = out_uri.rstrip("/") + "/"
+    shards: dict[str, list[str]] = {}
+    for split in splits:
+        files = storage.list_files(
+            storage.join(shard_root, f"split={split}"), suffix=".parquet", endpoint_url=endpoint_url
+        )
+        shards[split] = [_relative(f, prefix, out_uri) for f in files]
+    return shards
 
 
 def _relative(file_uri: str, prefix: str, out_uri: str) -> str:
