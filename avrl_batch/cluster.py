@@ -62,6 +62,13 @@ def connect(
         # "local", not None: ray.init() without an address joins whatever cluster the last
         # `ray start` on this machine announced in /tmp/ray (someone else's, in a shared CI
         # box); a local run must get a private Ray of its own.
+        # Ray turns token authentication on for a cluster it starts and logs a banner on how
+        # to opt out; for this private Ray token auth is what we want, so the banner says
+        # nothing a user should act on. RAY_AUTH_MODE (set explicitly, no banner) cannot be
+        # used: Ray reads it once, when it is imported.
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = auth_log.level
+        auth_log.setLevel(logging.ERROR)
         try:
             ray.init(
                 address="local",
@@ -76,6 +83,8 @@ def connect(
                 f"could not start a local Ray ({first}); the machine may be overloaded or out "
                 "of memory: retry, or join a running cluster with --address"
             ) from None
+        finally:
+            auth_log.setLevel(level)
         return
     try:
         ray.init(address=address, **common)
@@ -96,3 +105,5 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     for name in ("ray.data", "ray.train", "ray.util"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # its only warning is that the bars are off, which is the point
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

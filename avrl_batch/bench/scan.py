@@ -175,10 +175,7 @@ def scan_once(
     """
     import os
 
-    import ray
-
-    from avrl_batch.cluster import connect
-    from avrl_batch.scan.pipeline import run_scan
+    from avrl_batch.scan.pipeline import private_local_ray, run_scan
     from avrl_batch.scan.plan import DEFAULT_BATCH_SIZE, DEFAULT_SEGMENT_S, ScanConfig
 
     shutil.rmtree(out, ignore_errors=True)  # a finished output would be skipped, not scanned
@@ -189,8 +186,6 @@ def scan_once(
         segment_s=segment_s or DEFAULT_SEGMENT_S,
         batch_size=batch_size or DEFAULT_BATCH_SIZE,
     )
-    if ray.is_initialized():
-        ray.shutdown()
     # Ray runs its workers at nice 15 by default (to keep the raylet responsive). On a
     # dedicated node that changes nothing, but on a shared one it hands the scan's decode
     # tasks and actor a sliver of the CPU next to any nice-0 process (the naive baseline
@@ -199,17 +194,13 @@ def scan_once(
     os.environ.setdefault("RAY_worker_niceness", "0")
     t0 = time.perf_counter()
     c0 = cpu_seconds()
-    with RssSampler() as sampler:
-        connect(None, num_cpus=workers + 1)
+    with RssSampler() as sampler, private_local_ray(workers + 1):
         # the raylet forks every worker, so pinning it (and the workers it prestarted) pins
         # the scan to `workers` cores; GCS and the driver stay free (they start Ray, which on
         # a loaded single core can exceed Ray's start-up timeout)
         pin_ray_workers(workers)
         t1 = time.perf_counter()
-        try:
-            summary = run_scan(cfg)
-        finally:
-            ray.shutdown()
+        summary = run_scan(cfg)
     wall = time.perf_counter() - t0
     driver_cpu = cpu_seconds() - c0
     shutil.rmtree(out, ignore_errors=True)

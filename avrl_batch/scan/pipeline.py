@@ -12,9 +12,10 @@ the driver is bounded by the sources in flight, not by the archive.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -94,6 +95,23 @@ def _ensure_ray(address: str | None) -> bool:
         return False
     connect(address)
     return True
+
+
+@contextlib.contextmanager
+def private_local_ray(num_cpus: int) -> Iterator[None]:
+    """A fresh private local Ray of ``num_cpus`` CPUs for the block (one this process had is
+    shut down first), shut down after it: a scan measured from a clean start."""
+    import ray
+
+    from avrl_batch.cluster import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(None, num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _decode_rows(
