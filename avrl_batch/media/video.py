@@ -128,22 +128,13 @@ def iter_windows(
     with wrap_errors(name, stage="decoding"):
         container = open_container(src, name)
         try:
-            info = inspect(container, name, caps)
-            yield from _scan(
-                container,
-                name,
-                caps,
-                file_end_s=info.duration_s,
-                start_s=start_s,
-                end_s=end_s,
-                window_s=window_s,
-                stride_s=stride_s,
-                frames=frames,
-                size=size,
-                audio=audio,
-                n_examples=n_examples or logmel.examples_for_duration(window_s),
-                stats=stats,
-            )
+            file_end_s = inspect(container, name, caps).duration_s
+            pending = _plan_windows(start_s, end_s, file_end_s, window_s, stride_s, frames)
+            if pending:
+                examples = n_examples or logmel.examples_for_duration(window_s)
+                scan = _SegmentScan(container, name, caps, pending, size, audio, examples, stats)
+                scan.seek(start_s)
+                yield from scan.run(start_s, file_end_s)
         finally:
             container.close()
 
@@ -192,40 +183,21 @@ class _Pending:
     filled: int = 0
 
 
-def _scan(
-    container: Any,
-    name: str,
-    caps: MediaCaps,
-    *,
-    file_end_s: float,
-    start_s: float,
-    end_s: float,
-    window_s: float,
-    stride_s: float,
+def _plan_windows(
+    start_s: float, end_s: float, file_end_s: float, window_s: float, stride_s: float,
     frames: int,
-    size: int,
-    audio: bool,
-    n_examples: int,
-    stats: DecodeStats,
-) -> Iterator[Window]:
-    # plan: window starts in [start_s, min(end_s, file end))
+) -> list[_Pending]:
+    """The windows that start in [start_s, min(end_s, file end)), each cut at the file's end,
+    with their T sample times."""
     stop = min(end_s, file_end_s)
     n_windows = max(0, int(np.ceil((stop - start_s) / stride_s - 1e-9)))
-    if n_windows == 0:
-        return
-    pending = [
-        _pending(k, start_s + k * stride_s, window_s, file_end_s, frames) for k in range(n_windows)
-    ]
-    scan = _SegmentScan(container, name, caps, pending, size, audio, n_examples, stats)
-    scan.seek(start_s)
-    yield from scan.run(start_s, file_end_s)
-
-
-def _pending(k: int, ws: float, window_s: float, file_end_s: float, frames: int) -> _Pending:
-    """Window k, starting at ``ws`` and cut at the file's end, with its T sample times."""
-    we = min(ws + window_s, file_end_s)
-    times = sample_times(ws, we, frames)
-    return _Pending(k, ws, we, times, [None] * frames, np.zeros(frames, np.float64))
+    pending = []
+    for k in range(n_windows):
+        ws = start_s + k * stride_s
+        we = min(ws + window_s, file_end_s)
+        times = sample_times(ws, we, frames)
+        pending.append(_Pending(k, ws, we, times, [None] * frames, np.zeros(frames, np.float64)))
+    return pending
 
 
 class _SegmentScan:
