@@ -316,8 +316,8 @@ def test_model_file_saved_before_a_config_field_was_added_still_loads(
 def test_scan_to_an_unwritable_output_fails_before_any_work(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """OUT under a regular file: one line, exit 2, before Ray starts (it used to decode and
-    infer every source, then fail on the first write)."""
+    """OUT under a regular file: one line, exit 2, before Ray starts (not after every source
+    was decoded and inferred, at the first write)."""
     import torch
 
     import avrl_batch.scan.pipeline as pipeline

@@ -1,4 +1,4 @@
-"""Issue 8, point 3: a seeded, fixed-budget mutation fuzz of the decode entry points.
+"""A seeded, fixed-budget mutation fuzz of the decode entry points.
 
 Tiny good recordings (MP4 H.264/AAC, Matroska, AVI MJPEG/A-law) are mutated (bit flips,
 truncations, chunk duplication and removal, 32-bit header fields set to extremes, noise

@@ -466,8 +466,8 @@ def test_scan_s3_bucket(
     assert (s2.sources_ok, s2.sources_skipped) == (0, 5) and etags() == before
 
 
-# Issue 5 acceptance 2 (driver killed midway, rerun: one output per source, no duplicate rows)
-# is test_driver_killed_at_half_then_rerun_reprocesses_only_the_rest in
+# The driver killed midway, then a rerun (one output per source, no duplicate rows), is
+# test_driver_killed_at_half_then_rerun_reprocesses_only_the_rest in
 # tests/test_reliability_scan.py, which also checks that no truncated object is left under a
 # final key.
 
