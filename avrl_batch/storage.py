@@ -266,17 +266,24 @@ def _stat(path: str) -> os.stat_result:
 
 
 def _list_local(root: str) -> list[tuple[str, int, str]] | None:
-    """(path, size, version) for every file under ``root``; None if ``root`` is a file."""
-    _stat(root)  # a clear error for a missing or forbidden path
+    """(path, size, version) for every file under ``root``; None if ``root`` is a file.
+
+    Symlinked folders are followed (a camera folder is often a link to another disk), and
+    each real folder is listed once: a folder already seen, by (device, inode), is skipped,
+    so a link back up the tree cannot loop and a folder reached by two paths yields its
+    files once, under the first path the sorted top-down walk reaches. Paths stay as
+    reached (the link's name, not its target), so the camera is the folder the user sees."""
+    root_st = _stat(root)  # a clear error for a missing or forbidden path
     if not os.path.isdir(root):
         return None
 
     def fail(err: OSError) -> NoReturn:
         raise _error(f"cannot list {err.filename}: {err.strerror}")
 
+    seen = {(root_st.st_dev, root_st.st_ino)}
     out = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=False):
-        dirnames.sort()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
+        dirnames[:] = _unseen_folders(dirpath, sorted(dirnames), seen)
         for name in filenames:
             if name.startswith(_TMP_PREFIX):
                 continue
@@ -287,6 +294,20 @@ def _list_local(root: str) -> list[tuple[str, int, str]] | None:
                 continue  # vanished or a dangling link between walk and stat
             out.append((full, fst.st_size, f"{fst.st_size}-{fst.st_mtime_ns}"))
     return out
+
+
+def _unseen_folders(dirpath: str, names: list[str], seen: set[tuple[int, int]]) -> list[str]:
+    """The ``names`` under ``dirpath`` whose real folder is not in ``seen`` (added to it)."""
+    keep = []
+    for name in names:
+        try:
+            st = os.stat(os.path.join(dirpath, name))
+        except OSError:
+            continue  # vanished, or a link whose target went away
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            keep.append(name)
+    return keep
 
 
 def _dir_prefix(key: str) -> str:

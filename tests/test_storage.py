@@ -118,6 +118,33 @@ def test_listing_is_the_same_locally_via_file_uri_and_on_s3(
     assert storage.list_sources(f"s3://{s3_bucket}/nothing", endpoint_url=s3_endpoint) == []
 
 
+def test_listing_follows_symlinked_folders_once_and_never_loops(tmp_path: Path) -> None:
+    """A camera folder linked to another disk is listed under the link's name; links back up
+    the tree, to the folder itself or to a sibling do not loop or list a file twice; a
+    dangling link is skipped. The same locally and through a file:// URI."""
+    from avrl_batch.scan.naming import source_name
+
+    arch, disk2 = tmp_path / "arch", tmp_path / "disk2" / "lobby-store"
+    (arch / "door").mkdir(parents=True)
+    (arch / "door" / "door_20260701T080000Z.mp4").write_bytes(b"d" * 10)
+    disk2.mkdir(parents=True)
+    (disk2 / "lobby_20260701T083000Z.mp4").write_bytes(b"l" * 20)
+    (arch / "lobby").symlink_to(disk2, target_is_directory=True)  # camera on another disk
+    (disk2 / "up").symlink_to(arch, target_is_directory=True)  # back to the root: a loop
+    (arch / "door" / "self").symlink_to(arch / "door", target_is_directory=True)
+    (arch / "zz-door-again").symlink_to(arch / "door", target_is_directory=True)
+    (arch / "gone.mp4").symlink_to(tmp_path / "no-such-file.mp4")
+
+    expected = {"door/door_20260701T080000Z.mp4": 10, "lobby/lobby_20260701T083000Z.mp4": 20}
+    for root in (str(arch), arch.as_uri()):
+        sources = storage.list_sources(root)
+        assert {s.uri[len(str(arch)) + 1:]: s.size for s in sources} == expected, root
+        lobby = next(s for s in sources if "lobby_" in s.uri)
+        assert source_name(lobby.uri).camera == "lobby"  # the link's name, not its target's
+        files = storage.list_files(root, suffix=".mp4")
+        assert [f.rsplit("/", 2)[-2] for f in files] == ["door", "lobby"], root
+
+
 def test_listing_errors_are_one_clear_line(tmp_path: Path, s3_endpoint: str) -> None:
     with pytest.raises(StorageError, match="no such file or directory"):
         storage.list_sources(str(tmp_path / "missing"))
