@@ -118,6 +118,7 @@ def test_model_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(doc["helped"]) <= {"cl"}
 
 
+@pytest.mark.slow
 def test_load_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     argv = ["bench", "load", "--presets", "tiny", "--runs", "1", "--work", str(tmp_path)]
     doc = run_json(capsys, [*argv, "--json", "--save", str(tmp_path / "load.json")])
@@ -181,6 +182,7 @@ def test_worker_roles() -> None:
     assert RssSampler.role_of("/usr/bin/raylet --flags") is None
 
 
+@pytest.mark.slow
 def test_scan_and_baseline_json(
     clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

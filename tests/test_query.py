@@ -306,6 +306,7 @@ def upload(tree: Path, endpoint: str, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
+@pytest.mark.slow
 def test_query_on_s3_equals_direct_read(tree: Path, s3_endpoint: str, s3_bucket: str,
                                         tmp_path: Path) -> None:
     uri = upload(tree, s3_endpoint, s3_bucket, "scans/2026")

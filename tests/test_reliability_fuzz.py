@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from badmedia import good_recording, mutate
 
 from avrl_batch.scan.isolate import DecoderProcess, _Died
@@ -84,6 +85,7 @@ def run_cases(seeds: list[bytes], first: int, count: int, seed: int, tmp: str) -
     return {"outcomes": outcomes, "escapes": escapes, "samples": samples}
 
 
+@pytest.mark.slow
 def test_fuzz_decode_entry_points_only_raise_media_errors(
     tmp_path: Path, figures: Callable[[dict], None]
 ) -> None:

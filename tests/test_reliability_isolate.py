@@ -44,6 +44,7 @@ def poison_log(tmp_path: Path) -> Path:
     return tmp_path / "poison.log"
 
 
+@pytest.mark.slow
 def test_crash_and_hang_are_typed_errors_after_two_attempts(poison_log: Path) -> None:
     proc = FaultyDecoder(POISON, poison_log)
     try:

@@ -281,6 +281,7 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_changed_file_replaces_its_old_outputs(
     ray_local: None, archive: tuple[Path, dict[str, str], Path], tmp_path: Path
 ) -> None:
@@ -407,6 +408,7 @@ def test_scan_local_folder_layout_rerun_and_missing_audio(
     assert not (tmp_out / "dry").exists()
 
 
+@pytest.mark.slow
 def test_scan_s3_bucket(
     ray_local: None,
     archive: tuple[Path, dict[str, str], Path],

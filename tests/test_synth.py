@@ -27,19 +27,23 @@ def _digest(root: Path) -> dict[str, str]:
     }
 
 
+def _synth_ci(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """`avrl synth OUT --preset ci --seed 1` into a fresh folder; OUT."""
+    out = tmp_path_factory.mktemp(name) / "synth"
+    main(["synth", str(out), "--preset", "ci", "--seed", "1"])
+    return out
+
+
 @pytest.fixture(scope="module")
-def ci_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """`avrl synth OUT --preset ci --seed 1`, run twice into two folders."""
-    outs = []
-    for name in ("a", "b"):
-        out = tmp_path_factory.mktemp(name) / "synth"
-        main(["synth", str(out), "--preset", "ci", "--seed", "1"])
-        outs.append(out)
-    return outs[0], outs[1]
+def ci_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _synth_ci(tmp_path_factory, "a")
 
 
-def test_same_seed_gives_identical_tables_and_media(ci_twice: tuple[Path, Path]) -> None:
-    a, b = ci_twice
+@pytest.mark.slow
+def test_same_seed_gives_identical_tables_and_media(
+    ci_synth: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    a, b = ci_synth, _synth_ci(tmp_path_factory, "b")
     for name in ("manifest.parquet", "manifest.csv", "ground_truth.parquet", "ground_truth.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     da, db = _digest(a), _digest(b)
@@ -48,8 +52,8 @@ def test_same_seed_gives_identical_tables_and_media(ci_twice: tuple[Path, Path])
     assert different == [], f"media not reproducible: {different[:5]}"
 
 
-def test_manifest_has_every_class_split_and_dark(ci_twice: tuple[Path, Path]) -> None:
-    root = ci_twice[0]
+def test_manifest_has_every_class_split_and_dark(ci_synth: Path) -> None:
+    root = ci_synth
     table = pq.read_table(root / "manifest.parquet")
     assert table.schema.equals(CLIPS, check_metadata=False)
     csv = pacsv.read_csv(root / "manifest.csv")
@@ -67,10 +71,10 @@ def test_manifest_has_every_class_split_and_dark(ci_twice: tuple[Path, Path]) ->
     assert len({r["seed"] for r in rows}) == len(rows)
 
 
-def test_clips_decode_with_expected_streams(ci_twice: tuple[Path, Path]) -> None:
+def test_clips_decode_with_expected_streams(ci_synth: Path) -> None:
     import av
 
-    root = ci_twice[0]
+    root = ci_synth
     p = SYNTH_PRESETS["ci"]
     rows = pq.read_table(root / "manifest.parquet").to_pylist()
     for r in rows:
@@ -84,10 +88,10 @@ def test_clips_decode_with_expected_streams(ci_twice: tuple[Path, Path]) -> None
             assert n == int(p.clip_s * p.fps)
 
 
-def test_recordings_names_ground_truth_and_silent_one(ci_twice: tuple[Path, Path]) -> None:
+def test_recordings_names_ground_truth_and_silent_one(ci_synth: Path) -> None:
     import av
 
-    root = ci_twice[0]
+    root = ci_synth
     gt_path = root / "ground_truth.parquet"
     gt = pq.read_table(gt_path)
     assert gt.schema.equals(GROUND_TRUTH, check_metadata=False)
@@ -125,13 +129,13 @@ def test_recordings_names_ground_truth_and_silent_one(ci_twice: tuple[Path, Path
         assert all(b[0] - a[1] >= 4.0 for a, b in zip(spans, spans[1:], strict=False))
 
 
-def test_cuecheck_scores_each_modality_on_the_clips(ci_twice: tuple[Path, Path]) -> None:
+def test_cuecheck_scores_each_modality_on_the_clips(ci_synth: Path) -> None:
     """`python -m avrl_batch.data.cuecheck MANIFEST`: one accuracy row per feature set over
     the manifest's test clips, and on the ci clips audio + video beats video alone."""
     import subprocess
     import sys
 
-    manifest = ci_twice[0] / "manifest.parquet"
+    manifest = ci_synth / "manifest.parquet"
     done = subprocess.run(
         [sys.executable, "-m", "avrl_batch.data.cuecheck", str(manifest)],
         capture_output=True, text=True, timeout=300, check=True,
