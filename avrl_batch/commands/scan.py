@@ -39,8 +39,12 @@ def scan(
     ),
     camera_pattern: str | None = typer.Option(
         None,
-        help="regex on the path with (?P<camera>...) and optionally (?P<start>YYYYmmddTHHMMSSZ)"
-        "; default understands .../<camera>/.../<camera>_<start>.<ext>",
+        help="regex on the path with (?P<camera>...) and optionally (?P<start>YYYYmmddTHHMMSS[Z])"
+        "; default understands .../<camera>/.../<camera>_<start>[_more].<ext>",
+    ),
+    timezone: str = typer.Option(
+        "UTC", "--timezone", help="IANA zone (Europe/Paris) of start times in names without "
+        "an offset (Z, +0200); recorded in the manifest"
     ),
     timeline: str = typer.Option(
         "incident",
@@ -100,6 +104,7 @@ def scan(
         address=address,
         dry_run=dry_run,
         camera_pattern=camera_pattern,
+        timezone=timezone,
         decode_timeout_s=decode_timeout,
         timeline=tl,
     )

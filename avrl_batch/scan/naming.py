@@ -9,20 +9,30 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from urllib.parse import unquote
+from datetime import datetime, timedelta, timezone, tzinfo
+from urllib.parse import unquote, urlsplit
 
 from avrl_batch.errors import ConfigError
 
-# `…/<camera>/…/<camera>_<YYYYmmddTHHMMSSZ>.<ext>`: the folder names the camera and the file
-# name repeats it with the UTC start time. The back-reference keeps `lobby/x/door_…mp4` from
+# A recording's start in a name: ``YYYYmmddTHHMMSS`` and, right after the seconds, an
+# optional offset ``Z``, ``±hhmm`` or ``±hh:mm``; a name without one is local time in the
+# scan's --timezone (local_to_utc).
+START = r"\d{8}T\d{6}(?:Z|[+-]\d{2}:?\d{2})?"
+# Text after the timestamp (``_hevc``, ``-part2``, ``_20261103T090000Z`` for an end time)
+# starts with a separator, so a timestamp is never cut out of a longer run of digits.
+_AFTER = r"(?:[_.-][^/]*)?"
+
+# `…/<camera>/…/<camera>_<start>[_<more>].<ext>`: the folder names the camera and the file
+# name repeats it with the start time. The back-reference keeps `lobby/x/door_…mp4` from
 # being read as camera "door" under folder "lobby" by accident; FILE_PATTERN below is the
-# looser fallback for flat archives (`<camera>_<start>.<ext>` anywhere).
+# looser fallback for flat archives (`<camera>_<start>[_<more>].<ext>` anywhere).
 DEFAULT_CAMERA_PATTERN = (
-    r"(?:^|/)(?P<camera>[^/]+)/(?:[^/]+/)*(?P=camera)_(?P<start>\d{8}T\d{6}Z?)\.[^/.]+$"
+    rf"(?:^|/)(?P<camera>[^/]+)/(?:[^/]+/)*(?P=camera)_(?P<start>{START}){_AFTER}\.[^/.]+$"
 )
-FILE_PATTERN = r"(?:^|/)(?P<camera>[^/]+?)_(?P<start>\d{8}T\d{6}Z?)\.[^/.]+$"
-START_FORMATS = ("%Y%m%dT%H%M%SZ", "%Y%m%dT%H%M%S")
+FILE_PATTERN = rf"(?:^|/)(?P<camera>[^/]+?)_(?P<start>{START}){_AFTER}\.[^/.]+$"
+_START_RX = re.compile(
+    r"(?P<local>\d{8}T\d{6})(?:(?P<z>Z)|(?P<sign>[+-])(?P<hh>\d{2}):?(?P<mm>\d{2}))?"
+)
 
 UNKNOWN = "unknown"  # partition value when the camera or the date cannot be told
 
@@ -53,20 +63,60 @@ def compile_pattern(pattern: str | None) -> re.Pattern[str]:
     return rx
 
 
-def parse_start(text: str) -> datetime | None:
-    """``20240101T120000Z`` → aware UTC datetime; None if it is not such a timestamp."""
-    for fmt in START_FORMATS:
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-    return None
+def time_zone(name: str) -> tzinfo:
+    """The IANA zone ``name`` (``Europe/Paris``); ``UTC`` needs no time zone database."""
+    if name.upper() in ("UTC", "Z", "ETC/UTC"):
+        return timezone.utc
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"--timezone {name!r} is not a known IANA time zone: give one such as "
+            "Europe/Paris or America/New_York (if every name fails, this machine has no "
+            "time zone database: install the system's tzdata or `pip install tzdata`)"
+        ) from None
+
+
+def local_to_utc(local: datetime, zone: tzinfo) -> datetime:
+    """A wall-clock time in ``zone`` as UTC. Around a DST change it is the first reading:
+    a time that occurs twice (clocks go back) is its first occurrence, and a time that
+    never occurs (clocks go forward) is read with the offset before the change, i.e. moved
+    forward by the gap (02:30 in a 02:00→03:00 gap is 03:30). Both are PEP 495's ``fold=0``,
+    spelled out here because it is the documented rule (docs/scanning.md)."""
+    return local.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
+
+
+def parse_start(text: str, zone: tzinfo = timezone.utc) -> datetime | None:
+    """``20240101T120000Z`` / ``…+0200`` / ``…-05:00`` → aware UTC datetime; a time without
+    an offset is local time in ``zone``. None if ``text`` is not such a timestamp."""
+    m = _START_RX.fullmatch(text)
+    if m is None:
+        return None
+    try:
+        local = datetime.strptime(m["local"], "%Y%m%dT%H%M%S")
+    except ValueError:  # digits that are no date (month 13, 25 o'clock)
+        return None
+    if m["z"]:
+        return local.replace(tzinfo=timezone.utc)
+    if m["sign"]:
+        hours, minutes = int(m["hh"]), int(m["mm"])
+        if hours > 23 or minutes > 59:
+            return None
+        offset = timedelta(hours=hours, minutes=minutes) * (1 if m["sign"] == "+" else -1)
+        return local.replace(tzinfo=timezone(offset)).astimezone(timezone.utc)
+    return local_to_utc(local, zone)
 
 
 def _path_part(uri: str) -> str:
-    # s3://bucket/a/b.mp4 and file:///a/b.mp4 both match on the path after the authority
+    """The path that patterns match: after the authority of ``s3://bucket/…``, the path a
+    ``file://`` URI names (URI escapes undone, as the file system spells it), and a local
+    path or S3 key exactly as it is (a ``%`` in a key or folder name is part of the name)."""
+    if uri[:7].lower() == "file://":
+        return unquote(urlsplit(uri).path).replace("\\", "/")
     path = uri.split("://", 1)[1] if "://" in uri else uri
-    return unquote(path).replace("\\", "/")
+    return path.replace("\\", "/")
 
 
 def source_name(
@@ -74,11 +124,18 @@ def source_name(
     pattern: re.Pattern[str] | str | None = None,
     *,
     creation_time: datetime | None = None,
+    zone: tzinfo | str = timezone.utc,
 ) -> SourceName:
-    """Camera and recording start of ``uri``: from the path pattern first (the default one,
-    then the looser ``<camera>_<start>.<ext>``), falling back to the container's
-    ``creation_time`` for the start. A custom pattern replaces both defaults."""
+    """Camera and recording start of ``uri``.
+
+    The camera is the ``camera`` group as it stands in the path. The start is, in this
+    order: the ``start`` group of the name (its own offset, else local time in ``zone``);
+    the container's ``creation_time`` (UTC when it carries no offset, as MP4 and Matroska
+    store it); else unknown. The name comes first because a recorder writes it when it
+    records, while remuxing and export tools often rewrite ``creation_time``. Patterns: the
+    default one, then the looser ``<camera>_<start>.<ext>``; a custom pattern replaces both."""
     path = _path_part(uri)
+    tz = time_zone(zone) if isinstance(zone, str) else zone
     rxs = (
         [compile_pattern(None), re.compile(FILE_PATTERN)]
         if pattern is None
@@ -92,7 +149,7 @@ def source_name(
             continue
         camera = m.group("camera") or None
         if "start" in rx.groupindex and m.group("start"):
-            start = parse_start(m.group("start"))
+            start = parse_start(m.group("start"), tz)
         break
     if start is None and creation_time is not None:
         start = (

@@ -159,6 +159,7 @@ def _probe_all(
             stride_s=stride_s,
             segment_s=cfg.segment_s,
             camera_pattern=cfg.camera_pattern,
+            timezone=cfg.timezone,
             endpoint_url=cfg.endpoint_url,
         )
         for src, key in todo
@@ -352,6 +353,7 @@ def _write_manifest(
         class_names=list(model.cfg.class_names),
         window_s=spec.window_s,
         stride_s=spec.stride_s,
+        timezone=cfg.timezone,  # of start times in names without an offset
     )
     return sink.write_manifest(cfg.out, summary.scan_id, manifest, endpoint_url=cfg.endpoint_url)
 

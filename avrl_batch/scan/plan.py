@@ -23,7 +23,7 @@ from typing import Any
 from avrl_batch.errors import ConfigError
 from avrl_batch.media.errors import MediaError
 from avrl_batch.scan.isolate import DecoderProcess, Isolation, run_isolated
-from avrl_batch.scan.naming import compile_pattern, source_key, source_name
+from avrl_batch.scan.naming import compile_pattern, source_key, source_name, time_zone
 from avrl_batch.scan.timeline import TimelineConfig
 
 DEFAULT_SEGMENT_S = 300.0  # 5 minutes: a Ray block that carries minutes of footage (PERF_NOTES)
@@ -49,6 +49,9 @@ class ScanConfig:
     address: str | None = None  # Ray address; None starts (or reuses) a local Ray
     dry_run: bool = False
     camera_pattern: str | None = None  # regex with (?P<camera>...) and optional (?P<start>...)
+    # IANA zone of start times in names that carry no offset (naming.local_to_utc); it moves
+    # every window of such a source, so it belongs with the settings that shape the windows
+    timezone: str = "UTC"
     timeline: TimelineConfig = field(default_factory=TimelineConfig)
     scan_id: str | None = None  # None: a new time-sortable id
     # a probe task is retried this many times after its worker or node died
@@ -79,6 +82,7 @@ class ScanConfig:
             raise ConfigError(f"--gpus-per-actor must be positive, got {self.gpus_per_actor}")
         if self.camera_pattern is not None:
             compile_pattern(self.camera_pattern)  # fail now with one clear line
+        time_zone(self.timezone)  # an unknown zone fails here, not in every probe task
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +259,7 @@ def probe_source(
     stride_s: float,
     segment_s: float,
     camera_pattern: str | None = None,
+    timezone: str = "UTC",
     endpoint_url: str | None = None,
 ) -> SourceTask | SourceError:
     """Probe one source and cut it into segments; any failure is a SourceError, never an
@@ -268,6 +273,7 @@ def probe_source(
             uri,
             compile_pattern(camera_pattern) if camera_pattern else None,
             creation_time=getattr(info, "creation_time", None),
+            zone=timezone,
         )
         duration = info.duration_s
         ranges = segment_ranges(duration, stride_s, segment_s)
