@@ -8,6 +8,9 @@ This is the only module that knows about S3, boto3 and pyarrow.fs; everything el
   never accepted as arguments, never logged, and scrubbed from every error message we raise.
 * Reads: :func:`open_source` gives a seekable file object that fetches only the byte ranges
   the decoder asks for (ranged GETs through a read-ahead buffer) and counts ``bytes_read``.
+  Each ranged GET has its own deadlines and retries (:class:`S3Reads`) and is pinned with
+  ``If-Match`` to the version the listing saw.
+* Schemes: ``s3a://`` and ``s3n://`` (Hadoop's names) are the same as ``s3://``.
 * Writes: :func:`write_atomic` never leaves a partial object under the final name (local:
   temp file + fsync + rename; S3: one PUT, ``If-None-Match: *`` for ``if_absent``).
 * Keys: :func:`join` refuses any part that could escape the root (``..``, absolute paths,
@@ -31,7 +34,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn
 from urllib.parse import quote, unquote, urlsplit
 
@@ -72,6 +76,11 @@ class Source:
     version: str
 
 
+# Hadoop's s3a:// and s3n:// name the same objects as s3://: parsed alike, and every URI
+# built under a root keeps the root's form (join, list_files), so keys compare equal
+S3_SCHEMES = ("s3", "s3a", "s3n")
+
+
 @dataclass(frozen=True)
 class ParsedUri:
     """``scheme`` is ``"file"`` (``path`` absolute) or ``"s3"`` (``bucket`` and ``key``)."""
@@ -94,7 +103,7 @@ def parse_uri(uri: str) -> ParsedUri:
         if parts.netloc not in ("", "localhost"):
             raise _error(f"file URI with a remote host is not supported: {uri}")
         return ParsedUri("file", path=os.path.abspath(unquote(parts.path)))
-    if scheme in ("s3", "s3a"):
+    if scheme in S3_SCHEMES:
         if not parts.netloc:
             raise _error(f"S3 URI without a bucket: {uri} (use s3://bucket/prefix)")
         key = uri.split("://", 1)[1].partition("/")[2]  # keys are opaque: no unquoting
@@ -230,10 +239,11 @@ def list_files(
             uris = [uri]
         else:  # in the form the root was given (path or file://), as join() builds them
             uris = [_child(uri, os.path.relpath(full, p.path).split(os.sep)) for full, *_ in found]
-    else:
+    else:  # in the form the root was given (s3://, s3a://, s3n://), as join() builds them
+        prefix = _dir_prefix(p.key)
         uris = [
-            f"s3://{p.bucket}/{obj['Key']}"
-            for obj in _list_s3(p.bucket, _dir_prefix(p.key), endpoint_url)
+            _child(uri, obj["Key"][len(prefix):].split("/"))
+            for obj in _list_s3(p.bucket, prefix, endpoint_url)
         ]
     return sorted(
         u for u in uris
@@ -358,6 +368,11 @@ class CountingReader(io.BufferedReader):
         """Number of reads issued to storage (GETs on S3)."""
         return self.raw.requests  # type: ignore[attr-defined]
 
+    @property
+    def retries(self) -> int:
+        """Attempts repeated after a failed one (S3: a timeout, reset or throttle)."""
+        return getattr(self.raw, "retries", 0)
+
 
 class _LocalRaw(io.FileIO):
     def __init__(self, path: str) -> None:
@@ -372,26 +387,106 @@ class _LocalRaw(io.FileIO):
         return n
 
 
+@dataclass(frozen=True)
+class S3Reads:
+    """Deadlines and retries of the ranged GETs that read a source, the storage layer's own.
+
+    They are shorter than the decoder watchdog (:meth:`within`), so a read that stalls, is
+    throttled or reset ends here as a StorageError, which a scan reports and retries on the
+    next run, and not as the decoder timeout that would quarantine the file. One read costs
+    at most :attr:`budget_s`; with these values 4 attempts of at most 9 s + 5 s and 1.75 s
+    of backoff: 57.75 s, under half of the default ``--decode-timeout`` (120 s).
+    """
+
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 5.0  # longest wait for the next bytes, the first ones included
+    # one attempt, request to last byte (checked between chunks): 1 MiB at >= ~115 KB/s
+    attempt_deadline_s: float = 9.0
+    attempts: int = 4
+    backoff_s: float = 0.25  # before retry k (1, 2, ...): backoff_s * 2**(k-1), capped
+    backoff_max_s: float = 2.0
+
+    def backoff(self, retry: int) -> float:
+        return min(self.backoff_max_s, self.backoff_s * 2 ** (retry - 1))
+
+    @property
+    def budget_s(self) -> float:
+        """The longest one ranged read can take, every attempt and backoff included."""
+        # an attempt past its deadline still waits out one socket read
+        attempt = max(self.attempt_deadline_s, self.connect_timeout_s + self.read_timeout_s)
+        waits = sum(self.backoff(k) for k in range(1, self.attempts))
+        return self.attempts * (attempt + self.read_timeout_s) + waits
+
+    def within(self, watchdog_s: float) -> S3Reads:
+        """These reads, every duration scaled down (same attempts) so that a read's
+        :attr:`budget_s` is at most half of ``watchdog_s``: storage gives up, and says so,
+        before the watchdog judges the file."""
+        scale = 0.5 * watchdog_s / self.budget_s
+        if scale >= 1.0:
+            return self
+        return replace(
+            self,
+            connect_timeout_s=self.connect_timeout_s * scale,
+            read_timeout_s=self.read_timeout_s * scale,
+            attempt_deadline_s=self.attempt_deadline_s * scale,
+            backoff_s=self.backoff_s * scale,
+            backoff_max_s=self.backoff_max_s * scale,
+        )
+
+
+# Told "start" and "end" around every ranged read (all its attempts): the decoder process
+# passes them to its parent, whose watchdog then knows whether a silence was spent waiting
+# for storage (scan/isolate.py). A ContextVar: only the code that set it hears.
+_read_observer: ContextVar[Callable[[str], None] | None] = ContextVar("read_observer", default=None)
+
+
+@contextlib.contextmanager
+def observe_reads(callback: Callable[[str], None]) -> Iterator[None]:
+    """Call ``callback("start")`` / ``callback("end")`` around every ranged S3 read made in
+    the block (in this thread or context)."""
+    token = _read_observer.set(callback)
+    try:
+        yield
+    finally:
+        _read_observer.reset(token)
+
+
+class _Retry(Exception):
+    """Internal: one attempt of a ranged read failed in a way worth another attempt."""
+
+
+# S3 answers that say "not now", not "no": worth another attempt after a backoff
+_RETRY_CODES = frozenset(
+    {"SlowDown", "503", "500", "502", "504", "InternalError", "ServiceUnavailable",
+     "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
+)
+_BODY_CHUNK = 256 * 1024
+
+
 class _S3Raw(io.RawIOBase):
-    """Unbuffered S3 object: each ``readinto`` is one ranged GET pinned to the ETag seen at
-    open, so an object replaced mid-read fails loudly instead of mixing two versions.
+    """Unbuffered S3 object: each ``readinto`` is one ranged GET (retried per ``reads``)
+    with ``If-Match`` on the listed version (else the ETag seen at open), so an object
+    replaced after listing or mid-read fails loudly instead of mixing two versions.
 
     Why not pyarrow's ``S3FileSystem.open_input_file``: it issues one GET per ``read()``
     (PyAV reads 32 KiB at a time, so ~32 GETs per MiB; decoding a 30 s span on moto took
     0.6-0.8 s against 0.1-0.2 s here) and it exposes no count of the bytes fetched."""
 
-    def __init__(self, uri: str, bucket: str, key: str, endpoint_url: str | None) -> None:
-        head = _head(bucket, key, endpoint_url)
-        if head is None:
-            raise _error(f"no such object: {uri}")
+    def __init__(
+        self, uri: str, bucket: str, key: str, endpoint_url: str | None, *,
+        version: str | None, reads: S3Reads,
+    ) -> None:
         self.uri, self.bucket, self.key, self.endpoint_url = uri, bucket, key, endpoint_url
+        self.reads = reads
+        self.bytes_read = 0
+        self.requests = 0
+        self.retries = 0  # attempts after a failed one, over every read
+        self._window = READ_AHEAD_MIN
+        self._last_end = -1  # end of the previous GET, to tell sequential reads from seeks
+        head = self._retrying("HEAD", lambda client: self._head(client, version))
         self.size = int(head["ContentLength"])
         self.etag = head["ETag"]
         self.pos = 0
-        self.bytes_read = 0
-        self.requests = 0
-        self._window = READ_AHEAD_MIN
-        self._last_end = -1  # end of the previous GET, to tell sequential reads from seeks
 
     def readable(self) -> bool:
         return True
@@ -418,13 +513,10 @@ class _S3Raw(io.RawIOBase):
         want = min(len(b), self._window, self.size - self.pos)
         if want <= 0:
             return 0
-        end = self.pos + want - 1
-        with _s3_errors(self.uri, self.endpoint_url):
-            resp = _s3(self.endpoint_url).get_object(
-                Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end}",
-                IfMatch=self.etag,
-            )
-            data = resp["Body"].read()
+        data = self._retrying(
+            f"bytes {self.pos}-{self.pos + want - 1}",
+            lambda client: self._get(client, self.pos, want),
+        )
         n = len(data)
         memoryview(b)[:n] = data
         self.pos += n
@@ -433,12 +525,99 @@ class _S3Raw(io.RawIOBase):
         self.requests += 1
         return n
 
+    def _retrying(self, what: str, attempt: Callable[[Any], Any]) -> Any:
+        """``attempt(client)`` until it succeeds, at most ``reads.attempts`` times with
+        backoff; the observer hears "start" and "end" around all of it. A failure that is
+        not worth retrying (denied, missing, changed) raises at once."""
+        observer = _read_observer.get()
+        if observer is not None:
+            observer("start")
+        try:
+            client = _s3(self.endpoint_url, self.reads)
+            last = ""
+            for retry in range(self.reads.attempts):
+                if retry:
+                    self.retries += 1
+                    time.sleep(self.reads.backoff(retry))
+                try:
+                    with _s3_errors(self.uri, self.endpoint_url), _retryable_failures():
+                        return attempt(client)
+                except _Retry as e:
+                    last = str(e)
+            raise _error(
+                f"S3 read of {self.uri} ({what}) failed {self.reads.attempts} times, last: "
+                f"{last}; storage, not the file: the source is retried on the next run"
+            )
+        finally:
+            if observer is not None:
+                observer("end")
 
-def open_source(uri: str, *, endpoint_url: str | None = None) -> CountingReader:
+    def _head(self, client: Any, version: str | None) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        pin = {"IfMatch": f'"{version}"'} if version else {}
+        try:
+            return client.head_object(Bucket=self.bucket, Key=self.key, **pin)
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+                raise _error(f"no such object: {self.uri}") from None
+            raise
+
+    def _get(self, client: Any, start: int, want: int) -> bytes:
+        """One attempt: ``want`` bytes from ``start``, within ``reads.attempt_deadline_s``."""
+        deadline = time.monotonic() + self.reads.attempt_deadline_s
+        resp = client.get_object(
+            Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{start + want - 1}",
+            IfMatch=self.etag,
+        )
+        body = resp["Body"]
+        try:
+            chunks, got = [], 0
+            while chunk := body.read(_BODY_CHUNK):
+                chunks.append(chunk)
+                got += len(chunk)
+                if time.monotonic() > deadline and got < want:
+                    raise _Retry(
+                        f"{got} of {want} bytes after the "
+                        f"{self.reads.attempt_deadline_s:.3g} s deadline"
+                    )
+        finally:
+            body.close()
+        if got != want:
+            raise _Retry(f"the response ended after {got} of {want} bytes")
+        return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _retryable_failures() -> Iterator[None]:
+    """Timeouts, refused or reset connections, cut-off bodies and S3's "slow down" or 5xx
+    answers as ``_Retry``; anything else (denied, missing, changed) passes."""
+    from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    try:
+        yield
+    except ClientError as e:
+        if _code(e) not in _RETRY_CODES:
+            raise
+        raise _Retry(f"S3 answered {_code(e)}") from None
+    except (HTTPClientError, BotoConnectionError, IncompleteReadError, OSError) as e:
+        raise _Retry(f"{type(e).__name__}: {e}") from None
+
+
+def open_source(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    version: str | None = None,
+    reads: S3Reads = S3Reads(),
+) -> CountingReader:
     """Open ``uri`` as a seekable read-only binary file (a context manager) with a
     ``bytes_read`` counter. On S3 only the ranges asked for are fetched, with an adaptive
     read-ahead (READ_AHEAD_MIN after a seek, up to READ_AHEAD_MAX while reading on);
-    nothing downloads the whole object."""
+    nothing downloads the whole object. Each ranged GET follows ``reads`` and is pinned
+    with ``If-Match`` to ``version`` (the ETag the listing gave, :attr:`Source.version`;
+    None: the one seen at open): an object that changed raises StorageError."""
     p = parse_uri(uri)
     if p.scheme == "file":
         with _local_errors(p.path):
@@ -446,7 +625,8 @@ def open_source(uri: str, *, endpoint_url: str | None = None) -> CountingReader:
         return CountingReader(raw, buffer_size=64 * 1024)
     if not p.key or p.key.endswith("/"):
         raise _error(f"not an object: {uri} (name a key, not a prefix)")
-    return CountingReader(_S3Raw(uri, p.bucket, p.key, endpoint_url), READ_AHEAD_MAX)
+    raw = _S3Raw(uri, p.bucket, p.key, endpoint_url, version=version, reads=reads)
+    return CountingReader(raw, READ_AHEAD_MAX)
 
 
 def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
@@ -658,15 +838,17 @@ def _region() -> str:
 _client_lock = threading.Lock()
 
 
-def _s3(endpoint_url: str | None) -> Any:
+def _s3(endpoint_url: str | None, reads: S3Reads | None = None) -> Any:
+    """The S3 client for ``endpoint_url``; with ``reads``, the one for ranged reads: its
+    timeouts are those of ``reads`` and botocore does not retry (_S3Raw does, per ``reads``)."""
     with _client_lock:  # creating clients is not thread-safe; using them is
-        return _s3_client(_endpoint(endpoint_url), os.getpid())
+        return _s3_client(_endpoint(endpoint_url), os.getpid(), reads)
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_client(endpoint: str | None, pid: int) -> Any:
-    """One client per (endpoint, process): Ray workers call us per source, and a client's
-    connection pool must not cross a fork (hence the pid in the key)."""
+def _s3_client(endpoint: str | None, pid: int, reads: S3Reads | None = None) -> Any:
+    """One client per (endpoint, process, read settings): Ray workers call us per source,
+    and a client's connection pool must not cross a fork (hence the pid in the key)."""
     import boto3
     from botocore.config import Config
 
@@ -676,13 +858,22 @@ def _s3_client(endpoint: str | None, pid: int) -> Any:
     botocore_log = logging.getLogger("botocore")
     if botocore_log.level == logging.NOTSET:
         botocore_log.setLevel(logging.INFO)
-    config = Config(
-        # the standard variable still lets an operator change the attempts (tests use 1)
-        retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 5))},
-        connect_timeout=10,
-        read_timeout=60,
-        max_pool_connections=16,
-    )
+    if reads is None:
+        config = Config(
+            # the standard variable still lets an operator change the attempts (tests use 1)
+            retries={"mode": "standard",
+                     "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 5))},
+            connect_timeout=10,
+            read_timeout=60,
+            max_pool_connections=16,
+        )
+    else:
+        config = Config(
+            retries={"mode": "standard", "total_max_attempts": 1},
+            connect_timeout=reads.connect_timeout_s,
+            read_timeout=reads.read_timeout_s,
+            max_pool_connections=16,
+        )
     session = boto3.session.Session()
     return session.client(
         "s3", endpoint_url=endpoint, region_name=session.region_name or _region(), config=config
@@ -695,6 +886,10 @@ def _code(e: Exception) -> str:
     return str(err.get("Code") or resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
+_CHANGED = (
+    "the object changed while it was being read (it is no longer the version the listing "
+    "saw); the new version is scanned on the next run"
+)
 _S3_HINTS = {
     "NoSuchBucket": "bucket does not exist (check the URI and --endpoint-url)",
     "NoSuchKey": "no such object",
@@ -704,8 +899,8 @@ _S3_HINTS = {
     "InvalidAccessKeyId": "the AWS access key id is not known to this endpoint",
     "SignatureDoesNotMatch": "the AWS secret key does not match the access key id",
     "ExpiredToken": "the AWS session token has expired",
-    "PreconditionFailed": "the object changed while it was being read",
-    "412": "the object changed while it was being read",
+    "PreconditionFailed": _CHANGED,
+    "412": _CHANGED,
 }
 
 

@@ -1,0 +1,173 @@
+"""Storage failures while reading S3, through a real HTTP proxy in front of the moto server
+(tests/s3proxy.py: loopback only, every hold bounded) that delays, stalls, resets and
+throttles chosen requests.
+
+A read that stalls, is throttled or reset is retried within its own deadlines
+(storage.S3Reads), shorter than the decoder watchdog; one that still fails is a transient
+StorageError: reported, never an error row, and the next run scans the file. A watchdog
+silence spent waiting for storage is storage's fault, not the file's. Ranged GETs carry
+If-Match with the listed ETag.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from s3proxy import FaultyProxy, Rule, ranged_get_of
+
+from avrl_batch import storage
+from avrl_batch.errors import StorageError
+from avrl_batch.scan.plan import TRANSIENT_ERRORS
+
+# short deadlines, so that a stall costs seconds: budget_s = 4 * (1.5 + 0.5) + 0.35 = 8.35 s
+FAST = storage.S3Reads(
+    connect_timeout_s=1.0, read_timeout_s=0.5, attempt_deadline_s=1.5, attempts=4,
+    backoff_s=0.05, backoff_max_s=0.2,
+)
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[FaultyProxy]:
+    with FaultyProxy(s3_endpoint, max_hold_s=20.0) as p:
+        yield p
+
+
+def _blob(s3_endpoint: str, bucket: str, name: str, size: int = 3 << 20) -> tuple[str, bytes]:
+    uri = f"s3://{bucket}/{name}"
+    data = np.random.default_rng(len(name)).integers(0, 256, size, dtype=np.uint8).tobytes()
+    storage.write_atomic(uri, data, endpoint_url=s3_endpoint)
+    return uri, data
+
+
+def _read_all(uri: str, endpoint: str, **kw: object) -> tuple[bytes, storage.CountingReader]:
+    """The whole object in 32 KiB reads, as PyAV asks for it."""
+    with storage.open_source(uri, endpoint_url=endpoint, **kw) as f:  # type: ignore[arg-type]
+        return b"".join(iter(lambda: f.read(32 * 1024), b"")), f
+
+
+# ---------------------------------------------------------------------------------------------
+# one ranged read
+
+
+@pytest.mark.parametrize("action", ["stall", "stall-body", "reset", "throttle"])
+def test_a_failed_ranged_get_is_retried_and_the_bytes_are_right(
+    proxy: FaultyProxy, s3_endpoint: str, s3_bucket: str, action: str
+) -> None:
+    """The 2nd and 3rd ranged GETs stall (no answer, or half a body), are reset or get 503
+    SlowDown: each is retried after a backoff, the bytes equal the object's, and the cost
+    is bounded by the read deadlines."""
+    uri, data = _blob(s3_endpoint, s3_bucket, f"{action}.bin")
+    rule = proxy.add(Rule(ranged_get_of(f"{action}.bin"), action, skip=1, times=2))
+    t0 = time.monotonic()
+    got, f = _read_all(uri, proxy.url, reads=FAST)
+    elapsed = time.monotonic() - t0
+    assert got == data
+    assert rule.fired == 2 and f.retries == 2
+    assert elapsed < 2 * (FAST.attempt_deadline_s + FAST.read_timeout_s) + 5.0
+
+
+def test_a_read_that_stalls_on_every_attempt_is_one_transient_storage_error(
+    proxy: FaultyProxy, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """Every ranged GET stalls: after ``attempts`` tries, within the read budget, one
+    StorageError line that says the source is retried on the next run; its type is one
+    a scan treats as transient."""
+    uri, _ = _blob(s3_endpoint, s3_bucket, "dead.bin")
+    rule = proxy.add(Rule(ranged_get_of("dead.bin"), "stall"))
+    t0 = time.monotonic()
+    with pytest.raises(StorageError) as err:
+        _read_all(uri, proxy.url, reads=FAST)
+    elapsed = time.monotonic() - t0
+    msg = str(err.value)
+    assert "\n" not in msg and "failed 4 times" in msg and "retried on the next run" in msg
+    assert rule.fired == FAST.attempts
+    assert type(err.value).__name__ in TRANSIENT_ERRORS
+    assert elapsed <= FAST.budget_s + 2.0
+
+
+def test_latency_on_every_request_only_slows_reads(
+    proxy: FaultyProxy, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """0.2 s added to every request (under the read timeout): no retry, same bytes."""
+    uri, data = _blob(s3_endpoint, s3_bucket, "slow.bin", 1 << 20)
+    proxy.add(Rule(lambda r: True, "delay", delay_s=0.2))
+    got, f = _read_all(uri, proxy.url, reads=FAST)
+    assert got == data and f.retries == 0 and f.requests >= 2
+
+
+def test_reads_fit_in_half_the_decoder_watchdog() -> None:
+    """The default reads give up in under half the default --decode-timeout; a shorter
+    watchdog scales every deadline and backoff down, the attempts stay."""
+    default = storage.S3Reads()
+    assert default.budget_s == pytest.approx(57.75)
+    assert default.within(120.0) is default
+    short = default.within(20.0)
+    assert short.budget_s == pytest.approx(10.0)
+    assert short.attempts == default.attempts
+    assert short.read_timeout_s < default.read_timeout_s
+
+
+# ---------------------------------------------------------------------------------------------
+# pinned to the listed version
+
+
+def test_every_ranged_get_carries_the_listed_etag_and_a_change_is_transient(
+    proxy: FaultyProxy, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """Opened with the listed version, the HEAD and every ranged GET carry ``If-Match`` with
+    that ETag. Replaced after the listing: the open fails; replaced mid-read: the next GET
+    fails; both are one StorageError line of a transient type."""
+    uri, data = _blob(s3_endpoint, s3_bucket, "pinned.bin")
+    [listed] = storage.list_sources(uri, endpoint_url=s3_endpoint)
+    got, f = _read_all(uri, proxy.url, version=listed.version, reads=FAST)
+    assert got == data
+    mine = [r for r in proxy.log if r.path.endswith("/pinned.bin") and r.method in ("GET", "HEAD")]
+    assert len(mine) == 1 + f.requests
+    assert {r.headers.get("if-match") for r in mine} == {f'"{listed.version}"'}
+
+    with storage.open_source(uri, endpoint_url=proxy.url, version=listed.version,
+                             reads=FAST) as f:
+        f.read(100)
+        storage.write_atomic(uri, b"another version", endpoint_url=s3_endpoint)
+        f.seek(2 << 20)
+        with pytest.raises(StorageError, match="changed while it was being read") as mid:
+            f.read(10)
+    with pytest.raises(StorageError, match="no longer the version the listing saw") as late:
+        storage.open_source(uri, endpoint_url=proxy.url, version=listed.version, reads=FAST)
+    for e in (mid.value, late.value):
+        assert "\n" not in str(e) and type(e).__name__ in TRANSIENT_ERRORS
+
+
+# ---------------------------------------------------------------------------------------------
+# s3a:// and s3n://
+
+
+@pytest.mark.parametrize("scheme", ["s3a", "s3n"])
+def test_s3a_and_s3n_work_like_s3(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path, scheme: str
+) -> None:
+    """Listing, joins, reads, writes, deletes and the pyarrow filesystem under an s3a://
+    or s3n:// root name the same objects as s3://; list_files gives URIs in the root's
+    form, equal to what join builds (so output keys compare equal); sources keep their one
+    s3:// identity."""
+    ep = s3_endpoint
+    root = f"{scheme}://{s3_bucket}/out"
+    key = storage.join(root, "events", "date=2026-01-01", "k.parquet")
+    assert key.startswith(f"{scheme}://")
+    assert storage.write_atomic(key, b"x" * 10, endpoint_url=ep)
+    assert storage.read_bytes(key.replace(f"{scheme}://", "s3://", 1), endpoint_url=ep) == b"x" * 10
+    assert storage.list_files(storage.join(root, "events"), endpoint_url=ep) == [key]
+    assert storage.list_files(root + "/", endpoint_url=ep) == [key]
+    assert storage.exists(key, endpoint_url=ep)
+    [src] = storage.list_sources(root, include=["*.parquet"], endpoint_url=ep)
+    assert src.uri == f"s3://{s3_bucket}/out/events/date=2026-01-01/k.parquet"
+    fs, path = storage.filesystem(key, endpoint_url=ep)
+    assert path == f"{s3_bucket}/out/events/date=2026-01-01/k.parquet"
+    with storage.open_source(key, endpoint_url=ep) as f:
+        assert f.read() == b"x" * 10
+    storage.delete(key, endpoint_url=ep)
+    assert storage.list_files(root, endpoint_url=ep) == []
