@@ -373,6 +373,14 @@ class CountingReader(io.BufferedReader):
         """Attempts repeated after a failed one (S3: a timeout, reset or throttle)."""
         return getattr(self.raw, "retries", 0)
 
+    @property
+    def failure(self) -> StorageError | None:
+        """The StorageError a read raised (every later read raises it again), if any: a
+        caller whose decoder swallowed it (PyAV drops an exception raised in its read
+        callback and FFmpeg sees an error or an early end) still learns that storage
+        failed, not the file."""
+        return getattr(self.raw, "failure", None)
+
 
 class _LocalRaw(io.FileIO):
     def __init__(self, path: str) -> None:
@@ -481,6 +489,7 @@ class _S3Raw(io.RawIOBase):
         self.bytes_read = 0
         self.requests = 0
         self.retries = 0  # attempts after a failed one, over every read
+        self.failure: StorageError | None = None  # sticky: see CountingReader.failure
         self._window = READ_AHEAD_MIN
         self._last_end = -1  # end of the previous GET, to tell sequential reads from seeks
         head = self._retrying("HEAD", lambda client: self._head(client, version))
@@ -513,10 +522,16 @@ class _S3Raw(io.RawIOBase):
         want = min(len(b), self._window, self.size - self.pos)
         if want <= 0:
             return 0
-        data = self._retrying(
-            f"bytes {self.pos}-{self.pos + want - 1}",
-            lambda client: self._get(client, self.pos, want),
-        )
+        if self.failure is not None:
+            raise self.failure
+        try:
+            data = self._retrying(
+                f"bytes {self.pos}-{self.pos + want - 1}",
+                lambda client: self._get(client, self.pos, want),
+            )
+        except StorageError as e:
+            self.failure = e
+            raise
         n = len(data)
         memoryview(b)[:n] = data
         self.pos += n

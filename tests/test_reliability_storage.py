@@ -171,3 +171,101 @@ def test_s3a_and_s3n_work_like_s3(
         assert f.read() == b"x" * 10
     storage.delete(key, endpoint_url=ep)
     assert storage.list_files(root, endpoint_url=ep) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the decoder watchdog: storage's fault or the file's
+
+
+SPEC_KW = {"window_s": 2.0, "stride_s": 2.0, "frames": 4, "size": 32, "audio_examples": 2}
+
+
+@pytest.fixture
+def recording_on_s3(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> tuple[str, str]:
+    """A 6 s recording on moto: (its URI, its listed version)."""
+    from badmedia import good_recording
+
+    path = good_recording(tmp_path / "cam1" / "cam1_20260101T000000Z.mp4", 6.0)
+    uri = f"s3://{s3_bucket}/rec/cam1/{path.name}"
+    storage.write_atomic(uri, path.read_bytes(), endpoint_url=s3_endpoint)
+    [src] = storage.list_sources(uri, endpoint_url=s3_endpoint)
+    return uri, src.version
+
+
+def _segment(uri: str, version: str) -> dict[str, object]:
+    from avrl_batch.scan.plan import Segment
+
+    return Segment("k", uri, 0, 1, 0.0, 6.0, version).to_row()
+
+
+def test_a_watchdog_silence_spent_waiting_for_storage_is_not_the_files_fault(
+    proxy: FaultyProxy, recording_on_s3: tuple[str, str]
+) -> None:
+    """The decoder's reads stall with deadlines longer than the watchdog (1.5 s): the
+    silence was spent in a storage read, so it is StorageStalled (transient, "retried on
+    the next run"), not the DecoderTimeout that quarantines a file. With the reads the scan
+    uses (fitted inside the watchdog) storage gives up first: a StorageError trailer."""
+    from avrl_batch.scan import isolate
+    from avrl_batch.scan.decode import _decode_segment_in_child, decode_segment_isolated
+    from avrl_batch.scan.isolate import DecoderProcess, Isolation, StorageStalled
+    from avrl_batch.scan.plan import WindowSpec
+
+    uri, version = recording_on_s3
+    spec = WindowSpec(**SPEC_KW)
+    proxy.add(Rule(ranged_get_of(uri.rsplit("/", 1)[1]), "stall"))
+    slow = storage.S3Reads(read_timeout_s=60.0, attempt_deadline_s=60.0)
+    proc = DecoderProcess()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StorageStalled) as stalled:
+            list(isolate.stream_isolated(
+                _decode_segment_in_child, _segment(uri, version), spec, source=uri,
+                stage="decode", isolation=Isolation(timeout_s=1.5), proc=proc,
+                endpoint_url=proxy.url, reads=slow,
+            ))
+        assert time.monotonic() - t0 < 30
+        msg = str(stalled.value)
+        assert "storage, not the file" in msg and "retried on the next run" in msg
+        assert "quarantined" not in msg and proc.starts == 2  # retried once, in a fresh child
+        assert type(stalled.value).__name__ in TRANSIENT_ERRORS
+
+        rows = list(decode_segment_isolated(
+            _segment(uri, version), spec, endpoint_url=proxy.url,
+            isolation=Isolation(timeout_s=6.0), proc=proc,
+        ))
+        assert [r["kind"] for r in rows] == ["error"]
+        assert rows[0]["error_type"] == "StorageError", rows[0]["message"]
+        assert rows[0]["error_type"] in TRANSIENT_ERRORS
+    finally:
+        proc.close()
+
+
+def test_a_decode_whose_reads_stall_midway_ends_as_a_transient_trailer(
+    proxy: FaultyProxy, recording_on_s3: tuple[str, str]
+) -> None:
+    """Reads stall after the first few (the header read, then mid-file): the windows
+    decoded before are sent, then one StorageError trailer; once the proxy is healthy
+    again the same segment decodes whole."""
+    from avrl_batch.scan.decode import decode_segment_isolated
+    from avrl_batch.scan.isolate import DecoderProcess, Isolation
+    from avrl_batch.scan.plan import WindowSpec
+
+    uri, version = recording_on_s3
+    spec = WindowSpec(**SPEC_KW)
+    rule = proxy.add(Rule(ranged_get_of(uri.rsplit("/", 1)[1]), "stall-body", skip=2))
+    proc = DecoderProcess()
+    try:
+        rows = list(decode_segment_isolated(
+            _segment(uri, version), spec, endpoint_url=proxy.url,
+            isolation=Isolation(timeout_s=8.0), proc=proc,
+        ))
+        assert rows[-1]["kind"] == "error" and rows[-1]["error_type"] == "StorageError"
+        assert rule.fired == storage.S3Reads().attempts  # the failure is sticky: no re-reads
+        proxy.clear()
+        rows = list(decode_segment_isolated(
+            _segment(uri, version), spec, endpoint_url=proxy.url,
+            isolation=Isolation(timeout_s=8.0), proc=proc,
+        ))
+        assert [r["kind"] for r in rows] == ["window"] * 3 + ["done"]
+    finally:
+        proc.close()

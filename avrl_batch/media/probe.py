@@ -30,17 +30,35 @@ Source = Any  # str | os.PathLike | a binary seekable file object (typing.Binary
 
 
 @contextlib.contextmanager
-def open_media(uri: str, *, endpoint_url: str | None = None) -> Iterator[Source]:
+def open_media(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    version: str | None = None,
+    reads: Any = None,
+) -> Iterator[Source]:
     """The Source of a storage URI: a local path as is (FFmpeg's own file I/O), an S3 object
-    as a seekable ranged-read file object."""
+    as a seekable ranged-read file object pinned to ``version`` (the listed ETag) whose
+    reads follow ``reads`` (storage.S3Reads; None: its defaults)."""
     from avrl_batch import storage
 
     p = storage.parse_uri(uri)
     if p.scheme == "file":
         yield p.path
     else:
-        with storage.open_source(uri, endpoint_url=endpoint_url) as f:
-            yield f
+        with storage.open_source(
+            uri, endpoint_url=endpoint_url, version=version, reads=reads or storage.S3Reads()
+        ) as f:
+            try:
+                yield f
+            except Exception as exc:
+                # whatever FFmpeg made of a failed read (PyAV drops the exception raised in
+                # its read callback), it was storage's failure, not the file's
+                if f.failure is not None and f.failure is not exc:
+                    raise f.failure from exc
+                raise
+            if f.failure is not None:  # a failed read FFmpeg took for the end of the file
+                raise f.failure
 
 # first bytes of containers we recognise; a file that starts like one of these but does not
 # open is an incomplete copy, not "not media"

@@ -57,17 +57,21 @@ def _fit_logmel(logmel: np.ndarray | None, examples: int) -> np.ndarray:
 
 
 def decode_segment(
-    seg: dict[str, Any], spec: WindowSpec, *, endpoint_url: str | None = None
+    seg: dict[str, Any], spec: WindowSpec, *, endpoint_url: str | None = None, reads: Any = None
 ) -> Iterator[dict[str, Any]]:
     """Window rows of one segment (a ``Segment.to_row()`` dict), then its trailer row.
 
-    Never raises for a bad source: the failure becomes the trailer (``kind="error"``).
+    Never raises for a bad source: the failure becomes the trailer (``kind="error"``). S3
+    reads are pinned to the segment's listed version and follow ``reads`` (storage.S3Reads).
     """
     from avrl_batch.media import iter_windows, open_media
 
     n = 0
     try:
-        with open_media(seg["source_uri"], endpoint_url=endpoint_url) as src:
+        with open_media(
+            seg["source_uri"], endpoint_url=endpoint_url, version=seg.get("version") or None,
+            reads=reads,
+        ) as src:
             for w in iter_windows(
                 src,
                 float(seg["start_s"]),
@@ -100,13 +104,13 @@ def decode_segment(
 
 
 def _decode_segment_in_child(
-    seg: dict[str, Any], spec: WindowSpec, *, endpoint_url: str | None = None
+    seg: dict[str, Any], spec: WindowSpec, *, endpoint_url: str | None = None, reads: Any = None
 ) -> Iterator[dict[str, Any]]:
     """decode_segment, with the decoder process's peak RSS (MiB) on the trailer: decoding
     happens here, so this is the memory that must stay bounded by the segment."""
     from avrl_batch.memory import peak_rss_mb
 
-    for row in decode_segment(seg, spec, endpoint_url=endpoint_url):
+    for row in decode_segment(seg, spec, endpoint_url=endpoint_url, reads=reads):
         if row["kind"] != WINDOW:
             row["decoder_rss_mb"] = peak_rss_mb()
         yield row
@@ -122,12 +126,16 @@ def decode_segment_isolated(
 ) -> Iterator[dict[str, Any]]:
     """:func:`decode_segment` in the decoder process (scan/isolate.py): the segment's window
     rows, each once, then its trailer (with ``decoder_rss_mb``: the decoder's peak RSS); a
-    decoder crash or hang (twice) becomes the error trailer."""
+    decoder crash or hang (twice) becomes the error trailer. S3 reads give up (a transient
+    StorageError trailer) before the decoder watchdog fires."""
+    from avrl_batch.storage import S3Reads
+
     n = 0
     try:
         for row in stream_isolated(
             _decode_segment_in_child, seg, spec, source=seg["source_uri"], stage="decode",
             isolation=isolation, proc=proc, endpoint_url=endpoint_url,
+            reads=S3Reads().within(isolation.timeout_s),
             # a retry re-sends the rows already passed on: skip them (windows by index; the
             # trailer comes last, so a retry after it never yields a second one)
             item_id=lambda r: r["window_index"] if r["kind"] == WINDOW else "trailer",

@@ -8,7 +8,10 @@ started once per worker and reused across tasks (the start-up cost, about a seco
 imports, is paid once), restarted after it dies. The parent waits on it with a time limit:
 
 * the child dies (signal, ``os._exit``) -> :class:`DecoderCrashed`;
-* the child sends nothing for ``timeout_s`` seconds -> it is killed -> :class:`DecoderTimeout`.
+* the child sends nothing for ``timeout_s`` seconds -> it is killed -> :class:`DecoderTimeout`,
+  or :class:`StorageStalled` when at least half of that silence was spent waiting for storage
+  reads (the child reports the start and end of each, ``storage.observe_reads``): a decoder
+  timeout is the file's fault only when its bytes were there to decode.
 
 Each is retried once in a fresh child (``attempts=2``), because a worker can die for
 reasons of its own (memory pressure, a node going away); a source that fails twice is
@@ -57,6 +60,11 @@ class DecoderTimeout(MediaError):
     """The decoder process made no progress on this source within the time limit."""
 
 
+class StorageStalled(MediaError):
+    """The decoder made no progress because reading the source from storage stalled: not a
+    property of the recording (plan.TRANSIENT_ERRORS), so it is retried on the next run."""
+
+
 @dataclass(frozen=True)
 class Isolation:
     """How decoding is isolated: the time limit and how many tries a source gets."""
@@ -91,6 +99,20 @@ def _signal_name(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit status {code}"
+
+
+def _silence(timeout_s: float, storage_s: float) -> _Died:
+    """The watchdog's verdict on a child silent for ``timeout_s``, ``storage_s`` of which
+    went to storage reads: the file's fault only when decoding, not waiting, took most."""
+    if storage_s >= timeout_s / 2:
+        return _Died(
+            StorageStalled,
+            f"reading the source from storage stalled ({storage_s:.0f} s of a "
+            f"{timeout_s:g} s silence) and the decoder was stopped",
+        )
+    return _Died(
+        DecoderTimeout, f"the decoder made no progress for {timeout_s:g} s and was stopped"
+    )
 
 
 class DecoderProcess:
@@ -160,24 +182,36 @@ class DecoderProcess:
         return self._proc.pid if self._proc is not None else None
 
     def _recv(self, timeout_s: float) -> tuple[str, Any]:
+        """The child's next message, read reports ("io") aside: they are not progress, but
+        they say how much of a silence went to waiting for storage."""
         assert self._conn is not None and self._proc is not None
-        try:
-            ready = self._conn.poll(timeout_s)
-        except (OSError, EOFError):
-            ready = True  # the socket broke: recv below reports the death
-        if not ready:
-            self._kill()
-            raise _Died(
-                DecoderTimeout,
-                f"the decoder made no progress for {timeout_s:g} s and was stopped",
-            )
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError):
-            code = self._kill()
-            raise _Died(
-                DecoderCrashed, f"the decoder process died ({_signal_name(code)})"
-            ) from None
+        deadline = time.monotonic() + timeout_s
+        reading_since: float | None = None  # a storage read is in flight since then
+        waited = 0.0  # seconds of this silence spent in storage reads that ended
+        while True:
+            try:
+                ready = self._conn.poll(max(0.0, deadline - time.monotonic()))
+            except (OSError, EOFError):
+                ready = True  # the socket broke: recv below reports the death
+            if not ready:
+                if reading_since is not None:
+                    waited += time.monotonic() - reading_since
+                self._kill()
+                raise _silence(timeout_s, waited)
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                code = self._kill()
+                raise _Died(
+                    DecoderCrashed, f"the decoder process died ({_signal_name(code)})"
+                ) from None
+            if msg[0] != "io":
+                return msg
+            if msg[1] == "start":
+                reading_since = time.monotonic()
+            elif reading_since is not None:
+                waited += time.monotonic() - reading_since
+                reading_since = None
 
     def _send(self, job: tuple[Any, ...]) -> None:
         if self._proc is None or self._proc.poll() is not None:
@@ -305,6 +339,10 @@ def stream_isolated(
 
 def _final(died: _Died, source: str, attempts: int) -> MediaError:
     tries = "once" if attempts == 1 else f"on {attempts} attempts"
+    if died.kind is StorageStalled:
+        return died.kind(
+            source, f"{died.reason} {tries}; storage, not the file: it is retried on the next run"
+        )
     return died.kind(
         source,
         f"{died.reason} {tries}; the file is quarantined (an error row): check or re-encode "
@@ -340,6 +378,7 @@ def _child_main(fd: int) -> None:
     import av  # noqa: F401
 
     import avrl_batch.media  # noqa: F401 - imported before "ready": see DecoderProcess._start
+    from avrl_batch import storage
 
     conn.send(("ready", os.getpid()))
     while True:
@@ -347,14 +386,24 @@ def _child_main(fd: int) -> None:
             kind, fn, args, kwargs, source, stage = conn.recv()
         except (EOFError, OSError):
             return
+        # storage reads are reported to the parent, whose watchdog tells a stalled read
+        # from a wedged decoder (DecoderProcess._recv)
         try:
-            if kind == "stream":
-                for item in fn(*args, **kwargs):
-                    conn.send(("item", item))
-                conn.send(("end", None))
-            else:
-                conn.send(("result", fn(*args, **kwargs)))
+            with storage.observe_reads(lambda event: conn.send(("io", event))):
+                _run_job(conn, kind, fn, args, kwargs)
         except (EOFError, BrokenPipeError, ConnectionResetError):
             return  # the parent went away mid-job
         except Exception as exc:  # noqa: BLE001 - the parent decides what an exception means
             _send_exception(conn, exc, source)
+
+
+def _run_job(
+    conn: Connection, kind: str, fn: Callable[..., Any], args: tuple, kwargs: dict
+) -> None:
+    """One job: a call's result, or a stream's items and its end, sent to the parent."""
+    if kind == "stream":
+        for item in fn(*args, **kwargs):
+            conn.send(("item", item))
+        conn.send(("end", None))
+    else:
+        conn.send(("result", fn(*args, **kwargs)))

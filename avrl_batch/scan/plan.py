@@ -109,6 +109,7 @@ class Segment:
     n_segments: int
     start_s: float
     end_s: float  # math.inf when the duration is unknown: decode to the end of the file
+    version: str = ""  # the listed version of the source: S3 reads are pinned to it
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +164,7 @@ TRANSIENT_ERRORS = frozenset(
         "BrokenPipeError",
         "TimeoutError",
         "MemoryError",
+        "StorageStalled",  # the decoder watchdog fired while storage reads stalled (isolate.py)
     }
 )
 
@@ -261,13 +263,15 @@ def probe_source(
     camera_pattern: str | None = None,
     timezone: str = "UTC",
     endpoint_url: str | None = None,
+    reads: Any = None,
 ) -> SourceTask | SourceError:
     """Probe one source and cut it into segments; any failure is a SourceError, never an
-    exception (a bad file must not stop a scan)."""
+    exception (a bad file must not stop a scan). S3 reads are pinned to ``version`` and
+    follow ``reads`` (storage.S3Reads)."""
     from avrl_batch.media import open_media, probe
 
     try:
-        with open_media(uri, endpoint_url=endpoint_url) as src:
+        with open_media(uri, endpoint_url=endpoint_url, version=version, reads=reads) as src:
             info = probe(src)
         name = source_name(
             uri,
@@ -278,7 +282,8 @@ def probe_source(
         duration = info.duration_s
         ranges = segment_ranges(duration, stride_s, segment_s)
         segments = tuple(
-            Segment(key, uri, i, len(ranges), start, end) for i, (start, end) in enumerate(ranges)
+            Segment(key, uri, i, len(ranges), start, end, version)
+            for i, (start, end) in enumerate(ranges)
         )
         return SourceTask(
             uri=uri,
@@ -308,11 +313,14 @@ def probe_source_isolated(
 ) -> SourceTask | SourceError:
     """:func:`probe_source` in the decoder process (scan/isolate.py): a SourceTask, or a
     SourceError (stage "probe") when the file is bad, crashed the decoder twice or hung it
-    twice."""
+    twice. S3 reads give up (a transient StorageError) before the decoder watchdog fires."""
+    from avrl_batch.storage import S3Reads
+
     try:
         return run_isolated(
             probe_source, uri, version, size, key, source=uri, stage="probe",
-            isolation=isolation, proc=proc, **kwargs,
+            isolation=isolation, proc=proc, reads=S3Reads().within(isolation.timeout_s),
+            **kwargs,
         )
     except MediaError as exc:
         error_type, message = error_of(exc)
