@@ -274,6 +274,98 @@ def test_fault_injection_resumes_from_checkpoint_on_s3(
               TrainConfig(epochs=4, batch_size=8), resume=True, endpoint_url=s3_endpoint)
 
 
+def _cosine_epochs(tc: TrainConfig, epochs: range, state: dict | None = None) -> tuple[list, dict]:
+    """Train-loop bookkeeping on a real optimiser: the rate of each epoch in ``epochs`` (a
+    resumed run restores ``state`` and fits its schedule first), and the state after them."""
+    from avrl_batch.model import build_model
+    from avrl_batch.train.loop import fit_schedule, make_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(preset("tiny"))
+    opt, sched = make_optimizer(model, tc)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        sched = fit_schedule(opt, sched, tc, epochs.start - 1)
+    rates = []
+    for _ in epochs:
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()  # no gradients: the step only orders the calls as training does
+        sched.step()
+    return rates, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+
+
+def test_resumed_cosine_schedule_never_raises_the_rate() -> None:
+    """Resumed on its own horizon, a cosine run is the uninterrupted one; extended with
+    --epochs, it anneals from the current rate to min_lr over the epochs left, and a crash
+    during the extension resumes on the extended curve."""
+    tc4 = TrainConfig(epochs=4, lr=1e-3, optimizer="adam", schedule="cosine")
+    tc8 = TrainConfig(epochs=8, lr=1e-3, optimizer="adam", schedule="cosine")
+    whole, _ = _cosine_epochs(tc4, range(1, 5))
+    first, after2 = _cosine_epochs(tc4, range(1, 3))
+    rest, _ = _cosine_epochs(tc4, range(3, 5), after2)
+    assert first + rest == whole
+    extended, end = _cosine_epochs(tc8, range(3, 9), after2)
+    assert extended[0] == whole[2]  # the rate epoch 3 had in the 4-epoch plan
+    rates = first + extended
+    assert all(b <= a for a, b in zip(rates, rates[1:], strict=False)), rates
+    assert extended[-1] > tc8.min_lr and end["optimizer"]["param_groups"][0]["lr"] == tc8.min_lr
+    # re-planning the whole run to 8 epochs would have put epoch 3 back up
+    assert _cosine_epochs(tc8, range(1, 9))[0][2] > whole[2]
+    part, after5 = _cosine_epochs(tc8, range(3, 6), after2)
+    again, _ = _cosine_epochs(tc8, range(6, 9), after5)
+    assert part + again == extended
+
+
+def test_resume_continues_the_run_as_it_was_started(
+    prepared_ci: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cosine run that crashed after epoch 1 resumes with its own epochs, lr, batch, seed and
+    data (no DATA, no options); a differing one is refused in one line before Ray starts;
+    `--resume --epochs 3` extends it and the rate never rises."""
+    import ray
+
+    from avrl_batch.modelfile import load_model
+    from avrl_batch.train.trainer import TrainingFailed, run_settings, train
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # FailOnce, to the workers
+    out = tmp_path / "run"
+    data = prepared_ci["uri"]
+    started = TrainConfig(epochs=2, batch_size=16, lr=2e-3, seed=5, optimizer="adam",
+                          schedule="cosine")  # fmt: skip
+    with pytest.raises(TrainingFailed):
+        train(data, str(out), preset("tiny"), started, max_failures=0,
+              epoch_hook=FailOnce(2, str(tmp_path / "crashed"), str(out), None))  # fmt: skip
+    assert sorted(p.name for p in (out / "checkpoints").glob("epoch_*")) == ["epoch_0001"]
+    # nothing given: the run's settings, not the defaults (80 epochs, batch 12, seed 0)
+    run = run_settings(str(out), resume=True)
+    assert (run.data_uri, run.cfg, run.tc) == (data, preset("tiny"), started)
+
+    capsys.readouterr()
+    for argv, needle in (
+        (["--lr", "0.01"], "--lr 0.002, not 0.01"),
+        (["--batch-size", "8", "--seed", "1"], "--batch-size 16, not 8, --seed 5, not 1"),
+        ([str(tmp_path)], f"DATA {data}, not {tmp_path}"),
+        (["--epochs", "1"], "started for 2 epochs; --epochs can only extend it"),
+        (["--preset", "tiny96"], "another model (preset 'tiny' (now 'tiny96')"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--out", str(out), "--resume", *argv])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+        assert needle in err, err
+
+    main(["train", "--out", str(out), "--resume", "--epochs", "3"])
+    meta = load_model(out / "model.avrl").meta
+    history = meta["history"]
+    assert [(h["epoch"], h["resumed_from_epoch"]) for h in history] == [(1, 0), (2, 1), (3, 1)]
+    rates = [h["lr"] for h in history]
+    assert rates[0] == 2e-3 and rates[0] > rates[1] > rates[2] > started.min_lr, rates
+    assert meta["train_config"] == {**json.loads(json.dumps(vars(started))), "epochs": 3}
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["train_config"]["epochs"] == 3 and recorded["data"] == data
+
+
 # ---------------------------------------------------------------------------------------------
 # DDP correctness
 

@@ -57,11 +57,16 @@ def prepare_cmd(
 
 @app.command("train")
 def train_cmd(
-    data: str = typer.Argument(..., help="prepared dataset (the --out of avrl prepare)"),
+    data: str | None = typer.Argument(
+        None, help="prepared dataset (the --out of avrl prepare); with --resume, the run's"
+    ),
     out: str = typer.Option(
         ..., "--out", help="checkpoints and model.avrl go here (path or s3://)"
     ),
-    preset: str = typer.Option("tiny", help="model preset: paper, small, tiny or tiny96"),
+    preset: str | None = typer.Option(
+        None,
+        help="model preset: paper, small, tiny or tiny96 (default tiny; with --resume, the run's)",
+    ),
     fusion: str | None = typer.Option(None, help="concat, concat_ln, concat_um, add or lf"),
     modality: str | None = typer.Option(None, help="av, video or audio (Table V ablation)"),
     workers: int = typer.Option(1, help="Ray Train workers (DDP processes)"),
@@ -69,7 +74,9 @@ def train_cmd(
     cpus_per_worker: float | None = typer.Option(
         None, help="CPUs each worker reserves (default: 1, fewer on a small machine)"
     ),
-    epochs: int | None = typer.Option(None, help="epochs (paper: 80)"),
+    epochs: int | None = typer.Option(
+        None, help="epochs (paper: 80); with --resume the run's, or more to extend it"
+    ),
     batch_size: int | None = typer.Option(
         None, help="global batch, split over workers (paper: 12)"
     ),
@@ -94,21 +101,28 @@ def train_cmd(
         "workers: same model)",
     ),
     max_failures: int = typer.Option(1, help="worker failures to recover from (FailureConfig)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run already under --out"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run under --out with the settings it was started "
+        "with (OUT/run.json); a differing one is refused, a larger --epochs extends the run"
+    ),
     address: str | None = typer.Option(None, help=_ADDRESS_HELP),
     endpoint_url: str | None = typer.Option(None, help=_ENDPOINT_HELP),
 ) -> None:
     """Train AVRL with Ray Train (DDP) on prepared clips; writes OUT/model.avrl.
 
     Example: avrl train prepared --out runs/av --preset tiny --workers 2 --epochs 10
+    (after a crash: avrl train --out runs/av --resume; to train on: --resume --epochs 20)
     """
-    from avrl_batch.config import preset as get_preset
-    from avrl_batch.config import train_config
-    from avrl_batch.train.trainer import train
+    from avrl_batch.train.trainer import run_settings, train
 
-    cfg = get_preset(preset, fusion=fusion, modality=modality)
-    tc = train_config(
-        preset,
+    run = run_settings(
+        out,
+        resume=resume,
+        data_uri=data,
+        preset_name=preset,
+        fusion=fusion,
+        modality=modality,
+        endpoint_url=endpoint_url,
         optimizer=optimizer,
         epochs=epochs,
         batch_size=batch_size,
@@ -117,12 +131,12 @@ def train_cmd(
         seed=seed,
         schedule=schedule,
     )
-    display = EpochDisplay(cfg.class_names)
+    display = EpochDisplay(run.cfg.class_names)
     result = train(
-        data,
+        run.data_uri,
         out,
-        cfg,
-        tc,
+        run.cfg,
+        run.tc,
         workers=workers,
         use_gpu=gpu,
         cpus_per_worker=cpus_per_worker,

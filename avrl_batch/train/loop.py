@@ -8,7 +8,8 @@ plateau schedule (and so the learning rate) identical on all of them.
 
 Resumption: the loop starts from ``ray.train.get_checkpoint()`` when there is one (a restarted
 worker group after a failure, or a rerun of the same output with ``--resume``) and continues at
-the epoch after the saved one with the optimiser, scheduler and metric history restored.
+the epoch after the saved one with the optimiser, scheduler and metric history restored; a run
+extended to more epochs re-plans its cosine schedule from the current rate (``fit_schedule``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,25 @@ def step_schedule(sched: Any, val_loss: float | None) -> None:
             sched.step(val_loss)
     else:
         sched.step()
+
+
+def fit_schedule(
+    opt: torch.optim.Optimizer, sched: Any, tc: TrainConfig, done_epochs: int
+) -> Any:
+    """The restored schedule of a run resumed after ``done_epochs`` epochs, fitted to
+    ``tc.epochs``. A cosine schedule whose horizon is another number of epochs (``--resume
+    --epochs N`` extended the run) is re-planned: from the rate the next epoch would have
+    trained with, annealing to ``min_lr`` over the epochs left. Re-planning the whole run to
+    the new horizon instead would put the rate back up. A plateau schedule has no horizon."""
+    if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return sched
+    ends_after = done_epochs + sched.T_max - sched.last_epoch  # the epoch it reaches min_lr
+    left = tc.epochs - done_epochs
+    if ends_after == tc.epochs or left < 1:
+        return sched
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]  # the new curve's start: the current rate
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=left, eta_min=tc.min_lr)
 
 
 def _autocast(device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
@@ -260,6 +280,7 @@ def _start_worker(cfg: ModelConfig, tc: TrainConfig) -> _Worker:
     model = build_model(cfg)
     opt, sched = make_optimizer(model, tc)
     history, resumed_from = _restore(model, opt, sched)
+    sched = fit_schedule(opt, sched, tc, resumed_from)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     autocast, scaler = _autocast(device)

@@ -6,8 +6,8 @@ Output layout of ``OUT`` (local or S3)::
                                                    scheduler, metric history)
     OUT/checkpoints/checkpoint_manager_snapshot.json   Ray Train's record of the checkpoints
     OUT/model.avrl                                 the final self-describing model file
-    OUT/run.json                                   the model and training settings the run
-                                                   started with (--resume checks them)
+    OUT/run.json                                   the dataset, model and training settings
+                                                   the run started with (--resume takes them)
 
 Fault tolerance and resumption use Ray Train V2 (the default in Ray 2.60; ``TorchTrainer.restore``
 is deprecated there): ``FailureConfig(max_failures)`` restarts the worker group from the latest
@@ -19,6 +19,7 @@ storage_path)`` finds the run's checkpoint snapshot in storage and hands its lat
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import threading
 from collections.abc import Callable
@@ -37,13 +38,21 @@ RUN_NAME = "checkpoints"
 MODEL_NAME = "model.avrl"
 SNAPSHOT_NAME = "checkpoint_manager_snapshot.json"
 RUN_FILE = "run.json"
-# settings a resumed run must share with its checkpoints: the weights' shapes, and the types
-# of the optimiser and scheduler whose state the checkpoint restores
-RESUME_MUST_MATCH = ("optimizer", "schedule")
+# TrainConfig fields that are `avrl train` options: a refusal names them as the option
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "audio_dropout", "schedule", "seed")
 
 
 class TrainingFailed(AvrlError):
     """Training stopped after the allowed worker failures; the checkpoints stay for --resume."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What one ``avrl train`` trains: the dataset, the network and the optimisation."""
+
+    data_uri: str
+    cfg: ModelConfig
+    tc: TrainConfig
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,16 @@ def train(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if tc.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {tc.epochs}")
+    ckpt_root = _check_out(out_uri, resume=resume, endpoint_url=endpoint_url)
+    record = _read_run(out_uri, endpoint_url) if resume else None
+    if record is not None:
+        _check_resume(out_uri, record, data_uri, cfg, tc)
     prepared = _load_training_data(data_uri, cfg, endpoint_url)
     val_split = _val_split(prepared)
     if val_split == "test":
         log("note: no val split; the plateau schedule follows the test split's loss")
-    ckpt_root = _check_out(out_uri, resume=resume, endpoint_url=endpoint_url)
-    _check_or_record_run(out_uri, cfg, tc, resume=resume, endpoint_url=endpoint_url)
+    _record_run(out_uri, data_uri, cfg, tc, record, resume=resume, endpoint_url=endpoint_url,
+                log=log)
 
     connect(address)
     quiet_ray_data()
@@ -120,6 +133,56 @@ def train(
         ckpt_root,
         endpoint_url,
     )
+
+
+def run_settings(
+    out_uri: str,
+    *,
+    resume: bool,
+    data_uri: str | None = None,
+    preset_name: str | None = None,
+    fusion: str | None = None,
+    modality: str | None = None,
+    endpoint_url: str | None = None,
+    **train_options: Any,
+) -> RunSettings:
+    """The settings of ``avrl train``; ``None`` is "not given". A new run takes the preset's
+    defaults (``tiny`` when no preset is given). ``--resume`` takes every setting the run was
+    started with from OUT/run.json and puts the given ones in their place; :func:`train` then
+    refuses any that differ from the record, except a longer ``--epochs``."""
+    from dataclasses import fields, replace
+
+    from avrl_batch.config import preset, train_config
+
+    if resume:
+        _check_out(out_uri, resume=True, endpoint_url=endpoint_url)  # there is a run
+    record = _read_run(out_uri, endpoint_url) if resume else None
+    if record is None:
+        if data_uri is None:
+            raise ConfigError(
+                "give DATA, the prepared dataset to train on (the --out of avrl prepare)"
+                + (f": {out_uri} has no {RUN_FILE} that records it" if resume else "")
+            )
+        name = preset_name or "tiny"
+        return RunSettings(
+            data_uri,
+            preset(name, fusion=fusion, modality=modality),
+            train_config(name, **train_options),
+        )
+    was_cfg = ModelConfig.from_dict(record["model_config"])
+    cfg = (
+        preset(preset_name, fusion=fusion, modality=modality)
+        if preset_name is not None
+        else replace(was_cfg, **{k: v for k, v in (("fusion", fusion), ("modality", modality))
+                                 if v is not None})
+    )
+    given = {k: v for k, v in train_options.items() if v is not None}
+    known = {f.name for f in fields(TrainConfig)}
+    was_tc = TrainConfig(**{k: v for k, v in record["train_config"].items() if k in known})
+    tc = replace(was_tc, **given)
+    if data_uri is None and not record.get("data"):
+        raise ConfigError(f"give DATA: {out_uri}/{RUN_FILE} does not record the run's dataset")
+    return RunSettings(data_uri or record["data"], cfg, tc)
 
 
 def _load_training_data(data_uri: str, cfg: ModelConfig, endpoint_url: str | None) -> PreparedData:
@@ -298,48 +361,81 @@ def _fit(trainer: Any, progress: _ProgressRelay | None, ckpt_root: str) -> Any:
     return result
 
 
-def _check_or_record_run(
+def _record_run(
     out_uri: str,
+    data_uri: str,
     cfg: ModelConfig,
     tc: TrainConfig,
+    record: dict[str, Any] | None,
     *,
     resume: bool,
     endpoint_url: str | None,
+    log: Callable[[str], None],
 ) -> None:
-    """A new run records its settings in OUT/run.json; ``--resume`` compares against them, so a
-    changed preset or --schedule is a one-line error instead of a failed state load on every
-    worker. Runs started before run.json existed resume unchecked."""
-    import json
+    """OUT/run.json: a new run's dataset and settings, or a resumed run's longer ``--epochs``
+    (the loop re-plans the schedule, ``loop.fit_schedule``). A checkpoint folder without
+    run.json resumes with the settings given and gets none."""
+    if resume:
+        if record is None or tc.epochs == record["train_config"].get("epochs"):
+            return
+        log(f"extending the run under {out_uri} to {tc.epochs} epochs")
+    doc = {"data": _data_identity(data_uri), "model_config": cfg.to_dict(),
+           "train_config": asdict(tc)}
+    storage.write_atomic(
+        storage.join(out_uri, RUN_FILE),
+        json.dumps(doc, indent=2, sort_keys=True).encode(),
+        endpoint_url=endpoint_url,
+    )
 
+
+def _read_run(out_uri: str, endpoint_url: str | None) -> dict[str, Any] | None:
     uri = storage.join(out_uri, RUN_FILE)
-    if not resume:
-        doc = {"model_config": cfg.to_dict(), "train_config": asdict(tc)}
-        storage.write_atomic(
-            uri, json.dumps(doc, indent=2, sort_keys=True).encode(), endpoint_url=endpoint_url
-        )
-        return
     if not storage.exists(uri, endpoint_url=endpoint_url):
-        return
-    doc = json.loads(storage.read_bytes(uri, endpoint_url=endpoint_url))
-    then = ModelConfig.from_dict(doc["model_config"])
+        return None
+    return json.loads(storage.read_bytes(uri, endpoint_url=endpoint_url))
+
+
+def _data_identity(uri: str) -> str:
+    """One spelling of a dataset's place: an absolute path, or ``s3://bucket/prefix``."""
+    p = storage.parse_uri(uri)
+    return p.path if p.scheme == "file" else f"s3://{p.bucket}/{p.key.rstrip('/')}"
+
+
+def _check_resume(
+    out_uri: str, record: dict[str, Any], data_uri: str, cfg: ModelConfig, tc: TrainConfig
+) -> None:
+    """``--resume`` continues the run as it was started: one line, before Ray starts, naming
+    every setting that differs from the run's record (a checkpoint's state would not fit, or
+    the run would silently become another one); only a longer ``--epochs`` is allowed."""
+    then = ModelConfig.from_dict(record["model_config"])
     if then != cfg:
-        diff = [
-            f"{k} {v!r} (now {cfg.to_dict()[k]!r})"
-            for k, v in then.to_dict().items()
-            if cfg.to_dict()[k] != v
-        ]
+        now = cfg.to_dict()
+        diff = [f"{k} {v!r} (now {now[k]!r})" for k, v in then.to_dict().items() if now[k] != v]
         raise ConfigError(
             f"--resume: the run under {out_uri} was started with another model ("
             + ", ".join(diff)
             + "): resume with its settings or train into a new --out"
         )
-    for name in RESUME_MUST_MATCH:
-        was, now = doc["train_config"].get(name), getattr(tc, name)
-        if was is not None and was != now:
-            raise ConfigError(
-                f"--resume: the run under {out_uri} was started with --{name} {was}, not "
-                f"{now}: resume with --{name} {was} or train into a new --out"
-            )
+    was_epochs = record["train_config"].get("epochs")
+    if was_epochs is not None and tc.epochs < was_epochs:
+        raise ConfigError(
+            f"--resume: the run under {out_uri} was started for {was_epochs} epochs; --epochs "
+            f"can only extend it: give {was_epochs} or more (or leave it out)"
+        )
+    differ = []
+    if record.get("data") and record["data"] != _data_identity(data_uri):
+        differ.append((f"DATA {record['data']}", _data_identity(data_uri)))
+    for name, was in record["train_config"].items():
+        now = getattr(tc, name, was)
+        if name != "epochs" and was != now:
+            shown = f"--{name.replace('_', '-')}" if name in TRAIN_OPTIONS else name
+            differ.append((f"{shown} {was}", now))
+    if differ:
+        raise ConfigError(
+            f"--resume: the run under {out_uri} was started with "
+            + ", ".join(f"{was}, not {now}" for was, now in differ)
+            + ": leave them out to continue it as it was, or train into a new --out"
+        )
 
 
 def _select_checkpoint(result: Any) -> Any:
