@@ -33,8 +33,10 @@ def _register_commands() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: user errors become one line on stderr, exit 2."""
+    from avrl_batch.commands.console import drop_benign_ray_lines
     from avrl_batch.errors import AvrlError
 
+    drop_benign_ray_lines()
     _register_commands()
     try:
         rv = app(args=argv, standalone_mode=False)

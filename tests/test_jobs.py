@@ -351,6 +351,8 @@ ray.shutdown()
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    # token auth is on for the private Ray, and its opt-out banner is not shown
+    assert "Token authentication" not in res.stderr, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["joined"].endswith(f":{ray_head.gcs_port}")  # the hazard is real here
     assert not got["own"].endswith(f":{ray_head.gcs_port}")
