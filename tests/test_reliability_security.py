@@ -1,4 +1,4 @@
-"""Issue 8, point 6 (the parts that need no Ray): where our code starts Ray and with what
+"""Security checks that need no Ray: where our code starts Ray and with what
 binding, and output names built from hostile camera ids. The scan-level checks (hostile S3
 keys, credentials in outputs and logs) are in tests/test_reliability_scan.py, pickle
 payloads through `avrl evaluate` / `avrl scan --model` in tests/test_reliability_cluster.py,
