@@ -83,7 +83,9 @@ def output_files(out: str, endpoint_url: str | None = None) -> dict[str, list[st
     """Output URIs by table, relative to ``out``."""
     files = storage.list_files(out, endpoint_url=endpoint_url)
     rel = [f[len(out.rstrip("/")) + 1 :] for f in files]
-    by: dict[str, list[str]] = {"windows": [], "events": [], "errors": [], "_scans": []}
+    by: dict[str, list[str]] = {
+        "windows": [], "events": [], "errors": [], "_scans": [], "clips": []
+    }
     for r in rel:
         by[r.split("/", 1)[0]].append(r)
     return by

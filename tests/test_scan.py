@@ -396,9 +396,14 @@ def test_scan_local_folder_layout_rerun_and_missing_audio(
     pq.write_table(truth, rec.parent / "truth.parquet")
     capsys.readouterr()
     main(["scan", str(rec), "--model", str(model), "--out", str(tmp_out), "--segment", "20",
-          "--truth", str(rec.parent / "truth.parquet"), "--json"])
+          "--truth", str(rec.parent / "truth.parquet"), "--clips", "--json"])
     res = json.loads(capsys.readouterr().out)
     assert res["sources_skipped"] == 5 and res["match"]["fn"] == 1
+    # --clips: one playable MP4 per event of the OUT, named by its event id
+    assert (res["clips"]["events"], res["clips"]["written"]) == (s.events, s.events)
+    clip_ids = sorted(p.stem for p in (tmp_out / "clips").rglob("*.mp4"))
+    all_events = pa.concat_tables(got[f]["events"] for f in files.values() if "events" in got[f])
+    assert clip_ids == sorted(all_events["event_id"].to_pylist())
     assert res["match"]["tp"] == ev.num_rows  # each event matches itself (IoU 1)
     assert res["match"]["fp"] == s.events - ev.num_rows  # other sources' events: not in truth
     # --dry-run plans without writing

@@ -68,6 +68,10 @@ def scan(
         120.0, help="quarantine a file (error row) that leaves the decoder silent this many s, "
         "or crashes it, twice"
     ),
+    clips: bool = typer.Option(
+        False, "--clips", help="then cut a playable MP4 of every event into OUT/clips/ (the "
+        "defaults of `avrl clips`)"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; scan nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
@@ -121,6 +125,12 @@ def scan(
         from avrl_batch.scan.matching import match_scan
 
         result["match"] = match_scan(summary, truth, endpoint_url=endpoint_url)
+    if clips and not dry_run:
+        from avrl_batch.clips import ClipSpec
+        from avrl_batch.commands.clips import run_clips
+
+        cut = run_clips(out, ClipSpec(), endpoint_url=endpoint_url, show_progress=not as_json)
+        result["clips"] = cut.to_dict()
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
@@ -226,4 +236,12 @@ def _print_summary(r: dict[str, Any]) -> None:
             f"events vs truth at IoU {m['iou']}: precision {m['precision']:.3f} "
             f"recall {m['recall']:.3f} F1 {m['f1']:.3f} (tp {m['tp']}, fp {m['fp']}, fn {m['fn']})"
         )
+    if "clips" in r:
+        c = r["clips"]
+        console.print(
+            f"clips: {c['written']} written, {c['present']} already there, {c['removed']} "
+            f"removed, {len(c['failed'])} failed"
+        )
+        for f in c["failed"]:
+            console.print(Text(f"  clip failed {f['event_id']}: {f['error']}"))
     console.print(Text(f"manifest: {r['manifest']}"))
