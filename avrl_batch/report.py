@@ -19,9 +19,12 @@ import html
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avrl_batch.schema import ANOMALY_CLASSES
+
+if TYPE_CHECKING:
+    from avrl_batch.review import EventClip
 
 # Okabe-Ito-like palette: distinguishable with the common colour-vision deficiencies
 LABEL_COLOURS: dict[str, str] = {
@@ -331,9 +334,18 @@ document.querySelectorAll('.legend button').forEach(function(b){
 """
 
 
-def build_report(out: str, *, endpoint_url: str | None = None) -> Report:
-    """Read the scan output ``out`` and render the report page."""
+def build_report(
+    out: str,
+    *,
+    endpoint_url: str | None = None,
+    html_path: str | None = None,
+    clip_expiry_s: int | None = None,
+) -> Report:
+    """Read the scan output ``out`` and render the report page. ``html_path`` is where the
+    page will be written (local clips are linked relative to it); ``clip_expiry_s`` is how
+    long the presigned links to the clips of an S3 output stay valid (none: not linked)."""
     from avrl_batch.query import ORDER_BY, OutputTree, connect
+    from avrl_batch.review import event_clips, review_key
 
     tree = OutputTree.open(out, endpoint_url=endpoint_url)
     con = connect(tree)
@@ -346,7 +358,12 @@ def build_report(out: str, *, endpoint_url: str | None = None) -> Report:
     errors = con.sql(f"SELECT * FROM errors ORDER BY {ORDER_BY['errors']}").to_arrow_table()
     ev = events.to_pylist()
     err = errors.to_pylist()
-    page = _render(_Scan(out, ev, coverage, err, tree.manifests()))
+    manifests = tree.manifests()
+    clips = event_clips(tree.out, ev, html_path=html_path, clip_expiry_s=clip_expiry_s,
+                        endpoint_url=endpoint_url)
+    models = [str(m["model_id"]) for m in manifests if m.get("model_id")]
+    key = review_key(tree.out, models or [e["model_id"] for e in ev])
+    page = _render(_Scan(out, ev, coverage, err, manifests, clips, key))
     cameras = {c["camera"] for c in coverage} | {e["camera"] for e in ev}
     return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err))
 
@@ -364,6 +381,8 @@ class _Scan:
     coverage: list[dict[str, Any]]  # per source: camera, s0/s1, t0/t1, n_windows, has_audio
     errors: list[dict[str, Any]]
     manifests: list[dict[str, Any]]
+    clips: dict[str, EventClip]  # event_id -> its clip (avrl clips), where there is one
+    review_key: str  # where the page keeps the analyst's verdicts (localStorage)
 
     @property
     def cameras(self) -> list[str]:
@@ -374,6 +393,9 @@ class _Scan:
 
 
 def _render(scan: _Scan) -> str:
+    from avrl_batch import review
+    from avrl_batch.schema import CLASS_NAMES
+
     events, errors = scan.events, scan.errors
     h = _head(scan)
     h += _timelines(scan)
@@ -381,10 +403,11 @@ def _render(scan: _Scan) -> str:
     h += _table_section(
         f"Events ({len(events)})",
         "No events found.",
-        "<table class='events'><tr><th>thumbnail</th><th>label</th><th>camera</th>"
-        "<th>when</th><th>duration</th><th>peak</th><th>mean</th><th>windows</th>"
-        "<th>source</th></tr>",
-        [_event_row(e) for e in events],
+        review.export_bar()
+        + "<table class='events'><tr><th>thumbnail</th><th>clip and audio</th><th>label</th>"
+        "<th>camera</th><th>when</th><th>duration</th><th>peak</th><th>mean</th>"
+        "<th>windows</th><th>verdict</th><th>source</th></tr>",
+        [_event_row(e, scan.clips.get(e["event_id"]), CLASS_NAMES) for e in events],
     )
     h += _table_section(
         f"Failed sources ({len(errors)})",
@@ -394,7 +417,8 @@ def _render(scan: _Scan) -> str:
         [_error_row(r) for r in errors],
     )
     h += _scans(scan.manifests)
-    h.append(f"</main><script>{_JS}</script></body></html>")
+    script = _JS + (review.JS if events else "")
+    h.append(f"</main><script>{script}</script></body></html>")
     return "\n".join(h)
 
 
@@ -406,13 +430,15 @@ def _head(scan: _Scan) -> list[str]:
     models = sorted({str(m.get("model_id")) for m in manifests if m.get("model_id")})
     models = models or sorted({e["model_id"] for e in events})
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from avrl_batch.review import CSS as review_css
     h = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>avrl report · {_e(out)}</title><style>{_CSS}</style></head><body>",
+        f"<title>avrl report · {_e(out)}</title><style>{_CSS}{review_css}</style></head><body>",
         f"<header><h1>Anomaly events · {_e(out)}</h1><p>model {_e(', '.join(models) or '?')}"
-        f" · {len(manifests)} scan(s) · generated {_e(generated)}</p></header><main>",
+        f" · {len(manifests)} scan(s) · generated {_e(generated)}</p></header>"
+        f'<main data-review-key="{_e(scan.review_key)}">',
         '<div class="tiles">',
     ]
     for value, name in (
@@ -491,7 +517,9 @@ def _table_section(title: str, empty: str, header: str, rows: list[str]) -> list
     return [f"<h2>{title}</h2>", header, *rows, "</table>"]
 
 
-def _event_row(e: dict[str, Any]) -> str:
+def _event_row(e: dict[str, Any], clip: EventClip | None, labels: tuple[str, ...]) -> str:
+    from avrl_batch.review import clip_cell, verdict_cell
+
     if e["thumbnail"]:
         b64 = base64.b64encode(e["thumbnail"]).decode()
         thumb = f'<img class="thumb" alt="peak frame" src="data:image/jpeg;base64,{b64}">'
@@ -503,13 +531,14 @@ def _event_row(e: dict[str, Any]) -> str:
         when = f"+{e['start_s']:.1f} s into the file"
     return (
         f'<tr id="ev-{_e(e["event_id"])}" data-event-id="{_e(e["event_id"])}" '
-        f'data-label="{_e(e["label"])}"><td>{thumb}</td>'
+        f'data-label="{_e(e["label"])}"><td>{thumb}</td>{clip_cell(clip)}'
         f'<td><span class="chip" style="background:{_colour(e["label"])}"></span>'
         f'{_e(e["label"])}</td><td>{_e(e["camera"])}</td><td class="when">{_e(when)}<br>'
         f'<small>{e["start_s"]:.1f}–{e["end_s"]:.1f} s</small></td>'
         f'<td class="num">{_e(_fmt_dur(e["end_s"] - e["start_s"]))}</td>'
         f'<td class="num">{e["peak_score"]:.2f}</td>'
         f'<td class="num">{e["mean_score"]:.2f}</td><td class="num">{e["n_windows"]}</td>'
+        f"{verdict_cell(e, labels)}"
         f'<td class="src" title="{_e(e["source_uri"])}">{_e(e["source_uri"])}</td></tr>'
     )
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn
 from urllib.parse import quote, unquote, urlsplit
 
-from avrl_batch.errors import StorageError
+from avrl_batch.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -652,6 +652,20 @@ def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
             return f.read()
     with _s3_errors(uri, endpoint_url):
         return _s3(endpoint_url).get_object(Bucket=p.bucket, Key=p.key)["Body"].read()
+
+
+def presigned_url(uri: str, *, expires_s: int, endpoint_url: str | None = None) -> str:
+    """A GET URL of one S3 object that works without credentials for ``expires_s`` seconds
+    (1 s to 7 days, SigV4's limit). Whoever holds it can read the object until then."""
+    p = parse_uri(uri)
+    if p.scheme == "file" or not p.key:
+        raise _error(f"a presigned URL needs an S3 object, not {uri}")
+    if not 1 <= expires_s <= 7 * 24 * 3600:
+        raise ConfigError(f"a presigned URL lives 1 s to 7 days, not {expires_s} s")
+    with _s3_errors(uri, endpoint_url):
+        return _s3(endpoint_url).generate_presigned_url(
+            "get_object", Params={"Bucket": p.bucket, "Key": p.key}, ExpiresIn=int(expires_s)
+        )
 
 
 def exists(uri: str, *, endpoint_url: str | None = None) -> bool:

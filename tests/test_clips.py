@@ -11,64 +11,12 @@ import json
 from pathlib import Path
 
 import av
-import pyarrow as pa
 import pytest
-from scanhelp import recording
+from cliphelp import MARGIN, make_clip_out
 
 from avrl_batch import storage
 from avrl_batch.cli import main
 from avrl_batch.clips import ClipSpec, sync_clips
-from avrl_batch.scan.sink import parquet_bytes, with_source_meta
-from avrl_batch.schema import EVENTS
-
-MARGIN = 2.0
-# (recording, seconds, audio, events as (start_s, end_s))
-RECORDINGS = {
-    "cam01/cam01_20260301T080000Z.mp4": (30.0, True, [(1.0, 6.0), (20.0, 26.0)]),
-    "cam02/cam02_20260301T090000Z.mp4": (16.0, False, [(8.0, 12.0)]),
-}
-
-
-def _events_table(uri: str, spans: list[tuple[float, float]]) -> pa.Table:
-    n = len(spans)
-    return pa.table({
-        "event_id": [f"{Path(uri).stem[:5]}ev{i}" for i in range(n)],
-        "source_uri": [uri] * n,
-        "camera": [Path(uri).stem[:5]] * n,
-        "label": ["shoot"] * n,
-        "start_s": [s for s, _ in spans],
-        "end_s": [e for _, e in spans],
-        "start_time": [None] * n,
-        "end_time": [None] * n,
-        "peak_score": [0.9] * n,
-        "mean_score": [0.8] * n,
-        "n_windows": [3] * n,
-        "thumbnail": [None] * n,
-        "model_id": ["m"] * n,
-        "scan_id": ["s"] * n,
-    }, schema=EVENTS)
-
-
-def _make_out(rec: Path, out: str, endpoint_url: str | None = None,
-              bucket_root: str | None = None) -> dict[str, tuple[float, float, bool]]:
-    """Recordings under ``rec`` (uploaded under ``bucket_root`` when given) and an OUT with
-    one events object per recording; returns {event_id: (start_s, end_s, has_audio)}."""
-    expected = {}
-    for rel, (seconds, audio, spans) in RECORDINGS.items():
-        path = recording(rec / rel, seconds, audio=audio, seed=len(rel))
-        uri = str(path)
-        if bucket_root is not None:
-            uri = storage.join(bucket_root, *rel.split("/"))
-            storage.write_atomic(uri, path.read_bytes(), endpoint_url=endpoint_url)
-        version = storage.list_sources(uri, endpoint_url=endpoint_url)[0].version
-        table = with_source_meta(_events_table(uri, spans), uri, version, "m")
-        cam = rel.split("/")[0]
-        events = storage.join(out, "events", "date=2026-03-01", f"camera={cam}",
-                              f"{Path(rel).stem}-k.parquet")
-        storage.write_atomic(events, parquet_bytes(table), endpoint_url=endpoint_url)
-        for eid, (s, e) in zip(table["event_id"].to_pylist(), spans, strict=True):
-            expected[eid] = (s, e, audio)
-    return expected
 
 
 def _check_clip(data: bytes, start_s: float, end_s: float, has_audio: bool,
@@ -92,7 +40,7 @@ def test_clips_local_one_per_event_rerun_writes_nothing_and_gone_events_lose_the
     tmp_path: Path,
 ) -> None:
     out = str(tmp_path / "out")
-    expected = _make_out(tmp_path / "rec", out)
+    expected = make_clip_out(tmp_path / "rec", out)
     s = sync_clips(out, spec=ClipSpec(margin_s=MARGIN))
     assert (s.events, s.written, s.present, s.removed, s.failed) == (3, 3, 0, 0, [])
     clips = sorted((tmp_path / "out" / "clips").rglob("*.mp4"))
@@ -121,7 +69,7 @@ def test_clips_local_one_per_event_rerun_writes_nothing_and_gone_events_lose_the
 
 def test_a_recording_that_cannot_be_read_costs_only_its_clips(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    _make_out(tmp_path / "rec", out)
+    make_clip_out(tmp_path / "rec", out)
     (tmp_path / "rec" / "cam02" / "cam02_20260301T090000Z.mp4").write_bytes(b"not a movie")
     s = sync_clips(out)
     assert (s.written, len(s.failed)) == (2, 1)
@@ -136,7 +84,7 @@ def test_clips_on_s3_through_the_cli(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = f"s3://{s3_bucket}/out"
-    expected = _make_out(tmp_path / "rec", out, s3_endpoint, f"s3://{s3_bucket}/archive")
+    expected = make_clip_out(tmp_path / "rec", out, s3_endpoint, f"s3://{s3_bucket}/archive")
     main(["clips", out, "--margin", str(MARGIN), "--endpoint-url", s3_endpoint, "--json"])
     first = json.loads(capsys.readouterr().out)
     assert (first["events"], first["written"], first["failed"]) == (3, 3, [])

@@ -153,18 +153,26 @@ def _write_rows(data: pa.Table, fmt: str, output: Path | None, what: str) -> Non
 def report(
     out: str = typer.Argument(..., help="scan output: a folder, file:///path or s3://bucket/prefix"),
     html: Path = typer.Option(..., "--html", help="write the report to this HTML file"),
+    clip_expiry: float | None = typer.Option(
+        None, help="S3 output: link each event's clip by a presigned URL valid this many hours "
+        "(at most 168; whoever has the page can play the clips until then); default: no S3 "
+        "clips linked. Local clips are always linked, relative to the HTML file"
+    ),
     endpoint_url: str | None = typer.Option(
         None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
     ),
 ) -> None:
     """One self-contained HTML file to review a scan: a timeline per camera, every event
-    with its thumbnail, counts by label and camera, and the failed sources.
+    with its thumbnail, its clip and audio (after `avrl clips`), verdict buttons whose marks
+    export as verdicts.csv, counts by label and camera, and the failed sources.
 
     Example: avrl report out/ --html report.html   (open it in any browser; works offline)
     """
     from avrl_batch.report import build_report
 
-    summary = build_report(out, endpoint_url=endpoint_url)
+    expiry_s = None if clip_expiry is None else int(round(clip_expiry * 3600))
+    summary = build_report(out, endpoint_url=endpoint_url, html_path=str(html),
+                           clip_expiry_s=expiry_s)
     _write_file(html, summary.html.encode("utf-8"))
     typer.echo(
         f"report: {summary.n_events} events, {summary.n_cameras} cameras, "
