@@ -45,7 +45,9 @@ def test_unknown_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     )
     # labels beyond SHADE's: which are normal must be said
     err = _run_error(["prepare", str(m), "--out", str(tmp_path / "o")], capsys)
-    assert err == "error: which of riot, run are normal (calm footage)? name them with --normal LABEL"
+    assert err == (
+        "error: which of riot, run are normal (calm footage)? name them with --normal LABEL"
+    )
     # --classes fixes the set: a label outside it is refused, naming the row and the classes
     fixed = ["--classes", "arrest,run,calm", "--normal", "calm"]
     err = _run_error(["prepare", str(m), "--out", str(tmp_path / "o"), *fixed], capsys)

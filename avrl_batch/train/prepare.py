@@ -222,6 +222,10 @@ def read_manifest(
     if classes is None:
         labels = [str(r["label"]).strip() for r in rows] + extra
         classes = manifest_classes(labels, order, normal)
+    if extra and extra[0] not in classes.normal:
+        raise DataError(
+            f"--background {extra[0]!r} must be a normal class: add --normal {extra[0]}"
+        )
     out = [_checked_row(manifest_uri, n, r, classes) for n, r in enumerate(rows, start=1)]
     if not out:
         raise DataError(f"{manifest_uri}: the manifest lists no clips")
