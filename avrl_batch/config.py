@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from avrl_batch.classes import SHADE, ClassSet
 from avrl_batch.errors import ConfigError
-from avrl_batch.schema import CLASS_NAMES
 
 FUSIONS = ("concat", "concat_ln", "concat_um", "add", "lf")
 MODALITIES = ("av", "video", "audio")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("plateau", "cosine")
+FREEZE = ("video", "audio", "trunks")  # what `avrl train --init M --freeze` keeps fixed
 
 # kenshohara/3D-ResNets-PyTorch normalises 0-1 RGB with the Kinetics statistics.
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
@@ -39,7 +40,10 @@ class ModelConfig:
     modality: str = "av"
     head_hidden: tuple[int, int] = (512, 256)  # Table I: Linear(1024->512), Linear(512->256)
     um_scale: float = 10.0  # Concat+UM: audio feature multiplied by S
-    class_names: tuple[str, ...] = CLASS_NAMES
+    # the classes in output order and the normal (no anomaly) ones: a trained model's come
+    # from its data (`avrl prepare --classes/--normal`); the presets' are SHADE's
+    class_names: tuple[str, ...] = SHADE.names
+    normal_classes: tuple[str, ...] = tuple(sorted(SHADE.normal))
     # a window is this long in seconds: clips are trained at this length and scan windows
     # have it; the audio of a window gives floor((window_s - 0.96) / 0.96) + 1 examples
     window_s: float = 4.0
@@ -64,6 +68,17 @@ class ModelConfig:
             )
         if self.depth not in BLOCKS:
             raise ConfigError(f"unsupported depth {self.depth}; choose one of {sorted(BLOCKS)}")
+        self.classes  # noqa: B018 - validates names and normals (ConfigError)
+
+    @property
+    def classes(self) -> ClassSet:
+        return ClassSet(tuple(self.class_names), frozenset(self.normal_classes))
+
+    def with_classes(self, classes: ClassSet) -> ModelConfig:
+        """This network with another class set (a new head size)."""
+        return replace(
+            self, class_names=classes.names, normal_classes=tuple(sorted(classes.normal))
+        )
 
     @property
     def num_classes(self) -> int:
@@ -168,8 +183,19 @@ class TrainConfig:
     # min_lr); "cosine" anneals lr to min_lr over `epochs` whatever validation says, which
     # steadies short runs on small validation splits (the demo's 27 clips)
     schedule: str = "plateau"
+    # fine-tuning: the model file whose weights the network starts from (matching trunks; the
+    # head too when the classes are the same) and the trunk(s) kept fixed ("video", "audio",
+    # "trunks"; None: all train)
+    init: str | None = None
+    freeze: str | None = None
 
     def __post_init__(self) -> None:
+        if self.freeze is not None and self.freeze not in FREEZE:
+            raise ConfigError(
+                f"unknown --freeze {self.freeze!r}; choose one of {', '.join(FREEZE)}"
+            )
+        if self.freeze is not None and self.init is None:
+            raise ConfigError("--freeze needs --init MODEL: a fresh trunk would never learn")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"

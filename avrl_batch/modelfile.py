@@ -4,7 +4,8 @@ Layout (a ``torch.save`` dict of plain types and tensors, so ``torch.load(weight
 reads it and never runs code from the file):
 
     {"format": "avrl-model", "version": 1, "model_id": "avrl-<preset>-<12 hex>",
-     "config": ModelConfig.to_dict(), "class_names": [...], "mean": [...], "std": [...],
+     "config": ModelConfig.to_dict(), "class_names": [...], "normal_classes": [...],
+     "mean": [...], "std": [...],
      "state_dict": {name: tensor}, "meta": {JSON-like: training metrics, provenance}}
 
 ``model_id`` is a content hash of config + weights: the same network always gets the same id,
@@ -87,6 +88,7 @@ def _serialise(
         "model_id": model_id_for(cfg, state),
         "config": cfg.to_dict(),
         "class_names": list(cfg.class_names),
+        "normal_classes": list(cfg.normal_classes),
         "mean": list(cfg.mean),
         "std": list(cfg.std),
         "state_dict": state,

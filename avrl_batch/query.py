@@ -25,9 +25,11 @@ How a query runs:
 Filter meaning: ``--since``/``--until`` keep rows with ``since <= start_time < until``
 (rows with an unknown start time are dropped when either is given); ``--min-score`` is on
 ``peak_score`` for events and ``score`` for windows; ``--anomalies-only`` keeps windows
-whose top class is an anomaly (events are always anomalies). ``--camera unknown`` also
-matches rows with no camera id (the sink files them under ``camera=unknown``). Errors have
-no camera, time, label or score: filters leave the ``errors`` view alone.
+whose top class is an anomaly (events are always anomalies). ``--label`` must be a class of
+a model that scanned into OUT (the scan manifests record each model's classes).
+``--camera unknown`` also matches rows with no camera id (the sink files them under
+``camera=unknown``). Errors have no camera, time, label or score: filters leave the
+``errors`` view alone.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from avrl_batch.errors import ConfigError, StorageError
-from avrl_batch.schema import CLASS_NAMES, NORMAL_CLASSES, TABLES
+from avrl_batch.schema import TABLES
 
 if TYPE_CHECKING:
     import duckdb
@@ -79,11 +81,6 @@ class QueryFilters:
     anomalies_only: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [lb for lb in self.labels if lb not in CLASS_NAMES]
-        if unknown:
-            raise ConfigError(
-                f"unknown label {unknown[0]!r}; choose from {', '.join(CLASS_NAMES)}"
-            )
         if self.since and self.until and self.since >= self.until:
             raise ConfigError(
                 f"--since {self.since.isoformat()} is not before --until {self.until.isoformat()}"
@@ -212,6 +209,25 @@ class OutputTree:
         return out
 
 
+    def class_names(self) -> tuple[str, ...]:
+        """The classes of the models that scanned into this output (from the scan manifests,
+        in their order); empty when no manifest records them."""
+        names: dict[str, None] = {}
+        for m in self.manifests():
+            names.update(dict.fromkeys(str(n) for n in m.get("class_names") or ()))
+        return tuple(names)
+
+    def check_labels(self, labels: tuple[str, ...]) -> None:
+        """ConfigError naming the known labels unless every one of ``labels`` is a class of
+        a model that scanned into this output."""
+        known = self.class_names() if labels else ()
+        unknown = [lb for lb in labels if known and lb not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown label {unknown[0]!r}; the scanned model's labels: {', '.join(known)}"
+            )
+
+
 def _partition_values(rel: str) -> dict[str, str]:
     """``date=2026-03-01/camera=cam01/x.parquet`` -> {"date": ..., "camera": ...}."""
     out = {}
@@ -257,8 +273,7 @@ def row_filter(table: str, filters: QueryFilters) -> ds.Expression | None:
     if filters.anomalies_only:
         if table == "windows":
             terms.append(f("is_anomaly"))
-        else:
-            terms.append(~f("label").isin(sorted(NORMAL_CLASSES)))
+        # every event is labelled with an anomaly class: nothing to filter
     if not terms:
         return None
     expr = terms[0]
@@ -303,6 +318,7 @@ def run_query(
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit must be >= 0 (got {limit})")
     tree = OutputTree.open(out, endpoint_url=endpoint_url)
+    tree.check_labels(filters.labels)
     con = connect(tree, filters)
     if sql is not None:
         # `SELECT ...;` is how people end SQL; inside the LIMIT wrapper it is a syntax error

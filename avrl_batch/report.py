@@ -19,9 +19,11 @@ import html
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from avrl_batch.schema import ANOMALY_CLASSES
+from avrl_batch.classes import ClassSet
+from avrl_batch.errors import ConfigError
 
 if TYPE_CHECKING:
     from avrl_batch.review import EventClip
@@ -36,7 +38,10 @@ LABEL_COLOURS: dict[str, str] = {
     "shoot": "#7A0019",
     "scatter": "#56B4E9",
 }
-_OTHER = "#777777"
+# further labels (a model trained on its own classes) take these in legend order, then hues
+# spread by the golden angle
+_PALETTE = ("#0072B2", "#E69F00", "#D55E00", "#CC79A7", "#009E73", "#7A0019", "#56B4E9",
+            "#F0E442", "#332288", "#117733", "#AA4499", "#88CCEE")
 
 # SVG geometry (px in the viewBox; the SVG scales to the page width)
 _W, _LEFT, _RIGHT, _LANE, _TOP, _AXIS = 1100, 120, 48, 22, 8, 26
@@ -55,8 +60,16 @@ def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x), quote=True)
 
 
-def _colour(label: str) -> str:
-    return LABEL_COLOURS.get(label, _OTHER)
+def label_colours(labels: list[str]) -> dict[str, str]:
+    """A distinct colour per label: SHADE's labels keep theirs, the others take the unused
+    palette colours in order, then hues 137.5° apart."""
+    colours = {lb: LABEL_COLOURS[lb] for lb in labels if lb in LABEL_COLOURS}
+    free = [c for c in _PALETTE if c not in colours.values()]
+    for lb in labels:
+        if lb not in colours:
+            n = len(colours)
+            colours[lb] = free.pop(0) if free else f"hsl({(n * 137.5) % 360:.0f},65%,45%)"
+    return colours
 
 
 def _fmt_time(t: datetime | None) -> str:
@@ -231,7 +244,10 @@ def _span_bars(axis: _Axis, spans: list[dict[str, Any]]) -> list[str]:
 
 
 def _camera_timelines(
-    camera: str, coverage: list[dict[str, Any]], events: list[dict[str, Any]]
+    camera: str,
+    coverage: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    colours: dict[str, str],
 ) -> list[str]:
     """One timeline over recorded time, plus one in seconds for recordings without a start."""
     out = []
@@ -241,8 +257,7 @@ def _camera_timelines(
             continue
         sources = {c["source_uri"] for c in cov}
         evs = [e for e in events if e["source_uri"] in sources]
-        labels = [lb for lb in ANOMALY_CLASSES if any(e["label"] == lb for e in evs)]
-        labels += sorted({e["label"] for e in evs} - set(labels))
+        labels = [lb for lb in colours if any(e["label"] == lb for e in evs)]
         lanes = ["recorded", *labels]
 
         def pos(row: dict[str, Any], t_key: str, s_key: str, timed: bool = timed) -> float:
@@ -265,7 +280,7 @@ def _camera_timelines(
                     "lane": lanes.index(e["label"]),
                     "x0": pos(e, "start_time", "start_s"),
                     "x1": pos(e, "end_time", "end_s"),
-                    "colour": _colour(e["label"]),
+                    "colour": colours[e["label"]],
                     "tip": f"{e['label']} {e['peak_score']:.2f} · {_basename(e['source_uri'])} "
                     f"{e['start_s']:.1f}-{e['end_s']:.1f} s",
                     "event_id": e["event_id"],
@@ -384,6 +399,36 @@ class _Scan:
     clips: dict[str, EventClip]  # event_id -> its clip (avrl clips), where there is one
     review_key: str  # where the page keeps the analyst's verdicts (localStorage)
 
+    @cached_property
+    def labels(self) -> list[str]:
+        """The legend: the scanned models' anomaly classes (manifest order), then any other
+        label an event has."""
+        labels: dict[str, None] = {}
+        for m in self.manifests:
+            try:
+                labels.update(dict.fromkeys(ClassSet.from_record(m).anomaly))
+            except ConfigError:
+                continue  # a foreign manifest: its events still show under their labels
+        labels.update(dict.fromkeys(sorted({e["label"] for e in self.events} - set(labels))))
+        return list(labels)
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """Every class a verdict may name instead of an event's label: the scanned models'
+        classes (normal ones included), then any other label an event has."""
+        names: dict[str, None] = {}
+        for m in self.manifests:
+            try:
+                names.update(dict.fromkeys(ClassSet.from_record(m).names))
+            except ConfigError:
+                continue
+        names.update(dict.fromkeys(self.labels))
+        return list(names)
+
+    @cached_property
+    def colours(self) -> dict[str, str]:
+        return label_colours(self.labels)
+
     @property
     def cameras(self) -> list[str]:
         return sorted(
@@ -394,7 +439,6 @@ class _Scan:
 
 def _render(scan: _Scan) -> str:
     from avrl_batch import review
-    from avrl_batch.schema import CLASS_NAMES
 
     events, errors = scan.events, scan.errors
     h = _head(scan)
@@ -407,7 +451,8 @@ def _render(scan: _Scan) -> str:
         + "<table class='events'><tr><th>thumbnail</th><th>clip and audio</th><th>label</th>"
         "<th>camera</th><th>when</th><th>duration</th><th>peak</th><th>mean</th>"
         "<th>windows</th><th>verdict</th><th>source</th></tr>",
-        [_event_row(e, scan.clips.get(e["event_id"]), CLASS_NAMES) for e in events],
+        [_event_row(e, scan.colours, scan.clips.get(e["event_id"]), scan.class_names)
+         for e in events],
     )
     h += _table_section(
         f"Failed sources ({len(errors)})",
@@ -456,13 +501,13 @@ def _head(scan: _Scan) -> list[str]:
 
 def _timelines(scan: _Scan) -> list[str]:
     """The legend (every anomaly class with its count) and each camera's timelines."""
-    events, coverage, cameras = scan.events, scan.coverage, scan.cameras
+    events, coverage, cameras, colours = scan.events, scan.coverage, scan.cameras, scan.colours
     h = ['<h2>Timeline by camera</h2><div class="legend">']
-    for label in ANOMALY_CLASSES:
+    for label in colours:
         n = sum(1 for e in events if e["label"] == label)
         h.append(
             f'<button type="button" data-label="{_e(label)}"><span class="chip" '
-            f'style="background:{_colour(label)}"></span>{_e(label)} ({n})</button>'
+            f'style="background:{colours[label]}"></span>{_e(label)} ({n})</button>'
         )
     h.append("</div>")
     if not cameras:
@@ -478,22 +523,22 @@ def _timelines(scan: _Scan) -> list[str]:
                 cov.append({"camera": e["camera"], "source_uri": e["source_uri"],
                             "s0": e["start_s"], "s1": e["end_s"], "t0": e["start_time"],
                             "t1": e["end_time"], "n_windows": 0, "has_audio": True})
-        h.extend(_camera_timelines(cam, cov, evs))
+        h.extend(_camera_timelines(cam, cov, evs, colours))
     return h
 
 
 def _counts(scan: _Scan) -> list[str]:
     """Events by label (with a bar), and recordings, footage and events by camera."""
-    events, coverage, cameras = scan.events, scan.coverage, scan.cameras
+    events, coverage, cameras, colours = scan.events, scan.coverage, scan.cameras, scan.colours
     h = ['<h2>Counts</h2><div class="counts">']
-    by_label = [(lb, sum(1 for e in events if e["label"] == lb)) for lb in ANOMALY_CLASSES]
+    by_label = [(lb, sum(1 for e in events if e["label"] == lb)) for lb in colours]
     top = max([n for _, n in by_label] + [1])
     h.append("<table><tr><th>label</th><th>events</th><th></th></tr>")
     for lb, n in by_label:
         h.append(
             f'<tr data-label-count="{_e(lb)}"><td><span class="chip" style="background:'
-            f'{_colour(lb)}"></span>{_e(lb)}</td><td class="num">{n}</td><td><span '
-            f'class="bar-cell" style="width:{120 * n / top:.0f}px;background:{_colour(lb)}">'
+            f'{colours[lb]}"></span>{_e(lb)}</td><td class="num">{n}</td><td><span '
+            f'class="bar-cell" style="width:{120 * n / top:.0f}px;background:{colours[lb]}">'
             "</span></td></tr>"
         )
     h.append("</table><table><tr><th>camera</th><th>recordings</th><th>footage</th>"
@@ -517,7 +562,9 @@ def _table_section(title: str, empty: str, header: str, rows: list[str]) -> list
     return [f"<h2>{title}</h2>", header, *rows, "</table>"]
 
 
-def _event_row(e: dict[str, Any], clip: EventClip | None, labels: tuple[str, ...]) -> str:
+def _event_row(
+    e: dict[str, Any], colours: dict[str, str], clip: EventClip | None, labels: list[str]
+) -> str:
     from avrl_batch.review import clip_cell, verdict_cell
 
     if e["thumbnail"]:
@@ -532,7 +579,7 @@ def _event_row(e: dict[str, Any], clip: EventClip | None, labels: tuple[str, ...
     return (
         f'<tr id="ev-{_e(e["event_id"])}" data-event-id="{_e(e["event_id"])}" '
         f'data-label="{_e(e["label"])}"><td>{thumb}</td>{clip_cell(clip)}'
-        f'<td><span class="chip" style="background:{_colour(e["label"])}"></span>'
+        f'<td><span class="chip" style="background:{colours[e["label"]]}"></span>'
         f'{_e(e["label"])}</td><td>{_e(e["camera"])}</td><td class="when">{_e(when)}<br>'
         f'<small>{e["start_s"]:.1f}–{e["end_s"]:.1f} s</small></td>'
         f'<td class="num">{_e(_fmt_dur(e["end_s"] - e["start_s"]))}</td>'
@@ -578,4 +625,4 @@ def _scans(manifests: list[dict[str, Any]]) -> list[str]:
     return h
 
 
-__all__ = ["LABEL_COLOURS", "Report", "build_report"]
+__all__ = ["LABEL_COLOURS", "Report", "build_report", "label_colours"]

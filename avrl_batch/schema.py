@@ -1,4 +1,4 @@
-"""Class names and the one Arrow schema per table (docs/design.md §6).
+"""The one Arrow schema per table (docs/design.md §6).
 
 Writers, readers and tests all use these objects; nothing else declares columns.
 """
@@ -6,26 +6,6 @@ Writers, readers and tests all use these objects; nothing else declares columns.
 from __future__ import annotations
 
 import pyarrow as pa
-
-# SHADE's nine classes, in the order of the model's outputs.
-CLASS_NAMES: tuple[str, ...] = (
-    "arrest",
-    "chase",
-    "fight",
-    "knockdown",
-    "run",
-    "shoot",
-    "scatter",
-    "normal1",
-    "normal2",
-)
-NORMAL_CLASSES: frozenset[str] = frozenset({"normal1", "normal2"})
-ANOMALY_CLASSES: tuple[str, ...] = tuple(c for c in CLASS_NAMES if c not in NORMAL_CLASSES)
-
-
-def is_anomaly(label: str) -> bool:
-    return label not in NORMAL_CLASSES
-
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -53,7 +33,7 @@ WINDOWS = pa.schema(
         *_SPAN,
         _required("label", pa.string()),
         _required("score", pa.float32()),  # probability of `label`
-        _required("probs", pa.list_(pa.float32())),  # in CLASS_NAMES order
+        _required("probs", pa.list_(pa.float32())),  # in the model's class order
         _required("is_anomaly", pa.bool_()),
         _required("has_audio", pa.bool_()),
         *_WRITTEN_BY,

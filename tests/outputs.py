@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avrl_batch.classes import SHADE
 from avrl_batch.scan.naming import date_partition, safe_component
 from avrl_batch.scan.timeline import TimelineConfig, events_from_windows, jpeg_thumbnail
-from avrl_batch.schema import CLASS_NAMES, ERRORS, WINDOWS
+from avrl_batch.schema import ERRORS, WINDOWS
 
 MODEL_ID = "avrl-tiny-0123456789ab"
 SCAN_ID = "scan-20260305T120000Z-1a2b"
@@ -63,7 +64,7 @@ def _frame(label: str, seed: int) -> np.ndarray:
     """A 120x160 RGB picture: a coloured gradient by label with a bright 'person' box."""
     rng = np.random.default_rng(seed)
     base = np.array([(37 * (i + 3)) % 256 for i in range(3)], np.float32)
-    k = CLASS_NAMES.index(label)
+    k = SHADE.names.index(label)
     base = (base + np.array([60 * k, 25 * k, 200 - 20 * k])) % 256
     ramp = np.linspace(0.4, 1.0, 160, dtype=np.float32)[None, :, None]
     img = base[None, None, :] * ramp * np.ones((120, 1, 1), np.float32)
@@ -95,10 +96,10 @@ def window_row(
         "end_s": end_s,
         "start_time": None if start is None else start + timedelta(seconds=start_s),
         "end_time": None if start is None else start + timedelta(seconds=end_s),
-        "label": CLASS_NAMES[k],
+        "label": SHADE.names[k],
         "score": float(probs[k]),
         "probs": probs.tolist(),
-        "is_anomaly": CLASS_NAMES[k] not in ("normal1", "normal2"),
+        "is_anomaly": SHADE.names[k] not in ("normal1", "normal2"),
         "has_audio": has_audio,
         "model_id": model_id,
         "scan_id": scan_id,
@@ -106,10 +107,10 @@ def window_row(
 
 
 def _windows(camera: str, start: datetime | None, n: int, spans, source_uri: str, rng) -> pa.Table:
-    probs = rng.dirichlet(np.ones(len(CLASS_NAMES)) * 0.5, size=n).astype(np.float32) * 0.3
-    probs[:, CLASS_NAMES.index("normal1")] += 0.7  # calm footage: normal wins
+    probs = rng.dirichlet(np.ones(len(SHADE.names)) * 0.5, size=n).astype(np.float32) * 0.3
+    probs[:, SHADE.names.index("normal1")] += 0.7  # calm footage: normal wins
     for label, a, b in spans:
-        k = CLASS_NAMES.index(label)
+        k = SHADE.names.index(label)
         probs[a : b + 1] *= 0.15
         probs[a : b + 1, k] += 0.85 * rng.uniform(0.8, 1.0, size=b - a + 1)
     probs /= probs.sum(axis=1, keepdims=True)
@@ -138,7 +139,7 @@ def write_output_tree(root: Path, *, seed: int = 0) -> OutputTree:
 
         # the per-class rule: the tree has two labels overlapping in one recording (cam02)
         tl = TimelineConfig(mode="class", merge_gap_s=2.0)
-        events = events_from_windows(windows, tl, thumbnails=thumb)
+        events = events_from_windows(windows, tl, classes=SHADE, thumbnails=thumb)
         key = _key(source_uri)
         for table, data in (("windows", windows), ("events", events)):
             d = root / table / f"date={date}" / f"camera={safe_component(camera)}"
@@ -180,6 +181,8 @@ def write_output_tree(root: Path, *, seed: int = 0) -> OutputTree:
         "footage_hours_per_hour": 3.2,
         "window_s": WINDOW_S,
         "stride_s": WINDOW_S,
+        "class_names": list(SHADE.names),
+        "normal_classes": sorted(SHADE.normal),
     }
     (root / "_scans" / f"{SCAN_ID}.json").write_text(json.dumps(manifest, indent=2))
     return tree

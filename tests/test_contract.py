@@ -17,12 +17,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from avrl_batch.classes import SHADE
 from avrl_batch.cli import main
 from avrl_batch.scan import sink
 from avrl_batch.scan.naming import source_key
 from avrl_batch.scan.plan import SourceTask
 from avrl_batch.scan.timeline import TimelineConfig, events_from_windows
-from avrl_batch.schema import CLASS_NAMES, GROUND_TRUTH
+from avrl_batch.schema import GROUND_TRUTH
 
 UTC = timezone.utc
 MODEL_A = "avrl-tiny-aaaaaaaaaaaa"
@@ -46,18 +47,18 @@ def write_source(
         uri=uri, version="1-1", size=1, key=source_key(uri, "1-1", model_id), camera=camera,
         start_time=start, duration_s=n * WINDOW_S, has_audio=True, segments=(),
     )
-    probs = np.full((n, len(CLASS_NAMES)), 0.02, np.float32)  # (N, C)
-    probs[:, CLASS_NAMES.index("normal1")] = 0.84
+    probs = np.full((n, len(SHADE.names)), 0.02, np.float32)  # (N, C)
+    probs[:, SHADE.names.index("normal1")] = 0.84
     if fight is not None:
         a, b = fight
         probs[a : b + 1] = 0.01
-        probs[a : b + 1, CLASS_NAMES.index("fight")] = 0.92
+        probs[a : b + 1, SHADE.names.index("fight")] = 0.92
     idx = np.arange(n)
     windows = sink.windows_table(
         task, idx, idx * WINDOW_S, (idx + 1) * WINDOW_S, np.ones(n, bool), probs,
-        class_names=CLASS_NAMES, model_id=model_id, scan_id="20260301T000000Z-abcdef",
+        classes=SHADE, model_id=model_id, scan_id="20260301T000000Z-abcdef",
     )
-    events = events_from_windows(windows, TimelineConfig())
+    events = events_from_windows(windows, TimelineConfig(), classes=SHADE)
     assert sink.write_source(str(out), task, windows, events)
     return events.num_rows
 

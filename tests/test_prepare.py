@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from avrl_batch.classes import SHADE
 from avrl_batch.cli import main
 from avrl_batch.config import preset
-from avrl_batch.schema import CLASS_NAMES
 from avrl_batch.train.prepare import PreparedData, resolve_clip_uri
 
 
@@ -43,8 +43,18 @@ def test_unknown_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
             {"uri": "b.mp4", "label": "riot", "split": "train", "dark": "false"},
         ],
     )
+    # labels beyond SHADE's: which are normal must be said
     err = _run_error(["prepare", str(m), "--out", str(tmp_path / "o")], capsys)
-    assert "unknown label 'riot' in row 2 (b.mp4)" in err and "arrest" in err
+    assert err == (
+        "error: which of riot, run are normal (calm footage)? name them with --normal LABEL"
+    )
+    # --classes fixes the set: a label outside it is refused, naming the row and the classes
+    fixed = ["--classes", "arrest,run,calm", "--normal", "calm"]
+    err = _run_error(["prepare", str(m), "--out", str(tmp_path / "o"), *fixed], capsys)
+    assert "unknown label 'riot' in row 2 (b.mp4)" in err and "arrest, run, calm" in err
+    err = _run_error(["prepare", str(m), "--out", str(tmp_path / "o"), "--classes", "run,riot",
+                      "--normal", "calm"], capsys)
+    assert err == "error: normal label 'calm' is not one of the classes (run, riot)"
 
 
 def test_empty_train_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,7 +76,7 @@ def _train_only_dataset(root: Path) -> Path:
         size=cfg.size,
         window_s=cfg.window_s,
         audio_examples=cfg.audio_examples,
-        class_names=CLASS_NAMES,
+        class_names=SHADE.names,
         manifest="m.csv",
         counts={"train": {"run": 3}},
         shards={"train": ["shards/x/split=train/a.parquet"]},

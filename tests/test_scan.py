@@ -22,6 +22,7 @@ from scanhelp import (
 )
 
 from avrl_batch import storage
+from avrl_batch.classes import SHADE
 from avrl_batch.errors import ConfigError
 from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan, sink
 from avrl_batch.scan.assemble import SourceAssembler
@@ -34,7 +35,6 @@ from avrl_batch.scan.naming import (
 )
 from avrl_batch.scan.plan import Segment, SourceTask, WindowSpec, probe_source, segment_ranges
 from avrl_batch.scan.timeline import events_from_windows
-from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES
 
 UTC = timezone.utc
 
@@ -167,7 +167,7 @@ def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _row(kind: str, seg: int, wi: int = -1, n: int = 0, key: str = "cam01_x-abc") -> dict:
-    probs = np.full(len(CLASS_NAMES), 0.01, np.float32)
+    probs = np.full(len(SHADE.names), 0.01, np.float32)
     probs[2 if wi in (3, 4) else 7] = 0.92  # windows 3-4 are a "fight"
     return {
         "key": key, "source_uri": "/a/cam01_x.mp4", "segment_index": seg, "kind": kind,
@@ -179,7 +179,7 @@ def _row(kind: str, seg: int, wi: int = -1, n: int = 0, key: str = "cam01_x-abc"
 
 
 def test_assembler_finishes_sources_once_and_ignores_duplicates() -> None:
-    a = SourceAssembler([_task()], class_names=CLASS_NAMES, model_id="m", scan_id="s")
+    a = SourceAssembler([_task()], classes=SHADE, model_id="m", scan_id="s")
     seg0 = [_row("window", 0, i) for i in range(5)] + [_row("done", 0, n=5)]
     assert a.add_batch(_batch(seg0)) == []  # segment 1 not reported yet
     # a retried segment 0 arrives again, interleaved with segment 1
@@ -191,11 +191,11 @@ def test_assembler_finishes_sources_once_and_ignores_duplicates() -> None:
     assert w["start_time"][0].as_py() == datetime(2026, 3, 1, tzinfo=UTC)
     assert w["label"][3].as_py() == "fight" and w["is_anomaly"][3].as_py()
     assert fin[0].thumbnails == {3: b"\xff\xd8jpeg"}
-    ev = events_from_windows(w, thumbnails=fin[0].thumbnails)
+    ev = events_from_windows(w, classes=SHADE, thumbnails=fin[0].thumbnails)
     assert ev["label"].to_pylist() == ["fight"] and ev["thumbnail"][0].as_py() == b"\xff\xd8jpeg"
     assert a.add_batch(_batch(seg1)) == [] and a.unfinished() == []
     # an error trailer makes the whole source an error
-    b = SourceAssembler([_task()], class_names=CLASS_NAMES, model_id="m", scan_id="s")
+    b = SourceAssembler([_task()], classes=SHADE, model_id="m", scan_id="s")
     bad = _row("error", 1, n=0)
     bad.update(error_type="Truncated", message="/a/cam01_x.mp4: data ends at 55%")
     fin = b.add_batch(_batch([*seg0, bad]))
@@ -205,14 +205,14 @@ def test_assembler_finishes_sources_once_and_ignores_duplicates() -> None:
 def test_sink_rewrites_a_crash_leftover_and_never_clobbers_a_finished_key(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     task = _task()
-    a = SourceAssembler([task], class_names=CLASS_NAMES, model_id="m", scan_id="s1")
+    a = SourceAssembler([task], classes=SHADE, model_id="m", scan_id="s1")
     rows = [_row("window", 0, i) for i in range(5)] + [_row("done", 0, n=5)]
     rows += [_row("window", 1, i) for i in range(5, 10)] + [_row("done", 1, n=5)]
     w = a.add_batch(_batch(rows))[0].windows
     # a run died after writing windows, before the events marker
     storage.write_atomic(sink.windows_uri(out, task), sink.parquet_bytes(w.slice(0, 3)))
     assert sink.finished_keys(out) == (set(), set())
-    ev = events_from_windows(w)
+    ev = events_from_windows(w, classes=SHADE)
     assert sink.write_source(out, task, w, ev)
     assert sink.finished_keys(out) == ({task.key}, set())
     files = output_files(out)
@@ -236,10 +236,10 @@ def test_superseded_versions_found_and_removed_on_s3(s3_bucket: str, s3_endpoint
     uri = "s3://archive/cam01/cam01_x.mp4"
     w = sink.windows_table(
         _task(), np.arange(2), np.array([0.0, 2.0]), np.array([2.0, 4.0]), np.ones(2, bool),
-        np.full((2, len(CLASS_NAMES)), 1 / len(CLASS_NAMES)), class_names=CLASS_NAMES,
+        np.full((2, len(SHADE.names)), 1 / len(SHADE.names)), classes=SHADE,
         model_id="m1", scan_id="s1",
     )
-    ev = events_from_windows(w)
+    ev = events_from_windows(w, classes=SHADE)
     tasks = {}
     for version, model in (("v1", "m1"), ("v1", "m2"), ("v2", "m1")):
         key = source_key(uri, version, model)
@@ -341,7 +341,7 @@ def test_scan_local_folder_layout_rerun_and_missing_audio(
     for name, n in (("a", 25), ("b_noaudio", 12), ("c_dayfolder", 10), ("d_noname", 6)):
         w = got[files[name]]["windows"]
         assert w.num_rows == n and w["window_index"].to_pylist() == list(range(n))
-        assert w["probs"].to_pylist()[0].__len__() == len(CLASS_NAMES)
+        assert w["probs"].to_pylist()[0].__len__() == len(SHADE.names)
         np.testing.assert_allclose(
             np.asarray(w["probs"].to_pylist()).sum(axis=1), 1.0, rtol=1e-4
         )
@@ -446,7 +446,7 @@ def test_scan_s3_bucket(
     assert got[uris["b_noaudio"]]["windows"]["has_audio"].to_pylist() == [False] * 12
     for name, n in (("a", 25), ("b_noaudio", 12), ("c_dayfolder", 10), ("d_noname", 6)):
         ev = got[uris[name]]["events"]
-        assert ev.num_rows == 1 and ev["label"][0].as_py() in ANOMALY_CLASSES
+        assert ev.num_rows == 1 and ev["label"][0].as_py() in SHADE.anomaly
         assert ev["n_windows"].to_pylist() == [n]
         assert ev["thumbnail"][0].as_py().startswith(b"\xff\xd8")  # a JPEG
     # pyarrow's S3 filesystem reads the dataset; DuckDB queries it

@@ -12,9 +12,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from avrl_batch.classes import SHADE
 from avrl_batch.cli import main
 from avrl_batch.data.synth import SYNTH_PRESETS, render_clip, resolve_uri
-from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, CLIPS, GROUND_TRUTH
+from avrl_batch.schema import CLIPS, GROUND_TRUTH
 
 REC_NAME = re.compile(r"(?P<camera>[^/]+)/(?P=camera)_(?P<ts>\d{8}T\d{6}Z)\.mp4$")
 
@@ -60,10 +61,10 @@ def test_manifest_has_every_class_split_and_dark(ci_synth: Path) -> None:
     assert csv.column("uri").to_pylist() == table.column("uri").to_pylist()
     rows = table.to_pylist()
     p = SYNTH_PRESETS["ci"]
-    assert len(rows) == len(CLASS_NAMES) * (p.train_per_class + p.test_per_class)
+    assert len(rows) == len(SHADE.names) * (p.train_per_class + p.test_per_class)
     for split in ("train", "test"):
         labels = {r["label"] for r in rows if r["split"] == split}
-        assert labels == set(CLASS_NAMES), split
+        assert labels == set(SHADE.names), split
         dark = [r for r in rows if r["split"] == split and r["dark"]]
         assert dark and len(dark) < len([r for r in rows if r["split"] == split])
     # URIs are relative to the manifest's folder, so the folder can be moved as a whole
@@ -117,7 +118,7 @@ def test_recordings_names_ground_truth_and_silent_one(ci_synth: Path) -> None:
     rows = gt.to_pylist()
     assert {r["source_uri"] for r in rows} == set(durations)  # every recording has events
     for r in rows:
-        assert r["label"] in ANOMALY_CLASSES
+        assert r["label"] in SHADE.anomaly
         assert r["camera"] == REC_NAME.search(r["source_uri"])["camera"]
         assert 0 < r["start_s"] < r["end_s"] <= durations[r["source_uri"]]
     by_source: dict[str, list[tuple[float, float]]] = {}
@@ -188,9 +189,9 @@ def test_day_long_plan_and_event_lookup_match_brute_force() -> None:
     from avrl_batch.data.synth import _EventCache, plan_recording
 
     events = plan_recording(3, 24 * 3600.0, 24 * 60, fps=10)
-    anomalies = [e for e in events if e.label in ANOMALY_CLASSES]
+    anomalies = [e for e in events if e.label in SHADE.anomaly]
     assert len(anomalies) == 24 * 60
-    assert {e.label for e in anomalies} == set(ANOMALY_CLASSES)
+    assert {e.label for e in anomalies} == set(SHADE.anomaly)
     assert all(a.end_s <= b.start_s for a, b in zip(events, events[1:], strict=False))
     cache = _EventCache(events, fps=10, sr=16_000)
     rng = np.random.default_rng(0)

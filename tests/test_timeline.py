@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 from outputs import window_row
 
+from avrl_batch.classes import SHADE
 from avrl_batch.errors import ConfigError
 from avrl_batch.scan.matching import match_events, temporal_iou
 from avrl_batch.scan.timeline import (
@@ -17,9 +18,14 @@ from avrl_batch.scan.timeline import (
     events_from_windows,
     jpeg_thumbnail,
 )
-from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, EVENTS, WINDOWS
+from avrl_batch.schema import EVENTS, WINDOWS
 
 T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
+
+
+def shade_events(windows: pa.Table, cfg: TimelineConfig | None = None, **kw) -> pa.Table:
+    """The timeline of windows of a SHADE-class model."""
+    return events_from_windows(windows, cfg, classes=SHADE, **kw)
 
 
 def make_windows(
@@ -38,10 +44,10 @@ def make_windows(
     for i in range(n):
         if i in skip:
             continue
-        probs = np.zeros(len(CLASS_NAMES), np.float32)
+        probs = np.zeros(len(SHADE.names), np.float32)
         for label, values in tracks.items():
-            probs[CLASS_NAMES.index(label)] = values[i]
-        probs[CLASS_NAMES.index("normal1")] += max(0.0, 1.0 - probs.sum())
+            probs[SHADE.names.index(label)] = values[i]
+        probs[SHADE.names.index("normal1")] += max(0.0, 1.0 - probs.sum())
         s = i * stride_s
         rows.append(
             window_row(
@@ -66,7 +72,7 @@ def spans(events: pa.Table) -> list[tuple[str, float, float]]:
 def test_hysteresis_enter_and_exit_thresholds() -> None:
     # 0.5 never starts an event (< enter 0.6) but keeps one going (>= exit 0.4)
     fight = [0.1, 0.5, 0.7, 0.5, 0.45, 0.3, 0.5, 0.1]
-    ev = events_from_windows(make_windows({"fight": fight}), TimelineConfig(merge_gap_s=0))
+    ev = shade_events(make_windows({"fight": fight}), TimelineConfig(merge_gap_s=0))
     assert ev.schema == EVENTS
     assert spans(ev) == [("fight", 4.0, 10.0)]  # windows 2..4
     row = ev.to_pylist()[0]
@@ -83,23 +89,23 @@ def test_merge_gap_joins_close_events_only() -> None:
     # runs at windows 1-2, 4-5 (gap 2 s) and 9 (gap 6 s)
     fight = [0.0, 0.9, 0.9, 0.1, 0.8, 0.9, 0.0, 0.0, 0.0, 0.9, 0.0]
     w = make_windows({"fight": fight})
-    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=2.5))) == [
+    assert spans(shade_events(w, TimelineConfig(merge_gap_s=2.5))) == [
         ("fight", 2.0, 12.0),
         ("fight", 18.0, 20.0),
     ]
-    merged = events_from_windows(w, TimelineConfig(merge_gap_s=2.5)).to_pylist()[0]
+    merged = shade_events(w, TimelineConfig(merge_gap_s=2.5)).to_pylist()[0]
     assert merged["n_windows"] == 5  # the dip window is inside the event
     assert merged["mean_score"] == pytest.approx((0.9 + 0.9 + 0.1 + 0.8 + 0.9) / 5)
     # a gap equal to merge_gap_s does not merge (strictly below merges)
-    assert len(events_from_windows(w, TimelineConfig(merge_gap_s=2.0))) == 3
-    assert len(events_from_windows(w, TimelineConfig(merge_gap_s=100))) == 1
+    assert len(shade_events(w, TimelineConfig(merge_gap_s=2.0))) == 3
+    assert len(shade_events(w, TimelineConfig(merge_gap_s=100))) == 1
 
 
 def test_overlapping_windows_never_give_overlapping_events_of_one_label() -> None:
     # window 4 s, stride 2 s: runs at windows 0-1 (0-6 s) and 3-4 (6-12 s) touch -> one event
     # even with merging disabled
     fight = [0.9, 0.9, 0.2, 0.9, 0.9]
-    ev = events_from_windows(
+    ev = shade_events(
         make_windows({"fight": fight}, window_s=4, stride_s=2), TimelineConfig(merge_gap_s=0)
     )
     assert spans(ev) == [("fight", 0.0, 12.0)]
@@ -108,10 +114,10 @@ def test_overlapping_windows_never_give_overlapping_events_of_one_label() -> Non
 def test_min_event_length_drops_short_events() -> None:
     run = [0.0, 0.9, 0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.0]
     w = make_windows({"run": run})
-    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=0, min_event_s=4.0))) == [
+    assert spans(shade_events(w, TimelineConfig(merge_gap_s=0, min_event_s=4.0))) == [
         ("run", 10.0, 16.0)
     ]
-    assert len(events_from_windows(w, TimelineConfig(merge_gap_s=0, min_event_s=0.0))) == 2
+    assert len(shade_events(w, TimelineConfig(merge_gap_s=0, min_event_s=0.0))) == 2
 
 
 def test_two_labels_may_overlap_and_both_are_reported() -> None:
@@ -119,13 +125,13 @@ def test_two_labels_may_overlap_and_both_are_reported() -> None:
     fight = [0.0, 0.0, 0.1, 0.45, 0.7, 0.0]
     # at window 3 both are >= exit: chase 2-8 s and fight 8-10 s; make them really overlap with
     # window 4 s / stride 2 s
-    ev = events_from_windows(
+    ev = shade_events(
         make_windows({"chase": chase, "fight": fight}, window_s=4, stride_s=2),
         TimelineConfig(mode="class", merge_gap_s=0),
     )
     assert spans(ev) == [("chase", 2.0, 10.0), ("fight", 8.0, 12.0)]
     # the incident rule reports the stretch once, under the class with the most evidence
-    ev = events_from_windows(
+    ev = shade_events(
         make_windows({"chase": chase, "fight": fight}, window_s=4, stride_s=2),
         TimelineConfig(merge_gap_s=0),
     )
@@ -140,11 +146,11 @@ def test_incident_rule_one_event_per_incident_with_the_majority_label() -> None:
     scatter = [0.0] * 8 + [0.95, 0.8, 0.1, 0.0]
     arrest = [0.0] * 8 + [0.0, 0.1, 0.7, 0.0]
     w = make_windows({"chase": chase, "run": run, "scatter": scatter, "arrest": arrest})
-    assert spans(events_from_windows(w)) == [("chase", 2.0, 12.0), ("scatter", 16.0, 22.0)]
-    by_class = spans(events_from_windows(w, TimelineConfig(mode="class")))
+    assert spans(shade_events(w)) == [("chase", 2.0, 12.0), ("scatter", 16.0, 22.0)]
+    by_class = spans(shade_events(w, TimelineConfig(mode="class")))
     assert ("run", 4.0, 6.0) in by_class and ("arrest", 20.0, 22.0) in by_class
     assert len(by_class) == 4  # chase (merged over the gap), run, scatter, arrest
-    ev = events_from_windows(w).to_pylist()[0]
+    ev = shade_events(w).to_pylist()[0]
     assert ev["peak_score"] == pytest.approx(0.7) and ev["n_windows"] == 5
     assert ev["mean_score"] == pytest.approx((0.7 + 0.3 + 0.65 + 0.0 + 0.6) / 5)
 
@@ -155,12 +161,12 @@ def test_incident_rule_starts_on_one_class_and_goes_on_while_anomalous() -> None
     run = [0.0, 0.7, 0.25, 0.25, 0.0]
     chase = [0.0, 0.1, 0.25, 0.25, 0.0]
     w = make_windows({"run": run, "chase": chase})
-    assert spans(events_from_windows(w)) == [("run", 2.0, 8.0)]
-    assert spans(events_from_windows(w, TimelineConfig(mode="class"))) == [("run", 2.0, 4.0)]
+    assert spans(shade_events(w)) == [("run", 2.0, 8.0)]
+    assert spans(shade_events(w, TimelineConfig(mode="class"))) == [("run", 2.0, 4.0)]
     # anomaly mass spread over every class (0.1 each, 0.7 in all) starts nothing: a weak
     # model's hesitation in calm footage is not an incident
-    spread = {c: [0.1] * 4 for c in ANOMALY_CLASSES}
-    assert events_from_windows(make_windows(spread)).num_rows == 0
+    spread = {c: [0.1] * 4 for c in SHADE.anomaly}
+    assert shade_events(make_windows(spread)).num_rows == 0
 
 
 def test_incident_thumbnail_comes_from_a_window_above_exit() -> None:
@@ -175,7 +181,7 @@ def test_incident_thumbnail_comes_from_a_window_above_exit() -> None:
         }
     )
     thumbs = {1: b"w1", 3: b"w3", 4: b"w4"}
-    ev = events_from_windows(w, TimelineConfig(enter=0.5, exit=0.45), thumbnails=thumbs)
+    ev = shade_events(w, TimelineConfig(enter=0.5, exit=0.45), thumbnails=thumbs)
     rows = [(e["label"], e["start_s"], e["end_s"], e["thumbnail"]) for e in ev.to_pylist()]
     assert rows == [("fight", 2.0, 10.0, b"w4")]
     assert ev["peak_score"][0].as_py() == pytest.approx(0.44)  # over every window of the event
@@ -183,26 +189,26 @@ def test_incident_thumbnail_comes_from_a_window_above_exit() -> None:
 
 def test_normal_classes_never_make_events() -> None:
     w = make_windows({"normal2": [0.95] * 6, "shoot": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]})
-    ev = events_from_windows(w)
+    ev = shade_events(w)
     assert ev.num_rows == 0 and ev.schema == EVENTS
 
 
 def test_a_hole_in_the_windows_ends_an_event() -> None:
     fight = [0.9] * 10
     w = make_windows({"fight": fight}, skip=(4, 5, 6))  # 8-14 s not decoded
-    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=1.0))) == [
+    assert spans(shade_events(w, TimelineConfig(merge_gap_s=1.0))) == [
         ("fight", 0.0, 8.0),
         ("fight", 14.0, 20.0),
     ]
     # ... unless the hole is shorter than the merge gap (then it is an ordinary merge)
-    assert spans(events_from_windows(w, TimelineConfig(merge_gap_s=10.0))) == [("fight", 0.0, 20.0)]
+    assert spans(shade_events(w, TimelineConfig(merge_gap_s=10.0))) == [("fight", 0.0, 20.0)]
 
 
 def test_smoothing_removes_a_one_window_blip() -> None:
     shoot = [0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0]
     w = make_windows({"shoot": shoot})
-    assert len(events_from_windows(w, TimelineConfig())) == 1
-    assert len(events_from_windows(w, TimelineConfig(smooth_windows=3))) == 0
+    assert len(shade_events(w, TimelineConfig())) == 1
+    assert len(shade_events(w, TimelineConfig(smooth_windows=3))) == 0
 
 
 def test_smoothed_event_beside_its_spike_shows_the_spike() -> None:
@@ -211,7 +217,7 @@ def test_smoothed_event_beside_its_spike_shows_the_spike() -> None:
     # thumbnail for it: the event shows the spike that set it off
     w = make_windows({"shoot": [0.0, 1.0, 0.0, 0.39, 0.39]}, skip=(2,))
     cfg = TimelineConfig(enter=0.55, exit=0.4, merge_gap_s=0.0, smooth_windows=3)
-    ev = events_from_windows(w, cfg, thumbnails={1: b"jpeg-of-window-1"}).to_pylist()
+    ev = shade_events(w, cfg, thumbnails={1: b"jpeg-of-window-1"}).to_pylist()
     assert [(e["label"], e["start_s"], e["end_s"], e["thumbnail"]) for e in ev] == [
         ("shoot", 6.0, 8.0, b"jpeg-of-window-1")
     ]
@@ -222,7 +228,7 @@ def test_unknown_start_time_unsorted_rows_several_sources_and_thumbnails() -> No
     b = make_windows({"scatter": [0.9, 0.0, 0.0, 0.0]}, source="/b.mp4")
     shuffled = pa.concat_tables([b, a]).take(pa.array([7, 0, 5, 3, 6, 1, 4, 2]))
     thumbs = {2: b"jpeg-of-window-2", 0: b"jpeg-of-window-0"}
-    ev = events_from_windows(shuffled, thumbnails=thumbs).to_pylist()
+    ev = shade_events(shuffled, thumbnails=thumbs).to_pylist()
     assert [(e["source_uri"], e["label"], e["start_s"], e["end_s"]) for e in ev] == [
         ("/a.mp4", "arrest", 2.0, 6.0),
         ("/b.mp4", "scatter", 0.0, 2.0),
@@ -230,19 +236,19 @@ def test_unknown_start_time_unsorted_rows_several_sources_and_thumbnails() -> No
     assert ev[0]["start_time"] is None and ev[0]["end_time"] is None
     assert ev[0]["thumbnail"] == b"jpeg-of-window-2"  # the peak window
     asked: list[int] = []
-    events_from_windows(a, thumbnails=lambda i: asked.append(i) or None)
+    shade_events(a, thumbnails=lambda i: asked.append(i) or None)
     assert asked == [2]
 
 
 def test_duplicate_windows_and_bad_config_are_rejected() -> None:
     w = make_windows({"fight": [0.9, 0.9]})
     with pytest.raises(ValueError, match="duplicate window_index"):
-        events_from_windows(pa.concat_tables([w, w]))
+        shade_events(pa.concat_tables([w, w]))
     with pytest.raises(ConfigError):
         TimelineConfig(enter=0.3, exit=0.5)
     with pytest.raises(ConfigError, match="unknown timeline mode 'majority'"):
         TimelineConfig(mode="majority")
-    assert events_from_windows(w.slice(0, 0)).schema == EVENTS
+    assert shade_events(w.slice(0, 0)).schema == EVENTS
 
 
 def test_jpeg_thumbnail_is_a_small_jpeg() -> None:
@@ -330,7 +336,7 @@ def test_empty_inputs() -> None:
 
 def test_match_accepts_event_and_truth_tables() -> None:
     w = make_windows({"fight": [0.0, 0.9, 0.9, 0.0]}, source="/x.mp4")
-    pred = events_from_windows(w)
+    pred = shade_events(w)
     truth = pa.table(
         {
             "source_uri": ["file:///x.mp4"],

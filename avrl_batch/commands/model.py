@@ -34,7 +34,14 @@ def info(
 
         loaded = load_model(model)
         cfg = loaded.cfg
-        header = {"model_file": str(model), "model_id": loaded.model_id, "meta": loaded.meta}
+        header = {
+            "model_file": str(model),
+            "model_id": loaded.model_id,
+            "classes": list(cfg.class_names),
+            "normal_classes": list(cfg.normal_classes),
+            "lineage": loaded.meta.get("lineage", []),  # parent first
+            "meta": loaded.meta,
+        }
     else:
         cfg = get_preset(preset, fusion=fusion, modality=modality)
     from avrl_batch.model.summary import PARTS, model_summary  # torch: after option checks
@@ -60,9 +67,16 @@ def info(
         )
     console = Console()
     if header:
+        meta = header["meta"]
         console.print(  # Text: a path or metadata with [brackets] is not rich markup
-            Text(f"{header['model_file']}: {header['model_id']}  meta {header['meta']}")
+            Text(f"{header['model_file']}: {header['model_id']}  meta {meta}")
         )
+        classes = cfg.classes
+        console.print(Text(
+            f"classes: {', '.join(classes.names)} (normal: {', '.join(sorted(classes.normal))})"
+        ))
+        if meta.get("lineage"):
+            console.print(Text("fine-tuned from: " + " <- ".join(meta["lineage"])))
     console.print(table)
     console.print(
         f"inputs per clip: video {summary['inputs']['video']}, audio {summary['inputs']['audio']}"

@@ -16,23 +16,49 @@ _ADDRESS_HELP = "Ray cluster: none = local Ray on this machine, 'auto', or ray:/
 @app.command("prepare")
 def prepare_cmd(
     manifest: str = typer.Argument(
-        ..., help="clip manifest (Parquet or CSV: uri,label,split,dark)"
+        ..., help="clip manifest (Parquet or CSV: uri,label[,split,dark]) or intervals of "
+        "recordings (uri or source_uri,label,start_s,end_s[,split,dark])"
     ),
     out: str = typer.Option(..., "--out", help="where the shards go (path or s3://bucket/prefix)"),
     preset: str = typer.Option("tiny", help="model preset whose geometry to decode for"),
     val_fraction: float = typer.Option(
-        0.1, help="share of each class's train clips held out for validation if no val split"
+        0.1, help="held out for validation if no val split: share of each class's train clips "
+        "(clips) or of the recordings (intervals)"
     ),
+    classes: str | None = typer.Option(
+        None, help="the classes in output order, comma-separated (default: the manifest's "
+        "labels; SHADE's nine when all are SHADE's)"
+    ),
+    normal: list[str] = typer.Option(
+        [], "--normal", help="a normal (no anomaly) class, repeatable; needed unless the "
+        "classes are SHADE's"
+    ),
+    clip_stride: float | None = typer.Option(
+        None, help="intervals: seconds between clip starts inside an interval (default: half "
+        "the model window)"
+    ),
+    background: str | None = typer.Option(
+        None, help="intervals: sample clips of this normal label from the unannotated stretches"
+    ),
+    background_ratio: float = typer.Option(
+        1.0, help="intervals: background clips per annotated clip of a recording"
+    ),
+    test_fraction: float = typer.Option(
+        0.2, help="intervals without a split column: share of the recordings for test"
+    ),
+    seed: int = typer.Option(0, help="intervals: seed of the recording splits and background"),
     address: str | None = typer.Option(None, help=_ADDRESS_HELP),
     endpoint_url: str | None = typer.Option(None, help=_ENDPOINT_HELP),
 ) -> None:
     """Decode every clip once (Ray Data, in parallel) into tensor shards for training.
 
     Example: avrl prepare synth/clips/manifest.parquet --out prepared --preset tiny
+    (intervals: avrl prepare incidents.csv --out prepared --normal calm --background calm)
     """
     from rich.console import Console
 
     from avrl_batch.config import preset as get_preset
+    from avrl_batch.train.intervals import IntervalOptions
     from avrl_batch.train.prepare import prepare
 
     console = Console(stderr=True)
@@ -43,6 +69,17 @@ def prepare_cmd(
         cfg,
         endpoint_url=endpoint_url,
         val_fraction=val_fraction,
+        classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
+        normal=tuple(normal) or None,
+        intervals=IntervalOptions(
+            window_s=cfg.window_s,
+            clip_stride_s=clip_stride,
+            background=background,
+            background_ratio=background_ratio,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+        ),
         address=address,
         log=lambda line: console.print(
             line, style="yellow", markup=False, highlight=False, soft_wrap=True
@@ -51,7 +88,8 @@ def prepare_cmd(
     counts = ", ".join(f"{s} {prepared.n_clips(s)}" for s in prepared.counts)
     typer.echo(
         f"prepared {out}: {counts} clips (T={prepared.frames}, {prepared.size}x{prepared.size}, "
-        f"E={prepared.audio_examples}); {len(prepared.skipped)} skipped as unreadable"
+        f"E={prepared.audio_examples}); {len(prepared.skipped)} skipped as unreadable; classes "
+        f"{', '.join(prepared.class_names)} (normal: {', '.join(sorted(prepared.classes.normal))})"
     )
 
 
@@ -100,6 +138,13 @@ def train_cmd(
         help="seed of the initial weights, flips, dropout and data order (same seed, data and "
         "workers: same model)",
     ),
+    init: str | None = typer.Option(
+        None, "--init", help="fine-tune from this model file: its network and matching "
+        "weights (the head is new when the data's classes differ)"
+    ),
+    freeze: str | None = typer.Option(
+        None, help="with --init: keep video, audio or trunks (both) fixed"
+    ),
     max_failures: int = typer.Option(1, help="worker failures to recover from (FailureConfig)"),
     resume: bool = typer.Option(
         False, "--resume", help="continue the run under --out with the settings it was started "
@@ -111,7 +156,8 @@ def train_cmd(
     """Train AVRL with Ray Train (DDP) on prepared clips; writes OUT/model.avrl.
 
     Example: avrl train prepared --out runs/av --preset tiny --workers 2 --epochs 10
-    (after a crash: avrl train --out runs/av --resume; to train on: --resume --epochs 20)
+    (after a crash: avrl train --out runs/av --resume; to train on: --resume --epochs 20;
+    fine-tune: avrl train mine --out runs/mine --init runs/av/model.avrl --epochs 5)
     """
     from avrl_batch.train.trainer import run_settings, train
 
@@ -130,6 +176,8 @@ def train_cmd(
         audio_dropout=audio_dropout,
         seed=seed,
         schedule=schedule,
+        init=init,
+        freeze=freeze,
     )
     display = EpochDisplay(run.cfg.class_names)
     result = train(

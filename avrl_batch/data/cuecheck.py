@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avrl_batch.schema import CLASS_NAMES
+from avrl_batch.classes import SHADE
 
 SR = 16_000
 N_BANDS = 24
@@ -166,10 +166,10 @@ def main(manifest: str) -> None:
         fa.append(audio_features(_audio(path)))
         fv.append(video_features(_frames(path)))
     fa_arr, fv_arr = np.array(fa), np.array(fv)
-    y = np.array([CLASS_NAMES.index(r["label"]) for r in rows])
+    y = np.array([SHADE.names.index(r["label"]) for r in rows])
     train = np.array([r["split"] == "train" for r in rows])
     dark = np.array([r["dark"] for r in rows])
-    k = len(CLASS_NAMES)
+    k = len(SHADE.names)
     print(f"clips: {train.sum()} train, {(~train).sum()} test ({(dark & ~train).sum()} dark)")
     print(f"{'features':<8} {'all':>6} {'light':>6} {'dark':>6}")
     results = {}
@@ -191,14 +191,14 @@ def main(manifest: str) -> None:
         if name == "both":
             cm = np.zeros((k, k), int)
             np.add.at(cm, (y[te], pred[te]), 1)
-            print("confusion (rows true, cols predicted):", " ".join(c[:5] for c in CLASS_NAMES))
+            print("confusion (rows true, cols predicted):", " ".join(c[:5] for c in SHADE.names))
             for c in range(k):
-                print(f"  {CLASS_NAMES[c]:<9}", " ".join(f"{v:3d}" for v in cm[c]))
+                print(f"  {SHADE.names[c]:<9}", " ".join(f"{v:3d}" for v in cm[c]))
     print("per-class test accuracy (audio / video / both):")
     for c in range(k):
         m = ~train & (y == c)
         print(
-            f"  {CLASS_NAMES[c]:<9}",
+            f"  {SHADE.names[c]:<9}",
             " ".join(f"{100 * np.mean(preds[n][m] == c):5.0f}" for n in ("audio", "video", "both")),
         )
     gain_all = results["both"][0] - results["video"][0]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avrl_batch.classes import SHADE
 from avrl_batch.data import sounds
 from avrl_batch.data.scenes import (
     Episode,
@@ -35,7 +36,7 @@ from avrl_batch.data.scenes import (
     passersby_tracks,
 )
 from avrl_batch.errors import ConfigError
-from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, CLIPS, GROUND_TRUTH
+from avrl_batch.schema import CLIPS, GROUND_TRUTH
 
 SPLITS = ("train", "test")
 RECORDINGS_START = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
@@ -114,7 +115,7 @@ def resolve_uri(table_path: str | Path, uri: str) -> str:
 
 
 def clip_seed(seed: int, label: str, split: str, index: int) -> int:
-    ss = np.random.SeedSequence([seed, CLASS_NAMES.index(label), SPLITS.index(split), index])
+    ss = np.random.SeedSequence([seed, SHADE.names.index(label), SPLITS.index(split), index])
     return int(ss.generate_state(1, np.uint32)[0])
 
 
@@ -192,7 +193,7 @@ def clip_rows(preset: SynthPreset, seed: int) -> list[dict]:
         n_dark = int(round(n * preset.dark_fraction))
         if preset.dark_fraction > 0 and n > 0:
             n_dark = max(n_dark, 1)
-        for label in CLASS_NAMES:
+        for label in SHADE.names:
             for i in range(n):
                 rows.append(
                     {
@@ -227,7 +228,7 @@ def plan_recording(seed: int, duration_s: float, n_events: int, fps: int) -> lis
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     labels: list[str] = []
     while len(labels) < n_events:
-        labels += [ANOMALY_CLASSES[k] for k in rng.permutation(len(ANOMALY_CLASSES))]
+        labels += [SHADE.anomaly[k] for k in rng.permutation(len(SHADE.anomaly))]
     slot = duration_s / max(n_events, 1)
     events: list[PlannedEvent] = []
     gap = 4.0  # at least this much normal footage before and after each event
@@ -462,7 +463,7 @@ def generate(
                 "end_s": e.end_s,
             }
             for e in events
-            if e.label in ANOMALY_CLASSES
+            if e.label in SHADE.anomaly
         ]
     if recordings:
         gt_path = _write_table(gt_rows, GROUND_TRUTH, out / "ground_truth")

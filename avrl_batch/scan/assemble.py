@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from avrl_batch.classes import ClassSet
 from avrl_batch.scan.decode import DONE, ERROR, WINDOW
 from avrl_batch.scan.plan import SourceError, SourceTask
 from avrl_batch.scan.sink import windows_table
@@ -46,12 +47,12 @@ class SourceAssembler:
         self,
         tasks: list[SourceTask],
         *,
-        class_names: tuple[str, ...],
+        classes: ClassSet,
         model_id: str,
         scan_id: str,
     ) -> None:
         self.pending = {t.key: _Pending(t) for t in tasks}
-        self.class_names = class_names
+        self.classes = classes
         self.model_id = model_id
         self.scan_id = scan_id
         self.node_windows: dict[str, int] = {}  # infer node id -> windows
@@ -125,7 +126,7 @@ class SourceAssembler:
         probs = (
             np.stack([v[3] for v in vals])
             if vals
-            else np.zeros((0, len(self.class_names)), np.float32)
+            else np.zeros((0, len(self.classes)), np.float32)
         )  # (N, C)
         table = windows_table(
             p.task,
@@ -134,7 +135,7 @@ class SourceAssembler:
             np.array([v[1] for v in vals], np.float64),
             np.array([v[2] for v in vals], bool),
             probs,
-            class_names=self.class_names,
+            classes=self.classes,
             model_id=self.model_id,
             scan_id=self.scan_id,
         )

@@ -169,7 +169,7 @@ def match_output(
     and other archives' sources: only events of ``model_id`` on ``sources`` count, and only
     the truth of those sources."""
     pred = _scan_events(out, endpoint_url, model_id=model_id, sources=list(sources))
-    gt = _truth_events(truth, endpoint_url, sources=list(sources))
+    gt = truth_events(truth, endpoint_url, sources=list(sources))
     res = match_events(pred, gt, iou=iou)
     return {
         "iou": iou,
@@ -206,7 +206,7 @@ def _scan_events(
     return pred.filter(pc.is_in(pred["source_uri"], pa.array(sources, pa.string())))
 
 
-def _truth_events(truth: str, endpoint_url: str | None, *, sources: list[str]) -> pa.Table:
+def truth_events(truth: str, endpoint_url: str | None, *, sources: list[str]) -> pa.Table:
     """The ground-truth table with canonical source URIs, kept to ``sources``."""
     import io
     import os

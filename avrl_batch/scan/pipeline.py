@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from avrl_batch import storage
+from avrl_batch.classes import ClassSet
 from avrl_batch.cluster import quiet_ray_data
 from avrl_batch.errors import ConfigError
 from avrl_batch.memory import peak_rss_mb
@@ -39,7 +40,6 @@ from avrl_batch.scan.plan import (
     window_spec,
 )
 from avrl_batch.scan.timeline import events_from_windows
-from avrl_batch.schema import ANOMALY_CLASSES
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -351,6 +351,7 @@ def _write_manifest(
         finished_at=datetime.now(timezone.utc).isoformat(),
         config=_public_config(cfg),
         class_names=list(model.cfg.class_names),
+        normal_classes=list(model.cfg.normal_classes),
         window_s=spec.window_s,
         stride_s=spec.stride_s,
         timezone=cfg.timezone,  # of start times in names without an offset
@@ -447,14 +448,14 @@ def _execute(
         ledger.finished += 1
     ledger.report()
     if plan.todo:
-        class_names = tuple(model.cfg.class_names)
+        classes = model.cfg.classes
         assembler = SourceAssembler(
-            plan.todo, class_names=class_names, model_id=plan.model_id, scan_id=summary.scan_id
+            plan.todo, classes=classes, model_id=plan.model_id, scan_id=summary.scan_id
         )
-        ds = _inference_dataset(cfg, plan, model.data, class_names)
+        ds = _inference_dataset(cfg, plan, model.data, classes)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for fin in assembler.add_batch(batch):
-                _write_finished(cfg, plan, ledger, fin)
+                _write_finished(cfg, plan, ledger, fin, classes)
         # The stream ended without some trailers (should not happen): report those sources,
         # but write no error object, so that a rerun scans them instead of skipping them.
         for task in assembler.unfinished():
@@ -477,7 +478,7 @@ def _execute(
 
 
 def _write_finished(
-    cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, fin: FinishedSource
+    cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, fin: FinishedSource, classes: ClassSet
 ) -> None:
     """One finished source: its error row, or its timeline and outputs."""
     ledger.finished += 1
@@ -489,7 +490,9 @@ def _write_finished(
     windows = fin.windows
     assert windows is not None
     try:
-        events = events_from_windows(windows, cfg.timeline, thumbnails=fin.thumbnails)
+        events = events_from_windows(
+            windows, cfg.timeline, classes=classes, thumbnails=fin.thumbnails
+        )
         sink.write_source(
             cfg.out, fin.task, windows, events, model_id=plan.model_id,
             endpoint_url=cfg.endpoint_url,
@@ -507,7 +510,7 @@ def _write_finished(
 
 
 def _inference_dataset(
-    cfg: ScanConfig, plan: ScanPlan, model_bytes: bytes, class_names: tuple[str, ...]
+    cfg: ScanConfig, plan: ScanPlan, model_bytes: bytes, classes: ClassSet
 ) -> Any:
     """segments -> flat_map(decode, CPU tasks) -> map_batches(Predictor, actor pool)."""
     import ray
@@ -515,7 +518,7 @@ def _inference_dataset(
 
     from avrl_batch.scan.predictor import Predictor
 
-    anomaly_index = [i for i, c in enumerate(class_names) if c in ANOMALY_CLASSES]
+    anomaly_index = classes.anomaly_index
     n_actors, actor_resources, threads = _pool(cfg)
     segments = [s.to_row() for s in plan.segments]
     model_ref = ray.put(model_bytes)

@@ -30,10 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avrl_batch import storage
+from avrl_batch.classes import ClassSet
 from avrl_batch.errors import StorageError
 from avrl_batch.scan.naming import date_partition, safe_component
 from avrl_batch.scan.plan import SourceError, SourceTask
-from avrl_batch.schema import ERRORS, EVENTS, WINDOWS, is_anomaly
+from avrl_batch.schema import ERRORS, EVENTS, WINDOWS
 
 PARQUET_SUFFIX = ".parquet"
 
@@ -160,7 +161,7 @@ def windows_table(
     has_audio: np.ndarray,
     probs: np.ndarray,
     *,
-    class_names: tuple[str, ...],
+    classes: ClassSet,
     model_id: str,
     scan_id: str,
 ) -> pa.Table:
@@ -168,9 +169,9 @@ def windows_table(
     order = np.argsort(window_index, kind="stable")
     wi, s, e = window_index[order], start_s[order], end_s[order]
     p = probs[order].astype(np.float32)  # (N, C)
-    n, c = p.shape if p.ndim == 2 else (0, len(class_names))
+    n, c = p.shape if p.ndim == 2 else (0, len(classes))
     best = p.argmax(axis=1) if n else np.zeros(0, np.int64)
-    labels = [class_names[i] for i in best]
+    labels = [classes.names[i] for i in best]
     return pa.Table.from_arrays(
         [
             pa.array([task.uri] * n, pa.string()),
@@ -186,7 +187,7 @@ def windows_table(
                 pa.array(np.arange(0, n * c + 1, c, dtype=np.int32)),
                 pa.array(p.reshape(-1), pa.float32()),  # (N * C,) row-major: class order
             ),
-            pa.array([is_anomaly(lb) for lb in labels], pa.bool_()),
+            pa.array([classes.is_anomaly(lb) for lb in labels], pa.bool_()),
             pa.array(has_audio[order].astype(bool), pa.bool_()),
             pa.array([model_id] * n, pa.string()),
             pa.array([scan_id] * n, pa.string()),

@@ -4,9 +4,9 @@ Two rules (``TimelineConfig.mode``); both work per source on windows ordered by 
 
 ``incident`` (default): one event per incident, labelled by the evidence over all of it.
 
-1. Track ``a[i]`` = the window's anomaly probability, the sum over the anomaly classes (one
-   minus the normal classes' share), and ``m[i]`` = its most likely anomaly class's
-   probability. Optionally smooth both (step 1 of ``class``).
+1. Track ``a[i]`` = the window's anomaly probability, the sum over the model's anomaly
+   classes (one minus the normal classes' share; ``classes.ClassSet``), and ``m[i]`` = its
+   most likely anomaly class's probability. Optionally smooth both (step 1 of ``class``).
 2. Hysteresis: an event starts where one anomaly class is confident (``m >= enter``) and goes
    on while the window stays anomalous (``a >= exit``), whichever anomaly class it looks like;
    holes, merge and minimum length as steps 2-4 below. (Starting on ``a`` alone let a weak
@@ -59,8 +59,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from avrl_batch.classes import ClassSet
 from avrl_batch.errors import ConfigError
-from avrl_batch.schema import ANOMALY_CLASSES, CLASS_NAMES, EVENTS
+from avrl_batch.schema import EVENTS
 
 TIMELINE_MODES = ("incident", "class")
 DEFAULT_ENTER = 0.6  # probability at which an event starts
@@ -181,9 +182,10 @@ class _Windows:
     camera: str | None
     model_id: str
     scan_id: str
+    classes: ClassSet
 
     @classmethod
-    def of(cls, windows: pa.Table) -> _Windows:
+    def of(cls, windows: pa.Table, classes: ClassSet) -> _Windows:
         order = np.lexsort(
             (windows["window_index"].to_numpy(), windows["start_s"].to_numpy())
         )  # by start_s, then window_index
@@ -196,8 +198,10 @@ class _Windows:
             )
         start_s, end_s = w["start_s"].to_numpy(), w["end_s"].to_numpy()
         probs = np.asarray(w["probs"].to_pylist(), dtype=np.float64)  # (N windows, classes)
-        if probs.ndim != 2 or probs.shape[1] != len(CLASS_NAMES):
-            raise ValueError(f"probs must have {len(CLASS_NAMES)} values per window")
+        if probs.ndim != 2 or probs.shape[1] != len(classes):
+            raise ValueError(
+                f"probs must have {len(classes)} values per window ({', '.join(classes.names)})"
+            )
         return cls(
             index=idx,
             start_s=start_s,
@@ -210,6 +214,7 @@ class _Windows:
             camera=w["camera"][0].as_py(),
             model_id=w["model_id"][0].as_py(),
             scan_id=w["scan_id"][0].as_py(),
+            classes=classes,
         )
 
 
@@ -241,20 +246,18 @@ def _spans(
     ]
 
 
-_ANOMALY = [CLASS_NAMES.index(c) for c in ANOMALY_CLASSES]
-
-
 def _found(w: _Windows, cfg: TimelineConfig) -> list[tuple[str, int, int]]:
     """(label, first, last window) of each event under ``cfg.mode``."""
-    part = w.probs[:, _ANOMALY]  # (N, anomaly classes)
+    anomaly = w.classes.anomaly
+    part = w.probs[:, w.classes.anomaly_index]  # (N, anomaly classes)
     found: list[tuple[str, int, int]] = []
     if cfg.mode == "incident":
         for first, last in _spans(w, cfg, window_level(part, "incident"), start=part.max(axis=1)):
             votes = part[first : last + 1].sum(axis=0)  # (anomaly classes,)
-            found.append((ANOMALY_CLASSES[int(np.argmax(votes))], first, last))
+            found.append((anomaly[int(np.argmax(votes))], first, last))
     else:
-        for label in ANOMALY_CLASSES:
-            track = w.probs[:, CLASS_NAMES.index(label)]  # (N,)
+        for label in anomaly:
+            track = w.probs[:, w.classes.index_of(label)]  # (N,)
             found += [(label, f, la) for f, la in _spans(w, cfg, track)]
     return found
 
@@ -264,7 +267,7 @@ def _incident_thumbnail_window(
 ) -> int:
     """The window whose thumbnail an incident shows: the peak among the windows at or above
     exit (the scan makes thumbnails only for those; a window in a merged gap is below it)."""
-    part = w.probs[:, _ANOMALY]  # (N, anomaly classes)
+    part = w.probs[:, w.classes.anomaly_index]  # (N, anomaly classes)
     level = window_level(part[first : last + 1], "incident")  # (n,)
     if (level >= cfg.exit).any():
         return first + int(np.argmax(np.where(level >= cfg.exit, scores, -1.0)))
@@ -280,13 +283,13 @@ def _incident_thumbnail_window(
 
 
 def _events_one_source(
-    windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails
+    windows: pa.Table, cfg: TimelineConfig, classes: ClassSet, thumbnails: Thumbnails
 ) -> list[dict]:
-    w = _Windows.of(windows)
+    w = _Windows.of(windows, classes)
     rows: list[dict] = []
     for label, first, last in _found(w, cfg):
         s, e = float(w.start_s[first]), float(w.end_s[last])
-        scores = w.probs[first : last + 1, CLASS_NAMES.index(label)]  # raw, (n,)
+        scores = w.probs[first : last + 1, classes.index_of(label)]  # raw, (n,)
         peak = first + int(np.argmax(scores))
         if cfg.mode == "incident":
             peak = _incident_thumbnail_window(w, cfg, first, last, scores, peak)
@@ -315,9 +318,11 @@ def events_from_windows(
     windows: pa.Table,
     cfg: TimelineConfig | None = None,
     *,
+    classes: ClassSet,
     thumbnails: Thumbnails = None,
 ) -> pa.Table:
-    """Events (EVENTS schema) from window rows (WINDOWS schema, any order).
+    """Events (EVENTS schema) from window rows (WINDOWS schema, any order) of a model with
+    ``classes`` (the order of ``probs``; events are labelled with its anomaly classes).
 
     ``windows`` normally holds one source; several are handled one by one. ``thumbnails``
     gives the JPEG of a window by its ``window_index`` (a mapping or a callable; it is only
@@ -328,7 +333,7 @@ def events_from_windows(
     if windows.num_rows:
         for source in pc.unique(windows["source_uri"]).to_pylist():
             one = windows.filter(pc.equal(windows["source_uri"], source))
-            rows.extend(_events_one_source(one, cfg, thumbnails))
+            rows.extend(_events_one_source(one, cfg, classes, thumbnails))
     rows.sort(key=lambda r: (r["source_uri"], r["start_s"], r["label"]))
     return pa.Table.from_pylist(rows, schema=EVENTS)
 

@@ -228,11 +228,12 @@ class _Worker:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"model": ModelConfig dict, "train": TrainConfig dict,
-    optional "epoch_hook": an ``EpochHook``}."""
+    optional "epoch_hook": an ``EpochHook``, optional "init_state": an object ref of the
+    weights to start from (``finetune.init_state``)}."""
     cfg = ModelConfig.from_dict(config["model"])
     tc = TrainConfig(**config["train"])
     hook: EpochHook | None = config.get("epoch_hook")
-    w = _start_worker(cfg, tc)
+    w = _start_worker(cfg, tc, config.get("init_state"))
     gen = torch.Generator()
     for epoch in range(w.resumed_from + 1, tc.epochs + 1):
         if hook is not None:
@@ -267,17 +268,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(w, row, epoch)
 
 
-def _start_worker(cfg: ModelConfig, tc: TrainConfig) -> _Worker:
-    """The same initial network on every worker (same seed), restored from
-    ``ray.train.get_checkpoint()`` when there is one, then wrapped in DDP."""
+def _start_worker(cfg: ModelConfig, tc: TrainConfig, init_ref: Any = None) -> _Worker:
+    """The same initial network on every worker (same seed; the ``--init`` parent's weights
+    where they fit, ``--freeze`` applied), restored from ``ray.train.get_checkpoint()`` when
+    there is one, then wrapped in DDP."""
+    import ray
     import ray.train
     import ray.train.torch
 
     from avrl_batch.model import build_model
+    from avrl_batch.train.finetune import apply_init, freeze
 
     ctx = ray.train.get_context()
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
     model = build_model(cfg)
+    if init_ref is not None:
+        apply_init(model, ray.get(init_ref))
+    freeze(model, tc.freeze)
     opt, sched = make_optimizer(model, tc)
     history, resumed_from = _restore(model, opt, sched)
     sched = fit_schedule(opt, sched, tc, resumed_from)

@@ -1,5 +1,11 @@
 """``avrl prepare``: decode every clip of a labelled manifest once into tensor shards.
 
+The manifest lists pre-cut clips (``uri, label[, split, dark]``) or labelled intervals of long
+recordings (``uri|source_uri, label, start_s, end_s[, split, dark]``), which
+``train/intervals.py`` cuts into one-window clips. The classes come from the manifest's labels
+(``--classes`` fixes their order, ``--normal`` names the normal ones; labels that are all
+SHADE's give SHADE's nine classes, ``classes.SHADE``).
+
 Training reads the shards for every epoch, so 80 epochs decode each clip once, not 80 times.
 
 Layout of a prepared dataset ``OUT``::
@@ -34,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from avrl_batch import storage
+from avrl_batch.classes import SHADE, ClassSet
 from avrl_batch.config import ModelConfig
 from avrl_batch.errors import AvrlError, DataError, StorageError
+from avrl_batch.train.intervals import IntervalOptions, cut_clips, intervals_of, is_interval_table
 
 PREPARED_NAME = "prepared.json"
 FORMAT = "avrl-prepared"
@@ -63,6 +71,11 @@ class PreparedData:
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"uri", "reason"}
     val_from_train: int = 0  # clips moved from train to val because the manifest had no val
     created: str = ""
+    normal_classes: tuple[str, ...] = ()  # empty in a dataset of SHADE's classes made earlier
+
+    @property
+    def classes(self) -> ClassSet:
+        return ClassSet.of(self.class_names, self.normal_classes or None)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -85,10 +98,11 @@ class PreparedData:
                 f"E={have[2]} audio examples, but preset {cfg.preset!r} needs T={need[0]}, "
                 f"{need[1]}x{need[1]}, E={need[2]}; rerun `avrl prepare --preset {cfg.preset}`"
             )
-        if tuple(self.class_names) != tuple(cfg.class_names):
+        if self.classes != cfg.classes:
             raise DataError(
-                f"{self.uri}: classes {list(self.class_names)} differ from the model's "
-                f"{list(cfg.class_names)}"
+                f"{self.uri}: classes {list(self.class_names)} (normal: "
+                f"{', '.join(sorted(self.classes.normal))}) differ from the model's "
+                f"{list(cfg.class_names)} (normal: {', '.join(sorted(cfg.classes.normal))})"
             )
 
 
@@ -107,6 +121,7 @@ def load_prepared(uri: str, *, endpoint_url: str | None = None) -> PreparedData:
         if data.pop("format") != FORMAT or data.pop("version") != VERSION:
             raise ValueError("wrong format or version")
         data["class_names"] = tuple(data["class_names"])
+        data["normal_classes"] = tuple(data.get("normal_classes") or ())
         return PreparedData(uri=uri, **data)
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{target} is not an avrl prepared-data manifest ({exc})") from exc
@@ -128,17 +143,8 @@ def resolve_clip_uri(manifest_uri: str, uri: str) -> str:
     return posixpath.normpath(posixpath.join(base, uri))
 
 
-def read_manifest(
-    manifest_uri: str,
-    class_names: tuple[str, ...],
-    *,
-    endpoint_url: str | None = None,
-) -> list[dict[str, Any]]:
-    """Rows {uri, source, label, label_index, split, dark} of a Parquet or CSV clip manifest.
-
-    ``uri`` and ``label`` are required; ``split`` defaults to ``train`` and ``dark`` to false.
-    An unknown label or split is a DataError naming the first offending row.
-    """
+def read_table(manifest_uri: str, *, endpoint_url: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a Parquet or CSV manifest; a missing or unreadable one is one DataError."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -147,7 +153,7 @@ def read_manifest(
     except StorageError as exc:
         raise DataError(
             f"manifest not found: {manifest_uri} ({exc}); make one with `avrl synth OUT` or "
-            "write a CSV with columns uri,label[,split,dark]"
+            "write a CSV with columns uri,label[,split,dark] (or uri,label,start_s,end_s)"
         ) from exc
     try:
         if manifest_uri.lower().endswith(".csv"):
@@ -158,41 +164,92 @@ def read_manifest(
         raise DataError(
             f"{manifest_uri}: not a readable Parquet or CSV manifest ({str(exc).splitlines()[0]})"
         ) from exc
-    missing = {"uri", "label"} - set(table.column_names)
-    if missing:
-        raise DataError(f"{manifest_uri}: missing column(s) {sorted(missing)}; need uri,label")
-    rows = table.to_pylist()
-    index = {name: i for i, name in enumerate(class_names)}
-    out = []
-    for n, row in enumerate(rows, start=1):
-        label = str(row["label"]).strip()
-        if label not in index:
-            raise DataError(
-                f"{manifest_uri}: unknown label {label!r} in row {n} ({row['uri']}); "
-                f"known labels: {', '.join(class_names)}"
-            )
-        split = str(row.get("split") or "train").strip()
-        if split not in SPLITS:
-            raise DataError(
-                f"{manifest_uri}: unknown split {split!r} in row {n} ({row['uri']}); "
-                f"use one of {', '.join(SPLITS)}"
-            )
-        dark = row.get("dark")
-        if isinstance(dark, str):
-            dark = dark.strip().lower() in ("1", "true", "yes")
-        out.append(
-            {
-                "uri": str(row["uri"]),
-                "source": resolve_clip_uri(manifest_uri, str(row["uri"])),
-                "label": label,
-                "label_index": index[label],
-                "split": split,
-                "dark": bool(dark),
-            }
+    if "label" not in table.column_names or not (
+        {"uri", "source_uri"} & set(table.column_names)
+    ):
+        raise DataError(
+            f"{manifest_uri}: missing column(s); need uri,label (clips) or "
+            "uri,label,start_s,end_s (intervals of recordings)"
         )
+    return table.to_pylist()
+
+
+def manifest_classes(
+    labels: list[str], classes: tuple[str, ...] | None, normal: tuple[str, ...] | None
+) -> ClassSet:
+    """The class set of a manifest's ``labels``: ``classes`` in that order if given, else
+    SHADE's nine when every label is SHADE's and no ``normal`` is given, else the labels
+    sorted; ``normal`` names the normal ones (needed unless the classes are SHADE's)."""
+    if classes is None and normal is None and set(labels) <= set(SHADE.names):
+        return SHADE
+    names = tuple(classes) if classes else tuple(sorted(set(labels)))
+    return ClassSet.of(names, normal)
+
+
+def read_manifest(
+    manifest_uri: str,
+    classes: ClassSet | None = None,
+    *,
+    intervals: IntervalOptions | None = None,
+    normal: tuple[str, ...] | None = None,
+    order: tuple[str, ...] | None = None,
+    endpoint_url: str | None = None,
+) -> tuple[list[dict[str, Any]], ClassSet]:
+    """Clip rows {uri, source, start_s, label, label_index, split, dark[, recording]} of a
+    clip or interval manifest and its class set (``classes``, or from the labels with
+    ``order``/``normal``: :func:`manifest_classes`).
+
+    Clips: ``uri`` and ``label`` required, ``split`` defaults to ``train``, ``dark`` to false,
+    ``start_s`` is None (the whole clip). Intervals: cut by ``intervals`` (default: the
+    defaults of IntervalOptions at a 2-s window). An unknown label or split is a DataError
+    naming the first offending row.
+    """
+    table = read_table(manifest_uri, endpoint_url=endpoint_url)
+    if table and is_interval_table(list(table[0])):
+        opts = intervals or IntervalOptions(window_s=2.0)
+        ivs = intervals_of(table, manifest_uri, resolve_clip_uri)
+        rows = cut_clips(ivs, opts, lambda src: clip_duration(src, endpoint_url))
+        extra = [opts.background] if opts.background else []
+    else:
+        rows = [
+            {"uri": str(r.get("uri") or r.get("source_uri")), "start_s": None,
+             "label": r["label"], "split": r.get("split"), "dark": r.get("dark")}
+            for r in table
+        ]
+        for r in rows:
+            r["source"] = resolve_clip_uri(manifest_uri, r["uri"])
+        extra = []
+    if classes is None:
+        labels = [str(r["label"]).strip() for r in rows] + extra
+        classes = manifest_classes(labels, order, normal)
+    if extra and extra[0] not in classes.normal:
+        raise DataError(
+            f"--background {extra[0]!r} must be a normal class: add --normal {extra[0]}"
+        )
+    out = [_checked_row(manifest_uri, n, r, classes) for n, r in enumerate(rows, start=1)]
     if not out:
         raise DataError(f"{manifest_uri}: the manifest lists no clips")
-    return out
+    return out, classes
+
+
+def _checked_row(manifest_uri: str, n: int, row: dict[str, Any], classes: ClassSet) -> dict:
+    label = str(row["label"]).strip()
+    if label not in classes.names:
+        raise DataError(
+            f"{manifest_uri}: unknown label {label!r} in row {n} ({row['uri']}); "
+            f"known labels: {', '.join(classes.names)}"
+        )
+    split = str(row.get("split") or "train").strip()
+    if split not in SPLITS:
+        raise DataError(
+            f"{manifest_uri}: unknown split {split!r} in row {n} ({row['uri']}); "
+            f"use one of {', '.join(SPLITS)}"
+        )
+    dark = row.get("dark")
+    if isinstance(dark, str):
+        dark = dark.strip().lower() in ("1", "true", "yes")
+    return {**row, "label": label, "label_index": classes.index_of(label), "split": split,
+            "dark": bool(dark)}
 
 
 def carve_val(rows: list[dict[str, Any]], fraction: float) -> int:
@@ -203,7 +260,8 @@ def carve_val(rows: list[dict[str, Any]], fraction: float) -> int:
         return 0
     by_label: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["split"] == "train":
+        # clips cut from recordings were split by recording: never move one of them alone
+        if r["split"] == "train" and "recording" not in r:
             by_label.setdefault(r["label"], []).append(r)
     moved = 0
     for clips in by_label.values():
@@ -220,33 +278,45 @@ def carve_val(rows: list[dict[str, Any]], fraction: float) -> int:
 # decoding one clip (runs in Ray Data tasks; pure media calls)
 
 
+def _open(source: str, endpoint_url: str | None) -> Any:
+    p = storage.parse_uri(source)
+    return p.path if p.scheme == "file" else storage.open_source(source, endpoint_url=endpoint_url)
+
+
+def clip_duration(source: str, endpoint_url: str | None = None) -> float:
+    """A media file's duration in seconds (probe)."""
+    from avrl_batch.media import probe
+
+    return float(probe(_open(source, endpoint_url)).duration_s)
+
+
 def decode_clip(
     source: str,
     *,
     frames: int,
     size: int,
     audio_examples: int,
+    start_s: float | None = None,
+    window_s: float = 2.0,
     endpoint_url: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """frames uint8 (T, size, size, 3) sampled over the whole clip, log-mel float16
-    (E, 96, 64) of the whole clip's audio padded/trimmed to E examples, and has_audio."""
-    from avrl_batch.media import iter_windows, probe
+    (E, 96, 64) of the whole clip's audio padded/trimmed to E examples, and has_audio.
+    With ``start_s``: the clip is the ``window_s`` window of a recording starting there,
+    decoded exactly as a scan decodes that window."""
+    from avrl_batch.media import iter_windows
     from avrl_batch.media.errors import Truncated
 
-    def src() -> Any:
-        p = storage.parse_uri(source)
-        return (
-            p.path if p.scheme == "file" else storage.open_source(source, endpoint_url=endpoint_url)
-        )
-
-    duration = float(probe(src()).duration_s)
-    # one window spanning the whole clip: frames and audio in a single decoding pass
+    if start_s is None:
+        # one window spanning the whole clip: frames and audio in a single decoding pass
+        start_s = 0.0
+        window_s = clip_duration(source, endpoint_url)
     for w in iter_windows(
-        src(),
-        0.0,
-        duration * 0.5,
-        window_s=duration,
-        stride_s=duration,
+        _open(source, endpoint_url),
+        start_s,
+        start_s + window_s * 0.5,
+        window_s=window_s,
+        stride_s=window_s,
         frames=frames,
         size=size,
         audio=True,
@@ -261,7 +331,13 @@ def decode_clip(
 
 
 def _decode_row(
-    row: dict[str, Any], *, frames: int, size: int, audio_examples: int, endpoint_url: str | None
+    row: dict[str, Any],
+    *,
+    frames: int,
+    size: int,
+    audio_examples: int,
+    window_s: float,
+    endpoint_url: str | None,
 ) -> dict[str, Any]:
     error = ""
     try:
@@ -270,6 +346,8 @@ def _decode_row(
             frames=frames,
             size=size,
             audio_examples=audio_examples,
+            start_s=row["start_s"],
+            window_s=window_s,
             endpoint_url=endpoint_url,
         )
     except AvrlError as exc:  # MediaError, StorageError: the reason a user can act on
@@ -303,16 +381,27 @@ def prepare(
     *,
     endpoint_url: str | None = None,
     val_fraction: float = 0.1,
+    classes: tuple[str, ...] | None = None,
+    normal: tuple[str, ...] | None = None,
+    intervals: IntervalOptions | None = None,
     address: str | None = None,
     log: Callable[[str], None] = print,
 ) -> PreparedData:
     """Decode every clip of ``manifest_uri`` in parallel (Ray Data) into shards under ``out_uri``.
 
-    Corrupt or unreadable clips are skipped and listed (``log`` and ``skipped`` in the JSON).
+    ``classes`` fixes the class order and ``normal`` names the normal classes
+    (:func:`manifest_classes`); ``intervals`` says how an interval manifest is cut (default:
+    ``cfg``'s window, half-window stride, no background, ``val_fraction`` of the recordings
+    to val). Corrupt or unreadable clips are skipped and listed (``log`` and ``skipped`` in
+    the JSON).
     """
     from avrl_batch.cluster import connect, quiet_ray_data
 
-    rows, moved = _training_rows(manifest_uri, cfg, val_fraction, endpoint_url)
+    opts = intervals or IntervalOptions(window_s=cfg.window_s, val_fraction=val_fraction)
+    rows, found, moved = _training_rows(
+        manifest_uri, opts, val_fraction, classes, normal, endpoint_url
+    )
+    cfg = cfg.with_classes(found)
     connect(address)
     quiet_ray_data()
     ds = _decode(rows, cfg, endpoint_url)
@@ -337,6 +426,7 @@ def prepare(
         window_s=cfg.window_s,
         audio_examples=cfg.audio_examples,
         class_names=tuple(cfg.class_names),
+        normal_classes=tuple(cfg.normal_classes),
         manifest=manifest_uri,
         counts=counts,
         shards=shards,
@@ -351,25 +441,33 @@ def prepare(
 
 
 def _training_rows(
-    manifest_uri: str, cfg: ModelConfig, val_fraction: float, endpoint_url: str | None
-) -> tuple[list[dict[str, Any]], int]:
-    """The manifest's rows with a val split carved from train if it has none, in a fixed
-    shuffled order; and how many clips moved to val."""
-    rows = read_manifest(manifest_uri, cfg.class_names, endpoint_url=endpoint_url)
+    manifest_uri: str,
+    opts: IntervalOptions,
+    val_fraction: float,
+    order: tuple[str, ...] | None,
+    normal: tuple[str, ...] | None,
+    endpoint_url: str | None,
+) -> tuple[list[dict[str, Any]], ClassSet, int]:
+    """The manifest's clip rows with a val split carved from train if it has none, in a fixed
+    shuffled order; their class set; and how many clips moved to val."""
+    rows, classes = read_manifest(
+        manifest_uri, intervals=opts, order=order, normal=normal, endpoint_url=endpoint_url
+    )
     if not any(r["split"] == "train" for r in rows):
         raise DataError(f"{manifest_uri}: no clips in the 'train' split; label some as split=train")
     moved = carve_val(rows, val_fraction)
     # manifests are usually grouped by class; shards in that order would feed SGD single-class
     # batches wherever the trainer can only shuffle locally (large, streamed data sets)
     random.Random(0).shuffle(rows)
-    return rows, moved
+    return rows, classes, moved
 
 
 def _decode(rows: list[dict[str, Any]], cfg: ModelConfig, endpoint_url: str | None) -> Any:
     """Every row decoded once (``_decode_row``) into a materialised Ray dataset, in row order."""
     import ray.data
 
-    geometry = {"frames": cfg.frames, "size": cfg.size, "audio_examples": cfg.audio_examples}
+    geometry = {"frames": cfg.frames, "size": cfg.size, "audio_examples": cfg.audio_examples,
+                "window_s": cfg.window_s}
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 64))
     # shards keep the shuffled manifest order rather than task-completion order, so preparing
     # one manifest twice gives the same shards and `avrl train --seed` the same model; the

@@ -39,7 +39,8 @@ MODEL_NAME = "model.avrl"
 SNAPSHOT_NAME = "checkpoint_manager_snapshot.json"
 RUN_FILE = "run.json"
 # TrainConfig fields that are `avrl train` options: a refusal names them as the option
-TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "audio_dropout", "schedule", "seed")
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "audio_dropout", "schedule", "seed",
+                 "init", "freeze")
 
 
 class TrainingFailed(AvrlError):
@@ -82,6 +83,9 @@ def train(
 ) -> TrainResult:
     """Train AVRL on a prepared dataset with ``workers`` Ray Train workers (DDP).
 
+    ``tc.init`` names a model file to start from (``train/finetune.py``); the model file
+    written records its id as ``meta["parent"]``.
+
     ``on_epoch`` receives each epoch's metrics row on the driver as it is reported.
     ``epoch_hook(epoch, rank, world_size)`` runs on every worker as each epoch begins (after
     the previous epoch's checkpoint was reported); it must pickle, and an exception it raises
@@ -106,8 +110,16 @@ def train(
 
     connect(address)
     quiet_ray_data()
+    parent = _read_parent(tc.init, endpoint_url) if tc.init else None
     datasets = _datasets(prepared, val_split, seed=tc.seed, endpoint_url=endpoint_url)
     loop_config: dict[str, Any] = {"model": cfg.to_dict(), "train": asdict(tc)}
+    if parent is not None:
+        import ray
+
+        from avrl_batch.train.finetune import init_state
+
+        # through the object store: the config is pickled to every worker and the controller
+        loop_config["init_state"] = ray.put(init_state(cfg, parent))
     if epoch_hook is not None:
         loop_config["epoch_hook"] = epoch_hook
     progress = _ProgressRelay(on_epoch) if on_epoch is not None else None
@@ -132,7 +144,16 @@ def train(
         data_uri,
         ckpt_root,
         endpoint_url,
+        parent=parent,
     )
+
+
+def _read_parent(uri: str, endpoint_url: str | None) -> Any:
+    """The model file ``--init`` names (a modelfile.LoadedModel); one WeightsError line if it
+    cannot be read."""
+    from avrl_batch.modelfile import model_from_bytes
+
+    return model_from_bytes(storage.read_bytes(uri, endpoint_url=endpoint_url), source=uri)
 
 
 def run_settings(
@@ -147,9 +168,11 @@ def run_settings(
     **train_options: Any,
 ) -> RunSettings:
     """The settings of ``avrl train``; ``None`` is "not given". A new run takes the preset's
-    defaults (``tiny`` when no preset is given). ``--resume`` takes every setting the run was
-    started with from OUT/run.json and puts the given ones in their place; :func:`train` then
-    refuses any that differ from the record, except a longer ``--epochs``."""
+    defaults (``tiny`` when no preset is given), or with ``init`` (in ``train_options``) the
+    parent model file's network, and the classes of the prepared data. ``--resume`` takes
+    every setting the run was started with from OUT/run.json and puts the given ones in their
+    place; :func:`train` then refuses any that differ from the record, except a longer
+    ``--epochs``."""
     from dataclasses import fields, replace
 
     from avrl_batch.config import preset, train_config
@@ -163,15 +186,20 @@ def run_settings(
                 "give DATA, the prepared dataset to train on (the --out of avrl prepare)"
                 + (f": {out_uri} has no {RUN_FILE} that records it" if resume else "")
             )
-        name = preset_name or "tiny"
+        classes = load_prepared(data_uri, endpoint_url=endpoint_url).classes
+        init = train_options.get("init")
+        if init is None:
+            name = preset_name or "tiny"
+            base = preset(name, fusion=fusion, modality=modality)
+        else:
+            base = _parent_network(init, preset_name, fusion, modality, endpoint_url)
+            name = base.preset
         return RunSettings(
-            data_uri,
-            preset(name, fusion=fusion, modality=modality),
-            train_config(name, **train_options),
+            data_uri, base.with_classes(classes), train_config(name, **train_options)
         )
     was_cfg = ModelConfig.from_dict(record["model_config"])
     cfg = (
-        preset(preset_name, fusion=fusion, modality=modality)
+        preset(preset_name, fusion=fusion, modality=modality).with_classes(was_cfg.classes)
         if preset_name is not None
         else replace(was_cfg, **{k: v for k, v in (("fusion", fusion), ("modality", modality))
                                  if v is not None})
@@ -183,6 +211,27 @@ def run_settings(
     if data_uri is None and not record.get("data"):
         raise ConfigError(f"give DATA: {out_uri}/{RUN_FILE} does not record the run's dataset")
     return RunSettings(data_uri or record["data"], cfg, tc)
+
+
+def _parent_network(
+    init: str,
+    preset_name: str | None,
+    fusion: str | None,
+    modality: str | None,
+    endpoint_url: str | None,
+) -> ModelConfig:
+    """The network of the ``--init`` model file, with ``--fusion``/``--modality`` if given;
+    another ``--preset`` than the parent's is refused (its trunks would not fit)."""
+    from dataclasses import replace
+
+    was = _read_parent(init, endpoint_url).cfg
+    if preset_name is not None and preset_name != was.preset:
+        raise ConfigError(
+            f"--init {init} is a {was.preset!r} model: leave out --preset {preset_name} or "
+            f"give --preset {was.preset}"
+        )
+    given = {k: v for k, v in (("fusion", fusion), ("modality", modality)) if v is not None}
+    return replace(was, **given)
 
 
 def _load_training_data(data_uri: str, cfg: ModelConfig, endpoint_url: str | None) -> PreparedData:
@@ -469,6 +518,8 @@ def _write_model_file(
     data_uri: str,
     ckpt_root: str,
     endpoint_url: str | None,
+    *,
+    parent: Any = None,
 ) -> TrainResult:
     """The selected checkpoint's weights -> OUT/model.avrl with config and the whole run's
     metric history (from the latest checkpoint)."""
@@ -502,6 +553,10 @@ def _write_model_file(
         "history": history,
         "final": history[-1] if history else {},
     }
+    if parent is not None:
+        # lineage: the model this one was fine-tuned from, then that one's parents
+        meta["parent"] = parent.model_id
+        meta["lineage"] = [parent.model_id, *parent.meta.get("lineage", [])]
     data = model_to_bytes(model, cfg, meta)
     target = storage.join(out_uri, MODEL_NAME)
     storage.write_atomic(target, data, endpoint_url=endpoint_url)
