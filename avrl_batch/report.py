@@ -447,12 +447,11 @@ def _render(scan: _Scan) -> str:
     h += _table_section(
         f"Events ({len(events)})",
         "No events found.",
-        review.export_bar()
+        review.export_bar(scan.class_names)
         + "<table class='events'><tr><th>thumbnail</th><th>clip and audio</th><th>label</th>"
         "<th>camera</th><th>when</th><th>duration</th><th>peak</th><th>mean</th>"
         "<th>windows</th><th>verdict</th><th>source</th></tr>",
-        [_event_row(e, scan.colours, scan.clips.get(e["event_id"]), scan.class_names)
-         for e in events],
+        [_event_row(e, scan.colours, scan.clips.get(e["event_id"])) for e in events],
     )
     h += _table_section(
         f"Failed sources ({len(errors)})",
@@ -562,9 +561,7 @@ def _table_section(title: str, empty: str, header: str, rows: list[str]) -> list
     return [f"<h2>{title}</h2>", header, *rows, "</table>"]
 
 
-def _event_row(
-    e: dict[str, Any], colours: dict[str, str], clip: EventClip | None, labels: list[str]
-) -> str:
+def _event_row(e: dict[str, Any], colours: dict[str, str], clip: EventClip | None) -> str:
     from avrl_batch.review import clip_cell, verdict_cell
 
     if e["thumbnail"]:
@@ -585,7 +582,7 @@ def _event_row(
         f'<td class="num">{_e(_fmt_dur(e["end_s"] - e["start_s"]))}</td>'
         f'<td class="num">{e["peak_score"]:.2f}</td>'
         f'<td class="num">{e["mean_score"]:.2f}</td><td class="num">{e["n_windows"]}</td>'
-        f"{verdict_cell(e, labels)}"
+        f"{verdict_cell(e)}"
         f'<td class="src" title="{_e(e["source_uri"])}">{_e(e["source_uri"])}</td></tr>'
     )
 

@@ -122,23 +122,26 @@ def clip_cell(clip: EventClip | None) -> str:
     )
 
 
-def verdict_cell(event: dict[str, Any], labels: Iterable[str]) -> str:
-    """Three buttons and, for "other", the label to give instead."""
-    options = "".join(
-        f'<option value="{_e(lb)}">{_e(lb)}</option>' for lb in labels if lb != event["label"]
-    )
+def verdict_cell(event: dict[str, Any]) -> str:
+    """Three buttons and, for "other", the label to give instead: one of the known labels
+    (offered by the page's datalist) or a new one."""
     buttons = "".join(
         f'<button type="button" data-verdict="{v}">{v.replace("_", " ")}</button>'
         for v in VERDICTS
     )
-    return f'<td class="verdict">{buttons}<select class="other-label">{options}</select></td>'
+    return (
+        f'<td class="verdict">{buttons}<input class="other-label" list="avrl-labels" '
+        f'placeholder="label instead of {_e(event["label"])}"></td>'
+    )
 
 
-def export_bar() -> str:
+def export_bar(labels: Iterable[str]) -> str:
+    """The export button, the count of marks and the labels an "other" verdict offers."""
+    options = "".join(f'<option value="{_e(lb)}"></option>' for lb in labels)
     return (
         '<p class="review"><button type="button" id="export-verdicts">export verdicts.csv'
         '</button> <span id="verdict-count">0 marked</span> · marks stay in this browser'
-        "</p>"
+        f'</p><datalist id="avrl-labels">{options}</datalist>'
     )
 
 
@@ -156,7 +159,8 @@ padding:2px 6px;cursor:pointer;font:inherit;font-size:12px}
 td.verdict button.on[data-verdict=confirmed]{background:#2e7d32;color:#fff}
 td.verdict button.on[data-verdict=false_alarm]{background:#c62828;color:#fff}
 td.verdict button.on[data-verdict=other]{background:#ef6c00;color:#fff}
-td.verdict select{display:none;margin-top:3px} td.verdict.other select{display:block}
+td.verdict input{display:none;margin-top:3px;width:150px;font:inherit;font-size:12px}
+td.verdict.other input{display:block}
 p.review{margin:8px 0}
 """
 
@@ -177,14 +181,14 @@ JS = """
         b.classList.toggle('on',!!m&&m.verdict===b.getAttribute('data-verdict'));
       });
       cell.classList.toggle('other',!!m&&m.verdict==='other');
-      if(m&&m.verdict==='other'&&m.label){cell.querySelector('select').value=m.label;}
+      if(m&&m.verdict==='other'&&m.label){cell.querySelector('input').value=m.label;}
       if(m){n++;}
     });
     document.getElementById('verdict-count').textContent=n+' marked';
   }
   document.querySelectorAll('td.verdict').forEach(function(cell){
     var tr=cell.closest('tr'), id=tr.getAttribute('data-event-id'),
-        sel=cell.querySelector('select');
+        sel=cell.querySelector('input');
     cell.querySelectorAll('button').forEach(function(b){
       b.addEventListener('click',function(){
         var v=b.getAttribute('data-verdict');
@@ -194,8 +198,10 @@ JS = """
         save();
       });
     });
-    sel.addEventListener('change',function(){
-      if(marks[id]&&marks[id].verdict==='other'){marks[id].label=sel.value;save();}
+    ['change','input'].forEach(function(kind){
+      sel.addEventListener(kind,function(){
+        if(marks[id]&&marks[id].verdict==='other'){marks[id].label=sel.value.trim();save();}
+      });
     });
   });
   function csv(x){x=String(x);return /[",\\n]/.test(x)?'"'+x.replace(/"/g,'""')+'"':x;}

@@ -113,7 +113,7 @@ async def _review(port: int, url: str, downloads: Path) -> dict[str, Any]:
             await page.js(_click("cam01ev0", "confirmed"))
             await page.js(_click("cam01ev1", "false_alarm"))
             await page.js(_click("cam02ev0", "other"))
-            await page.js("var s=document.querySelector('tr[data-event-id=\"cam02ev0\"] select');"
+            await page.js("var s=document.querySelector('tr[data-event-id=\"cam02ev0\"] input');"
                           "s.value='fight'; s.dispatchEvent(new Event('change'))")
             # a click on the mark that is on takes it back; a second click sets it again
             await page.js(_click("cam01ev1", "false_alarm"))
