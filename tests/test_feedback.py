@@ -56,3 +56,26 @@ def test_bad_verdicts_are_one_line(tmp_path: Path, capsys, rows, normal, message
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "fb.csv").exists()
+
+
+def test_feedback_manifest_is_training_input(ray_local: None, tmp_path: Path) -> None:
+    """The manifest feedback writes is what `avrl prepare` reads: its intervals become
+    window clips of the verdicts' labels (the false alarm's as the normal class)."""
+    import json
+
+    out = tmp_path / "out"
+    make_clip_out(tmp_path / "rec", str(out))
+    v = _verdicts(tmp_path / "verdicts.csv", [
+        ("cam01ev0", "confirmed", "shoot"), ("cam01ev1", "false_alarm", ""),
+        ("cam02ev0", "other", "fight"),
+    ])
+    fb, prepared = tmp_path / "fb.csv", tmp_path / "prepared"
+    main(["feedback", str(out), str(v), "--out", str(fb), "--normal-label", "calm"])
+    main(["prepare", str(fb), "--out", str(prepared), "--preset", "tiny", "--normal", "calm",
+          "--clip-stride", "2"])
+    meta = json.loads((prepared / "prepared.json").read_text())
+    assert meta["class_names"] == ["calm", "fight", "shoot"]
+    assert meta["normal_classes"] == ["calm"]
+    clips = {label: sum(split.get(label, 0) for split in meta["counts"].values())
+             for label in meta["class_names"]}
+    assert all(n > 0 for n in clips.values()), meta["counts"]
