@@ -1,12 +1,17 @@
-"""Issue 8, point 6 (the parts that need no Ray): where our code starts Ray and with what
-binding, and output names built from hostile camera ids. The scan-level checks (hostile S3
-keys, credentials in outputs and logs) are in tests/test_reliability_scan.py, pickle
-payloads through `avrl evaluate` / `avrl scan --model` in tests/test_reliability_cluster.py,
-the listening sockets of a started Ray in tests/test_jobs.py."""
+"""Security: where our code starts Ray and what the private local Ray listens on, output
+names built from hostile camera ids and file names, hostile model files, media headers and
+text, and secrets kept out of logs, errors, outputs and jobs. The scan-level checks of hostile
+S3 keys and credentials in outputs and logs are in tests/test_reliability_scan.py, pickle
+payloads through `avrl evaluate` / `avrl scan --model` in tests/test_reliability_cluster.py."""
 
 from __future__ import annotations
 
 import ast
+import ipaddress
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +94,68 @@ def test_output_names_from_hostile_cameras_stay_under_out(out: str) -> None:
             assert "AvrlError" in {c.__name__ for c in type(exc).__mro__}, exc
         else:
             assert joined.startswith(out + "/") and "/../" not in joined + "/", joined
+
+
+# Started exactly as `avrl scan` / `avrl train` start it (cluster.connect with no address),
+# with a task and an actor running so that worker processes exist; every listening socket of
+# the driver and of every process under it (GCS, raylet, agents, workers) is then read from
+# the operating system's table.
+_LISTENERS = """
+import json, sys, time
+import psutil, ray
+from avrl_batch import cluster
+cluster.connect(None, num_cpus=1)
+
+@ray.remote
+def pid():
+    return __import__("os").getpid()
+
+@ray.remote
+class Actor:
+    def pid(self):
+        return __import__("os").getpid()
+
+actor = Actor.remote()
+workers = {ray.get(pid.remote()), ray.get(actor.pid.remote())}
+time.sleep(2)  # the agents open their servers while the node registers
+found, names = [], set()
+for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+    try:
+        conns, name = proc.net_connections(kind="inet"), proc.name()
+    except psutil.Error:
+        continue
+    names.add(name)
+    for c in conns:
+        listening = c.status == psutil.CONN_LISTEN or (c.type == 2 and not c.raddr)
+        if listening:
+            found.append([name, c.laddr.ip, c.laddr.port])
+seen = {p.pid for p in psutil.Process().children(recursive=True)}
+print(json.dumps({"listeners": found, "names": sorted(names),
+                  "workers_seen": sorted(workers & seen), "workers": sorted(workers)}))
+ray.shutdown()
+"""
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return (mapped or addr).is_loopback
+
+
+def test_private_local_ray_listens_on_loopback_only(figures) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, "-c", _LISTENERS], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    listeners = got["listeners"]
+    figures({"listening_sockets": listeners})
+    names = {name for name, _, _ in listeners}
+    # the servers the issue measured on all interfaces are among those looked at
+    assert {"gcs_server", "raylet"} <= names, names
+    assert any("DashboardAgent" in n for n in names), names
+    assert got["workers_seen"] == got["workers"] and len(got["workers"]) == 2, got
+    exposed = [entry for entry in listeners if not _is_loopback(entry[1])]
+    assert not exposed, exposed
+    assert all(ip not in ("0.0.0.0", "::", "*") for _, ip, _ in listeners)
