@@ -159,3 +159,121 @@ def test_private_local_ray_listens_on_loopback_only(figures) -> None:
     exposed = [entry for entry in listeners if not _is_loopback(entry[1])]
     assert not exposed, exposed
     assert all(ip not in ("0.0.0.0", "::", "*") for _, ip, _ in listeners)
+
+
+# --- model files: bounded config, tensors checked before use, load cost bounded by file size
+
+# Loads each crafted file once in a fresh process after a warm-up load of a good file (imports
+# and allocator arenas paid for), and measures the peak resident growth of each load from the
+# kernel's high-water mark, reset before every load (/proc/self/clear_refs: VmHWM := VmRSS).
+_LOAD_PEAK = """
+import json, re, sys
+from pathlib import Path
+from avrl_batch import modelfile
+from avrl_batch.errors import WeightsError
+
+def status(key):
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(key + r":\\s+(\\d+) kB", text).group(1)) * 1024
+
+modelfile.model_from_bytes(Path(sys.argv[1]).read_bytes(), "warm-up")
+out = []
+for path in sys.argv[2:]:
+    data = Path(path).read_bytes()
+    base = status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    try:
+        modelfile.model_from_bytes(data, Path(path).name)
+        error = None
+    except WeightsError as exc:
+        error = str(exc)
+    out.append({"file": Path(path).name, "bytes": len(data), "error": error,
+                "growth": status("VmHWM") - base})
+print(json.dumps(out))
+"""
+
+
+def _torch_save(payload: dict, path: Path) -> Path:
+    import torch
+
+    torch.save(payload, path)
+    return path
+
+
+def _payload(cfg_dict: dict, state: dict) -> dict:
+    from avrl_batch import modelfile
+
+    return {"format": modelfile.FORMAT, "version": modelfile.VERSION,
+            "model_id": "avrl-tiny-000000000000", "config": cfg_dict,
+            "class_names": list(cfg_dict["class_names"]), "mean": list(cfg_dict["mean"]),
+            "std": list(cfg_dict["std"]), "state_dict": state, "meta": {}}
+
+
+def _crafted_model_files(tmp_path: Path) -> dict[str, Path]:
+    """The issue's files: tensors viewing one shared storage element under a wide head; a
+    tiny network's real weights with frames=10^6, size=10^5, window_s=1e-6; a deflated archive
+    whose one large zero tensor inflates ~1000x; plus a good file for the warm-up."""
+    import zipfile
+    from dataclasses import replace
+
+    import torch
+
+    from avrl_batch.config import preset
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import model_to_bytes
+
+    tiny = preset("tiny")
+    files = {"good": tmp_path / "good.avrl"}
+    files["good"].write_bytes(model_to_bytes(build_model(tiny), tiny))
+
+    wide = replace(tiny, head_hidden=(4096, 4096))
+    with torch.device("meta"):
+        shapes = {k: (v.shape, v.dtype) for k, v in build_model(wide).state_dict().items()}
+    one = {dt: torch.zeros((), dtype=dt) for dt in {d for _, d in shapes.values()}}
+    shared = {k: one[dt].expand(shape) for k, (shape, dt) in shapes.items()}
+    files["shared"] = _torch_save(_payload(wide.to_dict(), shared), tmp_path / "shared.avrl")
+
+    huge = {**tiny.to_dict(), "frames": 10**6, "size": 10**5, "window_s": 1e-6}
+    weights = build_model(tiny).state_dict()
+    files["huge_config"] = _torch_save(_payload(huge, weights), tmp_path / "huge.avrl")
+
+    bomb_cfg = replace(tiny, head_hidden=(2048, 2048))
+    stored = tmp_path / "stored.avrl"
+    zeros = {k: torch.zeros_like(v) for k, v in build_model(bomb_cfg).state_dict().items()}
+    _torch_save(_payload(bomb_cfg.to_dict(), zeros), stored)
+    files["deflated"] = tmp_path / "deflated.avrl"
+    with zipfile.ZipFile(stored) as src, zipfile.ZipFile(files["deflated"], "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename), zipfile.ZIP_DEFLATED)
+    return files
+
+
+def test_crafted_model_files_are_one_line_errors_at_a_bounded_cost(tmp_path, figures) -> None:
+    files = _crafted_model_files(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-c", _LOAD_PEAK, str(files["good"]),
+         *(str(files[k]) for k in ("shared", "huge_config", "deflated"))],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    loads = {r["file"]: r for r in json.loads(res.stdout.strip().splitlines()[-1])}
+    figures({"model_file_loads": list(loads.values())})
+    expect = {
+        "shared.avrl": r"inconsistent \(\S+ shares or overruns its storage",
+        "huge.avrl": r"frames=1000000 is out of range",
+        "deflated.avrl": r"refused, archive entry .* is compressed",
+    }
+    import re
+
+    for name, pattern in expect.items():
+        got = loads[name]
+        assert got["error"] and "\n" not in got["error"], got
+        assert got["error"].startswith(f"{name}: ") and re.search(pattern, got["error"]), got
+        # a load costs at most 3x the file plus a constant for the network built on the meta
+        # device (Python objects only); the shared-storage file made contiguous would be 64 MB
+        # of head weights alone, the deflated one 16 MB
+        bound = 3 * got["bytes"] + 2**20
+        assert got["growth"] <= bound, got
+    assert loads["shared.avrl"]["bytes"] < 100_000
+    assert loads["deflated.avrl"]["bytes"] * 100 < os.path.getsize(tmp_path / "stored.avrl")
