@@ -46,6 +46,8 @@ class Report:
     n_events: int
     n_cameras: int
     n_errors: int
+    # one line per manifest left out (not a JSON object, a field of the wrong type)
+    warnings: tuple[str, ...] = ()
 
 
 def _e(x: Any) -> str:
@@ -346,9 +348,11 @@ def build_report(out: str, *, endpoint_url: str | None = None) -> Report:
     errors = con.sql(f"SELECT * FROM errors ORDER BY {ORDER_BY['errors']}").to_arrow_table()
     ev = events.to_pylist()
     err = errors.to_pylist()
-    page = _render(_Scan(out, ev, coverage, err, tree.manifests()))
+    skipped: list[str] = []
+    page = _render(_Scan(out, ev, coverage, err, tree.manifests(skipped)))
     cameras = {c["camera"] for c in coverage} | {e["camera"] for e in ev}
-    return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err))
+    return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err),
+                  warnings=tuple(skipped))
 
 
 def _camera_key(camera: str | None) -> str:

@@ -277,3 +277,164 @@ def test_crafted_model_files_are_one_line_errors_at_a_bounded_cost(tmp_path, fig
         assert got["growth"] <= bound, got
     assert loads["shared.avrl"]["bytes"] < 100_000
     assert loads["deflated.avrl"]["bytes"] * 100 < os.path.getsize(tmp_path / "stored.avrl")
+
+
+# --- hostile text: manifests the report cannot use, listed names join refuses
+
+CLI = [sys.executable, "-c", "from avrl_batch.cli import main; main()"]
+
+
+def test_report_skips_malformed_manifests_with_one_line_each(tmp_path: Path) -> None:
+    from outputs import SCAN_ID, write_output_tree
+
+    out = tmp_path / "out"
+    write_output_tree(out)
+    bad = {
+        "list.json": "[1, 2, 3]",
+        "text.json": '"a scan"',
+        "footage.json": json.dumps({"scan_id": "x", "footage_s": "12 h"}),
+        "speed.json": json.dumps({"scan_id": "y", "footage_hours_per_hour": [1]}),
+        "id.json": json.dumps({"scan_id": {"$gt": ""}}),
+        "cut.json": '{"scan_id": "z", "footage_s": 1',
+    }
+    for name, text in bad.items():
+        (out / "_scans" / name).write_text(text)
+    html_file = tmp_path / "r.html"
+    res = subprocess.run([*CLI, "report", str(out), "--html", str(html_file)], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    warnings = [x for x in res.stderr.splitlines() if x.startswith("warning: ")]
+    assert len(warnings) == len(bad) and "Traceback" not in res.stderr, res.stderr
+    for name in bad:
+        assert sum(name in w and "skipped" in w for w in warnings) == 1, (name, warnings)
+    page = html_file.read_text()
+    assert SCAN_ID in page  # the good manifest is shown
+    assert "12 h" not in page
+
+
+def test_superseded_objects_are_rebuilt_through_join(s3_bucket: str, s3_endpoint: str) -> None:
+    """The objects of an old version are named through storage.join from the listed objects'
+    paths below OUT; an S3 events key with a `%2e%2e` segment and this source's metadata
+    (planted, as anyone with write access to the bucket could) is left alone, while the
+    regular old version is found with the same names the writer used."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from avrl_batch.scan.naming import source_key
+    from avrl_batch.scan.timeline import events_from_windows
+    from avrl_batch.schema import CLASS_NAMES
+
+    out, ep = f"s3://{s3_bucket}/scans", s3_endpoint
+    uri = "s3://archive/cam01/cam01_x.mp4"
+    base = SourceTask(uri=uri, version="v1", size=1, key=source_key(uri, "v1", "m1"),
+                      camera="cam01", start_time=None, duration_s=4.0, has_audio=False,
+                      segments=())
+    w = sink.windows_table(
+        base, np.arange(2), np.array([0.0, 2.0]), np.array([2.0, 4.0]), np.ones(2, bool),
+        np.full((2, len(CLASS_NAMES)), 1 / len(CLASS_NAMES)), class_names=CLASS_NAMES,
+        model_id="m1", scan_id="s1",
+    )
+    ev = events_from_windows(w)
+    assert sink.write_source(out, base, w, ev, model_id="m1", endpoint_url=ep)
+    planted_key = source_key(uri, "v0", "m1")
+    planted = (f"s3://{s3_bucket}/scans/events/%2e%2e/%2e%2e/victim/{planted_key}.parquet")
+    data = sink.parquet_bytes(sink.with_source_meta(ev, uri, "v0", "m1"))
+    storage.write_atomic(planted, data, endpoint_url=ep)
+    current = replace(base, version="v2", key=source_key(uri, "v2", "m1"))
+    done, failed = sink.finished_objects(out, endpoint_url=ep)
+    assert planted in done.values()  # listed as it was planted
+    keyed = [(SimpleNamespace(uri=uri, version="v2"), current.key)]
+    stale = sink.find_superseded(out, keyed, done, failed, "m1", endpoint_url=ep)
+    assert [s.key for s in stale] == [base.key]
+    assert stale[0].uris == (sink.windows_uri(out, base), sink.events_uri(out, base))
+    with pytest.raises(Exception, match="refusing unsafe path part"):
+        storage.join(out, "windows", *storage.relative_parts(storage.join(out, "events"),
+                                                              planted))
+
+
+# --- hostile media and names in a real scan
+
+SAMPLING_FREQUENCY = b"\xb5\x88"  # Matroska SamplingFrequency element: ID, 8-byte float
+
+
+def _declared_rate_mkv(dest: Path, rate_hz: float, tmp: Path) -> Path:
+    """A real PCM Matroska recording (PyAV) whose header is patched to declare ``rate_hz``."""
+    import struct
+
+    from badmedia import good_recording
+
+    data = good_recording(tmp / "pcm16k.mkv", 4.0, seed=3, acodec="pcm_s16le").read_bytes()
+    found = SAMPLING_FREQUENCY + struct.pack(">d", 16000.0)
+    assert data.count(found) == 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data.replace(found, SAMPLING_FREQUENCY + struct.pack(">d", rate_hz)))
+    return dest
+
+
+def test_over_cap_audio_and_a_non_utf8_name_are_error_rows_and_text_stays_text(
+    tmp_path: Path, figures
+) -> None:
+    """One CLI scan of: a good recording; the same bytes under a name that is not UTF-8
+    (b"cam\\xff_…"); a Matroska file declaring 1 GHz audio, in a folder named with rich markup;
+    with a model whose class names hold `[/oops]`. Two error rows (BadFileName, ExceedsCaps)
+    naming the files with escapes, the good file scanned, the summary printed, exit 0; a rerun
+    skips all three."""
+    import shutil
+    from dataclasses import replace
+
+    import pyarrow.parquet as pq
+    from badmedia import good_recording
+
+    from avrl_batch.config import preset
+    from avrl_batch.media import probe
+    from avrl_batch.media.errors import ExceedsCaps
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import save_model
+    from avrl_batch.schema import CLASS_NAMES
+
+    archive, out = tmp_path / "archive", tmp_path / "out"
+    good = good_recording(archive / "cam01" / "cam01_20260401T100000Z.mp4", 4.0, seed=1)
+    bad_dir = os.fsencode(archive / "cam02")
+    os.makedirs(bad_dir)
+    shutil.copyfile(good, os.path.join(bad_dir, b"cam02_20260401T10\xff0000Z.mp4"))
+    loud = _declared_rate_mkv(archive / "[red]x[/oops]" / "cam03_20260401T100000Z.mkv", 1e9,
+                              tmp_path)
+    with pytest.raises(ExceedsCaps, match="audio at 1000000000 Hz exceeds the cap of 384000"):
+        probe(loud)
+    cfg = replace(preset("tiny"), class_names=(*CLASS_NAMES[:-1], "[/oops]"))
+    model = tmp_path / "oops.avrl"
+    save_model(model, build_model(cfg), cfg)
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(ROOT), COLUMNS="1000")  # one summary line per failed source
+    scan = [*CLI, "scan", str(archive), "--out", str(out), "--model", str(model),
+            "--segment", "4"]
+    res = subprocess.run(scan, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    rows = {}
+    for path in sorted((out / "errors").glob("*.parquet")):
+        rows.update({r["source_uri"]: r for r in pq.read_table(path).to_pylist()})
+    shown = str(archive / "cam02") + "/cam02_20260401T10\\xff0000Z.mp4"
+    assert set(rows) == {shown, str(loud)}, rows
+    assert rows[shown]["error_type"] == "BadFileName" and rows[shown]["stage"] == "list"
+    assert rows[shown]["message"].startswith(shown + ": the file name is not valid UTF-8")
+    assert rows[str(loud)]["error_type"] == "ExceedsCaps"
+    assert "1000000000 Hz" in rows[str(loud)]["message"]
+    assert all("\n" not in r["message"] for r in rows.values())
+    assert len(list((out / "events").rglob("*.parquet"))) == 1  # the good file
+    # the summary printed every path as text, markup included
+    assert f"failed {shown}: list: BadFileName" in res.stdout, res.stdout
+    assert "[red]x[/oops]" in res.stdout, res.stdout
+    manifest = json.loads(next((out / "_scans").glob("*.json")).read_text())
+    assert manifest["sources_ok"] == 1 and manifest["sources_failed"] == 2
+
+    rerun = subprocess.run([*scan, "--json"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    again = json.loads(rerun.stdout)
+    assert again["sources_skipped"] == 3 and again["sources_failed"] == 0, again
+    figures({"error_rows": {u: [r["stage"], r["error_type"], r["message"]]
+                            for u, r in rows.items()}})

@@ -165,6 +165,8 @@ def report(
     from avrl_batch.report import build_report
 
     summary = build_report(out, endpoint_url=endpoint_url)
+    for line in summary.warnings:
+        typer.echo(f"warning: {line}", err=True)
     _write_file(html, summary.html.encode("utf-8"))
     typer.echo(
         f"report: {summary.n_events} events, {summary.n_cameras} cameras, "

@@ -304,15 +304,31 @@ def find_superseded(
                 continue
             if meta.get("version") == src.version:
                 continue  # same version under another key: not ours to judge
-            uris: list[str] = []
-            if old in done:  # the events marker last: until it is gone a rerun finds the rest
-                events_root = storage.join(out, "events")
-                rel = done[old][len(events_root) :]
-                uris += [storage.join(out, "windows") + rel, done[old]]
-            if old in failed:
-                uris.append(failed[old])
-            found.append(Superseded(src.uri, str(meta.get("version")), old, key, tuple(uris)))
+            uris = _superseded_objects(out, done.get(old), failed.get(old))
+            if uris:
+                found.append(Superseded(src.uri, str(meta.get("version")), old, key, uris))
     return found
+
+
+def _superseded_objects(
+    out: str, events_object: str | None, error_object: str | None
+) -> tuple[str, ...]:
+    """What to delete of an old version, every name rebuilt through storage.join from the
+    listed objects' paths below OUT: the windows object beside its events object, then the
+    events marker (last: until it is gone a rerun finds the rest), and its error object.
+    A listed name that join refuses (an S3 key with a ``..`` or ``%2e%2e`` segment) is no
+    object this scan wrote: that version is left alone (empty result)."""
+    uris: list[str] = []
+    try:
+        if events_object is not None:
+            rel = storage.relative_parts(storage.join(out, "events"), events_object)
+            uris += [storage.join(out, "windows", *rel), storage.join(out, "events", *rel)]
+        if error_object is not None:
+            rel = storage.relative_parts(storage.join(out, "errors"), error_object)
+            uris.append(storage.join(out, "errors", *rel))
+    except StorageError:
+        return ()
+    return tuple(uris)
 
 
 def remove_superseded(
