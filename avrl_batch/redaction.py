@@ -45,10 +45,11 @@ _NOT_SECRET = re.compile(r"(?i)(_path|_file|_mode|_dir)$")
 # What a value stops at: white space, quotes and the separators of URLs and lists.
 _VALUE = r"[^\s\"'&,;<>]+"
 
+# A masked value (already redacted) is no finding: the patterns skip "***".
 _FORMS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     (
         "a user:password@ or token@ in a URL",
-        re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s\"'<>]+@"),
+        re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?!\*\*\*@)[^/@\s\"'<>]+@"),
         r"\1" + MASK + "@",
     ),
     (
@@ -60,15 +61,16 @@ _FORMS: tuple[tuple[str, re.Pattern[str], str], ...] = (
         "a presigned URL's signature or session token",
         re.compile(
             r"(?i)([?&](?:x-amz-(?:signature|security-token|credential)|signature|"
-            r"awsaccesskeyid)=)" + _VALUE
+            r"awsaccesskeyid)=)(?!\*\*\*)" + _VALUE
         ),
         r"\1" + MASK,
     ),
     (
+        # NAME=value, NAME: value, "NAME": "value" (the quotes stay, so JSON stays JSON)
         "a secret-looking NAME=value",
         re.compile(
             r"(?i)\b([a-z0-9_.-]*(?:secret|passw(?:or)?d|token|api[_-]?key|access[_-]?key|"
-            r"private[_-]?key|credentials?)\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|" + _VALUE + ")"
+            r"private[_-]?key|credentials?)[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)" + _VALUE
         ),
         r"\1" + MASK,
     ),

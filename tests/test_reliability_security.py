@@ -438,3 +438,167 @@ def test_over_cap_audio_and_a_non_utf8_name_are_error_rows_and_text_stays_text(
     assert again["sources_skipped"] == 3 and again["sources_failed"] == 0, again
     figures({"error_rows": {u: [r["stage"], r["error_type"], r["message"]]
                             for u, r in rows.items()}})
+
+
+# --- secrets: redaction everywhere, refusal by avrl submit
+
+PASSWORD = "pa55-w0rd-4f9c2e"
+KEY_ID = "AKIAQWERTYUIOPASDFGH"  # the shape of a key id, as `aws configure` writes it
+SESSION = "FwoGZXIvYXdzEJr//////////wEaDM9x"
+SIGNATURE = "3f1b0c9a7e5d2b8c4a6f0e1d"
+PRESIGNED = (f"https://bucket.s3.amazonaws.com/cam01.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+             f"&X-Amz-Credential={KEY_ID}%2F20260301%2Fus-east-1%2Fs3%2Faws4_request"
+             f"&X-Amz-Security-Token={SESSION}&X-Amz-Signature={SIGNATURE}")
+PIP_TOKEN = "pypi-AgEIcHlwaS5vcmcCJGE"
+SECRETS = (PASSWORD, KEY_ID, SESSION, SIGNATURE, PIP_TOKEN)
+
+
+def _clean(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, (secret, text)
+
+
+@pytest.mark.parametrize("text", [
+    f"--endpoint-url http://minio:{PASSWORD}@minio:9000",
+    f"key {KEY_ID} from ~/.aws/credentials",
+    PRESIGNED,
+    f"pip install --index-url https://__token__:{PIP_TOKEN}@pypi.example/simple avrl",
+    f"git+https://{PIP_TOKEN}@github.com/org/avrl.git",
+    f"MINIO_ROOT_PASSWORD={PASSWORD} aws_secret_access_key: {PASSWORD}",
+    f'{{"secret_key": "x", "token": "{SESSION}"}}',
+])
+def test_redact_scrubs_every_credential_form(text: str) -> None:
+    from avrl_batch.redaction import findings, redact
+
+    assert findings(text)
+    out = redact(text, environ={})
+    _clean(out)
+    assert "***" in out and not findings(out)
+
+
+def test_redaction_reaches_errors_rows_and_the_printed_argv(tmp_path: Path) -> None:
+    """storage errors (parse_uri of a presigned URL), error rows (plan.error_of), the CLI's
+    one-line error and the argv a job entrypoint prints."""
+    from avrl_batch.errors import StorageError
+    from avrl_batch.redaction import redact_argv
+    from avrl_batch.scan.plan import error_of
+
+    with pytest.raises(StorageError) as caught:
+        storage.parse_uri(PRESIGNED)
+    _clean(str(caught.value))
+    assert "X-Amz-Signature=***" in str(caught.value)
+    _clean(storage._redact(PRESIGNED))
+    kind, message = error_of(OSError(f"GET {PRESIGNED} failed\nsecond line"))
+    assert kind == "OSError" and "\n" not in message
+    _clean(message)
+    argv = ["scan", "s3://b/", "--endpoint-url", f"http://u:{PASSWORD}@minio:9000",
+            "--secret-key", PASSWORD, f"--token={SESSION}"]
+    shown = redact_argv(argv)
+    _clean(" ".join(shown))
+    assert shown[:3] == argv[:3] and shown[3] == "http://***@minio:9000"
+
+    res = subprocess.run([*CLI, "scan", PRESIGNED, "--model", "m.avrl", "--out",
+                          str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: "), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    _clean(res.stdout + res.stderr)
+
+
+def test_a_job_entrypoint_prints_its_argv_redacted(tmp_path: Path) -> None:
+    """jobs/scan.py with an endpoint URL carrying user:password from its YAML config: the
+    argv line in the job log and everything else it prints keep the password out (a dry run
+    of a real local archive on a private local Ray, as on a cluster)."""
+    from badmedia import good_recording
+    from scanhelp import tiny_model
+
+    good_recording(tmp_path / "archive" / "cam01" / "cam01_20260401T100000Z.mp4", 2.0)
+    tiny_model(tmp_path / "m.avrl")
+    config = tmp_path / "scan.yaml"
+    config.write_text(
+        f"source: {tmp_path / 'archive'}\nmodel: {tmp_path / 'm.avrl'}\n"
+        f"out: {tmp_path / 'out'}\nendpoint_url: http://avrl:{PASSWORD}@127.0.0.1:9\n"
+        "dry_run: true\njson: true\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, str(ROOT / "jobs" / "scan.py"), "--config",
+                          str(config)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    argv_line = next(x for x in res.stdout.splitlines() if x.startswith("avrl scan "))
+    assert "--endpoint-url http://***@127.0.0.1:9" in argv_line, argv_line
+    _clean(res.stdout + res.stderr)
+
+
+def _refusal(call) -> str:
+    from avrl_batch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("refusing to")
+    _clean(message)
+    return message
+
+
+def test_avrl_submit_refuses_every_credential_form(tmp_path: Path, monkeypatch) -> None:
+    from avrl_batch.commands.submit import check_no_credentials
+
+    monkeypatch.delenv("MINIO_ROOT_PASSWORD", raising=False)
+    entry = "python jobs/scan.py --config jobs/configs/scan.yaml"
+    clean_config = ("jobs/configs/scan.yaml", (ROOT / "jobs/configs/scan.yaml").read_text())
+    check_no_credentials(f"{entry} s3://b/ --out s3://o/", {"env_vars": {"RAY_AUTH_MODE":
+                         "token", "RAY_AUTH_TOKEN_PATH": "/etc/ray/token"}}, {}, clean_config)
+    arguments = {
+        "user:pass@": f"--endpoint-url http://minio:{PASSWORD}@minio:9000",
+        "key id": f"s3://b/{KEY_ID}/",
+        "presigned": f"'{PRESIGNED}'",
+    }
+    for form, arg in arguments.items():
+        msg = _refusal(lambda arg=arg: check_no_credentials(f"{entry} {arg}", {}, {}))
+        assert "argument" in msg, (form, msg)
+    for name in ("MINIO_ROOT_PASSWORD", "AWS_SECRET_KEY", "HF_TOKEN", "DB_PASSWD"):
+        msg = _refusal(lambda name=name: check_no_credentials(
+            entry, {"env_vars": {name: PASSWORD}}, {}))
+        assert f"refusing to send {name}" in msg
+    msg = _refusal(lambda: check_no_credentials(
+        entry, {"env_vars": {"EXTRA_INDEX": f"https://u:{PIP_TOKEN}@pypi.example/simple"}}, {}))
+    assert "EXTRA_INDEX" in msg
+    msg = _refusal(lambda: check_no_credentials(
+        entry, {"pip": [f"--index-url https://__token__:{PIP_TOKEN}@pypi.example/simple",
+                        "avrl"]}, {}))
+    assert "the runtime env's pip[0]" in msg
+    for body, where in (
+        (f"out: s3://o/\nendpoint_url: http://avrl:{PASSWORD}@minio:9000\n", "endpoint_url"),
+        (f"out: s3://o/\naws_secret_access_key: {PASSWORD}\n", "aws_secret_access_key"),
+        (f"# copied from ~/.aws: {KEY_ID}\nout: s3://o/\n", "scan.yaml holds"),
+    ):
+        msg = _refusal(lambda body=body: check_no_credentials(
+            entry, {}, {}, ("jobs/configs/scan.yaml", body)))
+        assert where in msg, msg
+    # the caller's own key from the environment, wherever it appears
+    monkeypatch.setenv("MINIO_ROOT_PASSWORD", PASSWORD)
+    msg = _refusal(lambda: check_no_credentials(f"{entry} --out s3://{PASSWORD}/", {}, {}))
+    assert "$MINIO_ROOT_PASSWORD" in msg
+
+
+def test_avrl_submit_reads_the_job_config_it_uploads(tmp_path: Path) -> None:
+    """`avrl submit` refuses a job config holding a password before it contacts any server:
+    one `error:` line naming the config key, the password not echoed."""
+    work = tmp_path / "work"
+    (work / "jobs" / "configs").mkdir(parents=True)
+    (work / "jobs" / "scan.py").write_text((ROOT / "jobs" / "scan.py").read_text())
+    (work / "jobs" / "configs" / "scan.yaml").write_text(
+        "source: s3://cams/\nmodel: s3://runs/m.avrl\nout: s3://events/\n"
+        f"endpoint_url: http://avrl:{PASSWORD}@minio:9000\n"
+    )
+    res = subprocess.run(
+        [*CLI, "submit", "scan", "--address", "http://127.0.0.1:9", "--working-dir", str(work),
+         "--no-wait"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: refusing to submit: jobs/configs/scan.yaml: "
+                                 "endpoint_url holds a user:password@"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    _clean(res.stdout + res.stderr)
