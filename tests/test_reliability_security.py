@@ -602,3 +602,50 @@ def test_avrl_submit_reads_the_job_config_it_uploads(tmp_path: Path) -> None:
                                  "endpoint_url holds a user:password@"), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     _clean(res.stdout + res.stderr)
+
+
+def test_model_metadata_with_markup_is_printed_as_text(tmp_path: Path) -> None:
+    """`avrl info --model` of a file whose class names and metadata hold rich markup, and the
+    evaluation table of such a model: the text as it is, exit 0; a preset name with markup
+    is refused by the config bounds in one line."""
+    import io
+    from dataclasses import replace
+
+    import torch
+    from rich.console import Console
+
+    from avrl_batch.config import preset
+    from avrl_batch.model import build_model
+    from avrl_batch.modelfile import FORMAT, model_to_bytes
+    from avrl_batch.schema import CLASS_NAMES
+    from avrl_batch.train.evaluate import EvalResult, results_table
+
+    names = (*CLASS_NAMES[:-1], "[/oops]")
+    cfg = replace(preset("tiny"), class_names=names)
+    model = tmp_path / "oops.avrl"
+    model.write_bytes(model_to_bytes(build_model(cfg), cfg, meta={"note": "[bold]x[/oops]"}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
+    res = subprocess.run([*CLI, "info", "--model", str(model)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "[bold]x[/oops]" in res.stdout
+
+    result = EvalResult(
+        model=str(model), model_id="avrl-tiny-000000000000", modality="av", fusion="concat",
+        split="test", subset="all", patch=None, ratio=0.0, class_names=names,
+        per_class_acc=(0.5,) * len(names), per_class_n=(1,) * len(names), mean_class_acc=0.5,
+        overall_acc=0.5, n=len(names), confusion=((1,) * len(names),) * len(names),
+    )
+    text = io.StringIO()
+    Console(file=text, width=400).print(results_table([result]))
+    assert "[/oops]" in text.getvalue()
+
+    payload = torch.load(io.BytesIO(model.read_bytes()), weights_only=True)
+    assert payload["format"] == FORMAT
+    payload["config"]["preset"] = "[/oops]"
+    torch.save(payload, tmp_path / "preset.avrl")
+    res = subprocess.run([*CLI, "info", "--model", str(tmp_path / "preset.avrl")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: "), res.stderr
+    assert "preset name '[/oops]' must be" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
