@@ -43,7 +43,7 @@ SECRET_NAME = re.compile(
 _NOT_SECRET = re.compile(r"(?i)(_path|_file|_mode|_dir)$")
 
 # What a value stops at: white space, quotes and the separators of URLs and lists.
-_VALUE = r"[^\s\"'&,;<>]+"
+_VALUE = r"[^\s\"'&,;<>\\]+"
 
 # A masked value (already redacted) is no finding: the patterns skip "***".
 _FORMS: tuple[tuple[str, re.Pattern[str], str], ...] = (
@@ -66,11 +66,13 @@ _FORMS: tuple[tuple[str, re.Pattern[str], str], ...] = (
         r"\1" + MASK,
     ),
     (
-        # NAME=value, NAME: value, "NAME": "value" (the quotes stay, so JSON stays JSON)
+        # NAME=value, NAME: value, "NAME": "value", escaped quotes too (the quotes stay, so
+        # JSON stays JSON); NAME as SECRET_NAME says, a *_PATH/_FILE/_MODE/_DIR excepted
         "a secret-looking NAME=value",
         re.compile(
             r"(?i)\b([a-z0-9_.-]*(?:secret|passw(?:or)?d|token|api[_-]?key|access[_-]?key|"
-            r"private[_-]?key|credentials?)[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)" + _VALUE
+            r"private[_-]?key|credential)[a-z0-9_.-]*(?<![_-]path)(?<![_-]file)(?<![_-]mode)"
+            r"(?<![_-]dir)(?:\\?[\"'])?\s*[=:]\s*(?:\\?[\"'])?)(?!\*\*\*)" + _VALUE
         ),
         r"\1" + MASK,
     ),

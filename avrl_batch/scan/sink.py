@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from avrl_batch import storage
 from avrl_batch.errors import StorageError
+from avrl_batch.redaction import redact
 from avrl_batch.scan.naming import date_partition, safe_component
 from avrl_batch.scan.plan import SourceError, SourceTask
 from avrl_batch.schema import ERRORS, EVENTS, WINDOWS, is_anomaly
@@ -202,7 +203,7 @@ def error_table(err: SourceError, scan_id: str) -> pa.Table:
                 "source_uri": err.uri,
                 "stage": err.stage,
                 "error_type": err.error_type,
-                "message": err.message,
+                "message": redact(err.message),  # whoever built the error, no secret kept
                 "scan_id": scan_id,
             }
         ],
@@ -355,6 +356,8 @@ def write_manifest(
     out: str, scan_id: str, manifest: dict[str, Any], *, endpoint_url: str | None = None
 ) -> str:
     uri = manifest_uri(out, scan_id)
-    data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+    # the whole text redacted: error messages, endpoint, anything a config or a message quoted
+    # (masks keep JSON's quotes, so the manifest stays JSON)
+    data = redact(json.dumps(manifest, indent=2, sort_keys=True, default=str)).encode()
     storage.write_atomic(uri, data, if_absent=True, endpoint_url=endpoint_url)
     return uri
