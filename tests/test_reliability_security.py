@@ -101,7 +101,7 @@ def test_output_names_from_hostile_cameras_stay_under_out(out: str) -> None:
 # the driver and of every process under it (GCS, raylet, agents, workers) is then read from
 # the operating system's table.
 _LISTENERS = """
-import json, sys, time
+import json, socket, sys, time
 import psutil, ray
 from avrl_batch import cluster
 cluster.connect(None, num_cpus=1)
@@ -126,7 +126,8 @@ for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         continue
     names.add(name)
     for c in conns:
-        listening = c.status == psutil.CONN_LISTEN or (c.type == 2 and not c.raddr)
+        # TCP servers, and UDP sockets bound with no peer
+        listening = c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)
         if listening:
             found.append([name, c.laddr.ip, c.laddr.port])
 seen = {p.pid for p in psutil.Process().children(recursive=True)}
