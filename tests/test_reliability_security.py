@@ -650,3 +650,26 @@ def test_model_metadata_with_markup_is_printed_as_text(tmp_path: Path) -> None:
     assert res.returncode == 2 and res.stderr.startswith("error: "), res.stderr
     assert "preset name '[/oops]' must be" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_audio_caps_are_checked_on_the_declared_stream(tmp_path: Path) -> None:
+    """The rate and channel caps read the header of the stream that would be decoded: a real
+    16 kHz mono recording passes the defaults and fails caps set below it; declared 20 MHz
+    and 1 GHz rates fail the default."""
+    from badmedia import good_recording
+
+    from avrl_batch.media import probe
+    from avrl_batch.media.errors import ExceedsCaps
+    from avrl_batch.media.probe import MediaCaps
+
+    good = good_recording(tmp_path / "good.mkv", 2.0)
+    info = probe(good)
+    assert info.audio_sample_rate == 16000 and info.audio_channels == 1
+    with pytest.raises(ExceedsCaps, match="audio at 16000 Hz exceeds the cap of 8000 Hz"):
+        probe(good, caps=MediaCaps(max_audio_rate_hz=8000))
+    with pytest.raises(ExceedsCaps, match="1 audio channels exceed the cap of 0"):
+        probe(good, caps=MediaCaps(max_audio_channels=0))
+    for rate in (2e7, 1e9):
+        path = _declared_rate_mkv(tmp_path / f"r{rate:.0f}.mkv", rate, tmp_path)
+        with pytest.raises(ExceedsCaps, match=f"audio at {rate:.0f} Hz"):
+            probe(path)
