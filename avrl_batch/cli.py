@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(rv, int) and rv:  # click returns Exit codes in non-standalone mode
             sys.exit(rv)
     except AvrlError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from avrl_batch.redaction import redact
+
+        typer.echo(f"error: {redact(str(exc))}", err=True)  # a message may quote a URL or value
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

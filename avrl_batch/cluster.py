@@ -1,8 +1,9 @@
 """Connecting to Ray: the one module outside train/ and scan/ that starts or joins Ray.
 
 * ``connect``: how to reach Ray. With no address and no cluster in the environment it starts
-  a private local Ray whose dashboard is bound to 127.0.0.1 (or off), so nothing we start
-  listens on a public interface by default.
+  a private local Ray that listens on loopback only (GCS, raylet, object manager, workers,
+  dashboard agent and its HTTP server, runtime-env agent; the dashboard off or on 127.0.0.1),
+  so nothing we start is reachable from the network.
 * ``quiet_ray_data``: Ray Data's own progress bars and per-execution log lines are turned
   off; the CLI prints its own progress.
 
@@ -11,8 +12,10 @@ Ray is imported inside the functions: ``avrl --help`` must not pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from avrl_batch.errors import ConfigError
@@ -23,6 +26,35 @@ _JOB_SERVER_SCHEMES = ("http://", "https://")
 
 # What we bind to when we start Ray ourselves: loopback only (docs/design.md, security).
 LOCAL_HOST = "127.0.0.1"
+
+# Ray's switch for "this node may be part of a multi-node cluster". While it is on, Ray turns
+# a loopback node address into the machine's routable one (services.resolve_ip_for_localhost)
+# and its gRPC servers bind every interface; off, every process of the node binds the node
+# address. Ray reads it as an environment variable in each process it starts (GCS, raylet,
+# agents, workers inherit the environment at spawn) and as a constant in the driver.
+_CLUSTER_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _single_node_mode() -> Iterator[None]:
+    """Ray's single-node mode for the duration of a ``ray.init`` that starts a node: the
+    processes started meanwhile keep it for their lifetime; this process gets its own
+    environment and Ray's constant back afterwards (a later join of a real cluster must not
+    inherit it)."""
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_CLUSTER_MODE_ENV)
+    saved_const = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_MODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_MODE_ENV, None)
+        else:
+            os.environ[_CLUSTER_MODE_ENV] = saved_env
 
 
 def connect(
@@ -35,8 +67,9 @@ def connect(
     """Connect this process to Ray, or start a private local Ray. Idempotent.
 
     - ``address=None`` and ``RAY_ADDRESS`` unset: start a private local Ray (``num_cpus``
-      CPUs, or all), never joining another cluster on this machine; the dashboard is off
-      unless ``dashboard=True``, and then bound to 127.0.0.1.
+      CPUs, or all), never joining another cluster on this machine, every process of it
+      listening on 127.0.0.1 only; the dashboard is off unless ``dashboard=True``, and then
+      bound to 127.0.0.1.
     - ``address=None`` and ``RAY_ADDRESS`` set (inside ``ray job submit``): join that cluster.
     - ``"auto"``: join the cluster started on this machine by ``ray start``.
     - ``"HOST:PORT"`` (GCS) or ``"ray://HOST:10001"`` (Ray Client): join that cluster.
@@ -70,13 +103,15 @@ def connect(
         level = auth_log.level
         auth_log.setLevel(logging.ERROR)
         try:
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                include_dashboard=dashboard,
-                dashboard_host=LOCAL_HOST,
-                **common,
-            )
+            with _single_node_mode():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    include_dashboard=dashboard,
+                    dashboard_host=LOCAL_HOST,
+                    _node_ip_address=LOCAL_HOST,
+                    **common,
+                )
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception on a start timeout
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(

@@ -6,6 +6,8 @@ inside the model file so that scan and evaluate rebuild exactly the network that
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -21,6 +23,25 @@ FREEZE = ("video", "audio", "trunks")  # what `avrl train --init M --freeze` kee
 # kenshohara/3D-ResNets-PyTorch normalises 0-1 RGB with the Kinetics statistics.
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
 KINETICS_STD = (0.2768, 0.2713, 0.2737)
+
+# Bounds on every number a model file can set (inclusive). A model file is input: its config
+# decides how big a network is built and how much every decode task allocates (frames x size^2
+# x 3 bytes per window, one window per window_s of footage). The bounds leave room for any
+# real model (paper: widths 64, 50 frames of 240^2, 4 s windows, head (512, 256)) and keep a
+# window's frames under 100 MB (128 x 512^2 x 3) and a 300-s segment under 600 windows.
+LIMITS: dict[str, tuple[float, float]] = {
+    "width": (1, 256),  # 3D-ResNet conv1 channels; layer4 has 8x
+    "audio_width": (1, 256),  # VGGish conv1 channels; the last block has 8x
+    "frames": (1, 128),
+    "size": (8, 512),  # pixels per side
+    "window_s": (0.5, 60.0),  # seconds
+    "head_hidden": (1, 4096),  # each of the two hidden layers
+    "um_scale": (1e-3, 1e3),
+    "classes": (2, 256),
+}
+CLASS_NAME_MAX_CHARS = 64
+# a preset name becomes part of the model id, which names output objects
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +89,34 @@ class ModelConfig:
             )
         if self.depth not in BLOCKS:
             raise ConfigError(f"unsupported depth {self.depth}; choose one of {sorted(BLOCKS)}")
+        self._check_bounds()
         self.classes  # noqa: B018 - validates names and normals (ConfigError)
+
+    def _check_bounds(self) -> None:
+        """Every size within ``LIMITS``, every field of its type; one ConfigError line naming
+        the field otherwise."""
+        if not isinstance(self.preset, str) or not PRESET_NAME.fullmatch(self.preset):
+            raise ConfigError(
+                f"preset name {self.preset!r} must be 1-32 letters, digits, '_', '.' or '-'"
+            )
+        for name in ("width", "audio_width", "frames", "size"):
+            _check_int(name, getattr(self, name), LIMITS[name])
+        for name in ("window_s", "um_scale"):
+            _check_number(name, getattr(self, name), LIMITS[name])
+        if not isinstance(self.head_hidden, tuple) or len(self.head_hidden) != 2:
+            raise ConfigError(f"head_hidden must be two layer sizes, got {self.head_hidden!r:.80}")
+        for size in self.head_hidden:
+            _check_int("head_hidden", size, LIMITS["head_hidden"])
+        _check_class_names(self.class_names)
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) != 3:
+                raise ConfigError(f"{name} must be 3 numbers (RGB), got {values!r:.80}")
+            for v in values:
+                _check_number(name, v, (0.0 if name == "mean" else 1e-6, 1.0))
+        for name in ("subtract_background", "audio_batchnorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false")
 
     @property
     def classes(self) -> ClassSet:
@@ -110,6 +158,37 @@ class ModelConfig:
             k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known
         }
         return cls(**kwargs)
+
+
+def _check_int(name: str, value: Any, bounds: tuple[float, float]) -> None:
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{name}={value!r:.40} is out of range: an integer in [{lo}, {hi}]")
+
+
+def _check_number(name: str, value: Any, bounds: tuple[float, float]) -> None:
+    lo, hi = bounds
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not lo <= value <= hi:
+        raise ConfigError(f"{name}={value!r:.40} is out of range: a number in [{lo}, {hi}]")
+
+
+def _check_class_names(names: Any) -> None:
+    lo, hi = LIMITS["classes"]
+    if not isinstance(names, tuple) or not lo <= len(names) <= hi:
+        count = len(names) if isinstance(names, tuple) else type(names).__name__
+        raise ConfigError(f"class_names: {count} classes, expected {lo:.0f} to {hi:.0f} names")
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= CLASS_NAME_MAX_CHARS
+            or not name.isprintable()
+        ):
+            raise ConfigError(
+                f"class name {name!r:.80} must be 1-{CLASS_NAME_MAX_CHARS} printable characters"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError("class_names must be distinct")
 
 
 # BasicBlock counts per stage. 34 and 18 are torchvision / kenshohara's; 10 is the shallowest

@@ -10,6 +10,14 @@ reads it and never runs code from the file):
 
 ``model_id`` is a content hash of config + weights: the same network always gets the same id,
 so scan outputs keyed by it are reproducible and a retrained model never collides.
+
+A model file is input, and its load costs at most a small multiple of its size: the archive
+must keep every entry stored, not compressed (``_check_archive``: torch would inflate a
+deflated entry, so 32 kB could become 32 MB); the config is bounded field by field
+(``ModelConfig``) before a network is built on the meta device; every tensor must have the
+network's name, shape and dtype and its own storage, exactly its size (``_check_tensors``)
+before anything is hashed or assigned: a tensor that views one shared element as a large shape
+would otherwise be materialised at full size by hashing or inference.
 """
 
 from __future__ import annotations
@@ -61,8 +69,28 @@ def model_id_for(
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no copy of the bytes
     return f"avrl-{data.get('preset')}-{h.hexdigest()[:12]}"
+
+
+def _own_storages(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor on the CPU with a storage of its own, exactly its size: what a model file
+    must hold (``_check_tensors``). A view into a larger or shared storage is copied."""
+    owned: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in state.items():
+        t = value.detach().cpu().contiguous()
+        storage = t.untyped_storage()
+        if (
+            t.storage_offset() != 0
+            or storage.nbytes() != t.numel() * t.element_size()
+            or (storage.nbytes() and storage.data_ptr() in seen)
+        ):
+            t = t.clone()
+            storage = t.untyped_storage()
+        seen.add(storage.data_ptr())
+        owned[name] = t
+    return owned
 
 
 def model_to_bytes(
@@ -77,7 +105,7 @@ def _serialise(
 ) -> tuple[bytes, str]:
     inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
     inner = getattr(inner, "_orig_mod", inner)  # and torch.compile
-    state = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+    state = _own_storages(inner.state_dict())
     try:  # only JSON-like metadata is loadable with weights_only=True
         meta_plain = json.loads(json.dumps(meta or {}))
     except (TypeError, ValueError) as exc:
@@ -119,18 +147,94 @@ def load_weights_only(data: bytes | str | os.PathLike[str], source: str) -> Any:
         ) from exc
 
 
+def _check_archive(data: bytes | str | os.PathLike[str], source: str) -> None:
+    """A torch.save file is a zip archive whose entries hold the pickled structure and each
+    tensor's storage. Only stored (uncompressed) entries that add up to no more than the
+    archive itself are accepted, so loading allocates at most the file's size."""
+    import zipfile
+
+    try:
+        if isinstance(data, bytes | bytearray | memoryview):
+            size = len(data)
+            infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+        else:
+            size = os.path.getsize(data)
+            with zipfile.ZipFile(data) as zf:
+                infos = zf.infolist()
+    except OSError:
+        return  # missing or unreadable: load_weights_only says which, in one line
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise WeightsError(
+            f"{source}: refused, not a readable PyTorch weights file ({_first_line(exc)}; a "
+            "model file is a torch.save zip archive)"
+        ) from None
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise WeightsError(
+            f"{source}: refused, archive entry {packed[0]!r:.80} is compressed (torch.save "
+            "stores entries uncompressed; a compressed one can expand without bound)"
+        )
+    declared = sum(i.file_size for i in infos)
+    if declared > size:
+        raise WeightsError(
+            f"{source}: refused, archive entries declare {declared} bytes in a {size}-byte file"
+        )
+
+
+def _check_tensors(state: Any, network: torch.nn.Module) -> None:
+    """The file's tensors against the network built on the meta device, before any is used:
+    the same names, shapes and dtypes, dense CPU tensors each with a storage of its own and
+    exactly its size. Raises RuntimeError (the caller's 'inconsistent' line) otherwise."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state_dict is a {type(state).__name__}, expected a dict of tensors")
+    expected = network.state_dict()
+    missing = [n for n in expected if n not in state]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise RuntimeError(f"no weights for {missing[0]}{more}")
+    unexpected = [n for n in state if n not in expected]
+    if unexpected:
+        raise RuntimeError(f"weights for no layer of this network: {unexpected[0]!r:.80}")
+    seen: set[int] = set()
+    for name, want in expected.items():
+        t = state[name]
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type != "cpu":
+            raise RuntimeError(f"{name} is not a dense CPU tensor")
+        if t.shape != want.shape or t.dtype != want.dtype:
+            raise RuntimeError(
+                f"size mismatch for {name}: {tuple(t.shape)} {t.dtype} in the file, "
+                f"{tuple(want.shape)} {want.dtype} in the network"
+            )
+        storage = t.untyped_storage()
+        nbytes = t.numel() * t.element_size()
+        if (
+            t.storage_offset() != 0
+            or not t.is_contiguous()
+            or storage.nbytes() != nbytes
+            or (nbytes and storage.data_ptr() in seen)
+        ):
+            raise RuntimeError(
+                f"{name} shares or overruns its storage ({storage.nbytes()} bytes stored for "
+                f"{nbytes}); every tensor must own exactly its data"
+            )
+        seen.add(storage.data_ptr())
+
+
 def model_from_bytes(
     data: bytes | str | os.PathLike[str], source: str = "<model bytes>"
 ) -> LoadedModel:
     """Rebuild the network stored in model-file bytes (or a local file's path); the model is
     returned in eval mode.
 
-    The network is built on the meta device and takes the loaded tensors as its own
-    (``load_state_dict(assign=True)``): no random initialisation to overwrite, and the peak
-    memory is the file's tensors once instead of twice (plus ``data`` while the caller holds it).
+    The file is checked before anything is built from it or hashed (the archive, the config's
+    bounds, every tensor against the network; module docstring). The network is built on the
+    meta device and takes the loaded tensors as its own (``load_state_dict(assign=True)``): no
+    random initialisation to overwrite, and the peak memory is the file's tensors once instead
+    of twice (plus ``data`` while the caller holds it).
     """
     from avrl_batch.model import build_model
 
+    _check_archive(data, source)
     payload = load_weights_only(data, source)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise WeightsError(
@@ -139,21 +243,20 @@ def model_from_bytes(
         )
     if payload.get("version") != VERSION:
         raise WeightsError(
-            f"{source}: model file version {payload.get('version')!r} is not "
+            f"{source}: model file version {payload.get('version')!r:.40} is not "
             f"supported (this avrl reads version {VERSION})"
         )
     try:
+        if not isinstance(payload.get("config"), dict):
+            raise TypeError("config is not a mapping")
         cfg = ModelConfig.from_dict(payload["config"])
         with torch.device("meta"):
             model = build_model(cfg)
-        keys = model.load_state_dict(payload["state_dict"], strict=False, assign=True)
+        _check_tensors(payload.get("state_dict"), model)
+        model.load_state_dict(payload["state_dict"], strict=True, assign=True)
         left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        missing = keys.missing_keys or left
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise RuntimeError(f"no weights for {missing[0]}{more}")
-        if keys.unexpected_keys:
-            raise RuntimeError(f"weights for no layer of this network: {keys.unexpected_keys[0]}")
+        if left:  # a buffer outside the state dict would stay without data
+            raise RuntimeError(f"no weights for {left[0]}")
     except AvrlError as exc:
         raise WeightsError(f"{source}: {exc}") from exc
     except (KeyError, TypeError, RuntimeError) as exc:
@@ -167,10 +270,13 @@ def model_from_bytes(
     if model_id != payload.get("model_id"):
         raise WeightsError(
             f"{source}: content does not match its model id "
-            f"{payload.get('model_id')!r} (file altered or corrupt)"
+            f"{payload.get('model_id')!r:.80} (file altered or corrupt)"
         )
     model.eval()
-    return LoadedModel(model=model, cfg=cfg, model_id=model_id, meta=dict(payload.get("meta", {})))
+    meta = payload.get("meta")
+    return LoadedModel(
+        model=model, cfg=cfg, model_id=model_id, meta=dict(meta) if isinstance(meta, dict) else {}
+    )
 
 
 def save_model(

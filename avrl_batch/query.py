@@ -196,18 +196,25 @@ class OutputTree:
         expr = row_filter(table, filters)
         return data if expr is None else data.filter(expr)
 
-    def manifests(self) -> list[dict[str, Any]]:
-        """The scan manifests (``_scans/*.json``), oldest name first."""
+    def manifests(self, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+        """The scan manifests (``_scans/*.json``), oldest name first. One that cannot be read,
+        is not a JSON object or has a field of the wrong type (``manifest_problem``) is left
+        out, with one line saying why appended to ``skipped``: a manifest being written or
+        foreign JSON is not fatal for a query or a report."""
         from avrl_batch import storage
 
         out = []
         for uri in self.scan_manifests:
             try:
-                out.append(json.loads(storage.read_bytes(uri, endpoint_url=self.endpoint_url)))
-            except (ValueError, StorageError):
-                continue  # a manifest being written or foreign JSON is not fatal for a query
+                manifest = json.loads(storage.read_bytes(uri, endpoint_url=self.endpoint_url))
+                problem = manifest_problem(manifest)
+            except (ValueError, StorageError) as exc:
+                problem = f"unreadable ({str(exc).splitlines()[0][:120] if str(exc) else exc!r})"
+            if problem is None:
+                out.append(manifest)
+            elif skipped is not None:
+                skipped.append(f"{uri}: skipped, {problem}")
         return out
-
 
     def class_names(self) -> tuple[str, ...]:
         """The classes of the models that scanned into this output (from the scan manifests,
@@ -226,6 +233,28 @@ class OutputTree:
             raise ConfigError(
                 f"unknown label {unknown[0]!r}; the scanned model's labels: {', '.join(known)}"
             )
+
+
+# What a reader of a manifest relies on, by type (pipeline.ScanSummary.to_dict writes them);
+# any field may be absent, and other fields are not looked at.
+_MANIFEST_NUMBERS = ("sources_ok", "sources_failed", "sources_skipped", "windows", "events",
+                     "footage_s", "footage_hours_per_hour", "wall_s")
+_MANIFEST_TEXTS = ("scan_id", "model_id", "finished_at", "started_at", "out")
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why ``manifest`` (parsed JSON) cannot be shown as a scan manifest, or None."""
+    if not isinstance(manifest, dict):
+        return f"not a JSON object (a {type(manifest).__name__})"
+    for name in _MANIFEST_NUMBERS:
+        value = manifest.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{name} is not a number ({value!r:.40})"
+    for name in _MANIFEST_TEXTS:
+        value = manifest.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name} is not text ({value!r:.40})"
+    return None
 
 
 def _partition_values(rel: str) -> dict[str, str]:

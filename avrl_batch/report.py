@@ -54,6 +54,8 @@ class Report:
     n_events: int
     n_cameras: int
     n_errors: int
+    # one line per manifest left out (not a JSON object, a field of the wrong type)
+    warnings: tuple[str, ...] = ()
 
 
 def _e(x: Any) -> str:
@@ -373,14 +375,16 @@ def build_report(
     errors = con.sql(f"SELECT * FROM errors ORDER BY {ORDER_BY['errors']}").to_arrow_table()
     ev = events.to_pylist()
     err = errors.to_pylist()
-    manifests = tree.manifests()
+    skipped: list[str] = []
+    manifests = tree.manifests(skipped)
     clips = event_clips(tree.out, ev, html_path=html_path, clip_expiry_s=clip_expiry_s,
                         endpoint_url=endpoint_url)
     models = [str(m["model_id"]) for m in manifests if m.get("model_id")]
     key = review_key(tree.out, models or [e["model_id"] for e in ev])
     page = _render(_Scan(out, ev, coverage, err, manifests, clips, key))
     cameras = {c["camera"] for c in coverage} | {e["camera"] for e in ev}
-    return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err))
+    return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err),
+                  warnings=tuple(skipped))
 
 
 def _camera_key(camera: str | None) -> str:

@@ -164,6 +164,24 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def relative_parts(root: str, uri: str) -> list[str]:
+    """The path segments of ``uri`` below ``root``, as :func:`join` takes them (a ``file://``
+    URI's escapes undone), so ``join(root, *relative_parts(root, uri)) == uri`` for what
+    :func:`list_files` returns. StorageError unless ``uri`` is strictly inside ``root``."""
+    p, q = parse_uri(root), parse_uri(uri)
+    rel = ""
+    if p.scheme == q.scheme == "s3":
+        prefix = _dir_prefix(p.key)
+        if q.bucket == p.bucket and q.key.startswith(prefix):
+            rel = q.key[len(prefix):]
+    elif p.scheme == q.scheme == "file":
+        inside = os.path.commonpath([p.path, q.path]) == p.path and q.path != p.path
+        rel = os.path.relpath(q.path, p.path).replace(os.sep, "/") if inside else ""
+    if not rel:
+        raise _error(f"{uri} is not inside {root}")
+    return rel.split("/")
+
+
 def _child(uri: str, segments: Sequence[str]) -> str:
     """``uri`` + ``segments`` in the form of ``uri`` (no checks: callers validate)."""
     if uri.lower().startswith("file://"):
@@ -985,18 +1003,10 @@ def _error(message: str) -> StorageError:
     return StorageError(_redact(message))
 
 
-_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
-_USERINFO = re.compile(r"(://)[^/@\s]+@")
-
-
 def _redact(text: str) -> str:
-    """Scrub anything that may be a credential from text we put in a message: the current
-    environment's key id / secret / session token verbatim, AWS-style key ids, and
-    ``user:password@`` in URLs."""
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                "AWS_SECURITY_TOKEN"):
-        val = os.environ.get(var)
-        if val and len(val) >= 4:
-            text = text.replace(val, "***")
-    text = _KEY_ID.sub("***", text)
-    return _USERINFO.sub(r"\1***@", text)
+    """Scrub anything that may be a credential from text we put in a message (the current
+    environment's credential values, key ids, ``user:password@`` in URLs, presigned URLs'
+    signatures and tokens, secret-looking NAME=value): ``redaction.redact``."""
+    from avrl_batch.redaction import redact
+
+    return redact(text)

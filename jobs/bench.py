@@ -65,11 +65,12 @@ def main(args: list[str]) -> int:
 
     from avrl_batch.cluster import connect
     from avrl_batch.errors import AvrlError
+    from avrl_batch.redaction import redact
 
     try:
         connect(os.environ.get("RAY_ADDRESS") or None)
     except AvrlError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {redact(str(exc))}", file=sys.stderr, flush=True)
         return 2
     import ray
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from avrl_batch.cluster import connect
 from avrl_batch.errors import ConfigError
+from avrl_batch.redaction import redact, redact_argv
 
 
 def load_job_config(path: str | Path) -> dict[str, Any]:
@@ -162,9 +163,10 @@ def run_job(command: str, argv: Sequence[str]) -> int:
         # Inside a job RAY_ADDRESS names the cluster; outside one this starts a local Ray.
         connect(os.environ.get("RAY_ADDRESS") or None)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {redact(str(exc))}", file=sys.stderr, flush=True)
         return 2
-    print("avrl " + " ".join(full), flush=True)
+    # the job log is kept by the job server and shown on the dashboard: no secret in it
+    print("avrl " + " ".join(redact_argv(full)), flush=True)
     try:
         main(full)
     except SystemExit as exc:

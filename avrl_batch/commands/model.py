@@ -55,8 +55,10 @@ def info(
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(
-        title=f"AVRL {cfg.preset}: depth {cfg.depth}, fusion {cfg.fusion}, modality {cfg.modality}"
+    table = Table(  # Text: the preset comes from the model file
+        title=Text(
+            f"AVRL {cfg.preset}: depth {cfg.depth}, fusion {cfg.fusion}, modality {cfg.modality}"
+        )
     )
     table.add_column("part")
     table.add_column("parameters", justify="right")

@@ -173,6 +173,8 @@ def report(
     expiry_s = None if clip_expiry is None else int(round(clip_expiry * 3600))
     summary = build_report(out, endpoint_url=endpoint_url, html_path=str(html),
                            clip_expiry_s=expiry_s)
+    for line in summary.warnings:
+        typer.echo(f"warning: {line}", err=True)
     _write_file(html, summary.html.encode("utf-8"))
     typer.echo(
         f"report: {summary.n_events} events, {summary.n_cameras} cameras, "

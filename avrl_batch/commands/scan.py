@@ -170,15 +170,15 @@ def _run_with_progress(cfg: Any, run_scan: Any) -> Any:
 
 def _print_summary(r: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    # paths, camera ids and error messages are data: `[/x]` in a path is not rich markup
+    # paths, camera ids, class names, ids and error messages are data, always printed as Text:
+    # `[/x]` in any of them is not rich markup
     console = Console()
     if r["dry_run"]:
         plan = r["plan"]
-        t = Table(title=f"scan plan (model {r['model_id']}, nothing written)")
+        t = Table(title=Text(f"scan plan (model {r['model_id']}, nothing written)"))
         for col in ("source", "camera", "start", "duration s", "audio", "segments"):
             t.add_column(col)
         for s in plan.get("sources", []):
@@ -206,7 +206,7 @@ def _print_summary(r: dict[str, Any]) -> None:
                 Text(f"  probe error: {e['uri']}: {e['error_type']}: {e['message']}")
             )
         return
-    t = Table(title=f"scan {r['scan_id']} (model {r['model_id']})")
+    t = Table(title=Text(f"scan {r['scan_id']} (model {r['model_id']})"))
     t.add_column("")
     t.add_column("value", justify="right")
     t.add_row("sources listed", str(r["sources_listed"]))
@@ -217,8 +217,8 @@ def _print_summary(r: dict[str, Any]) -> None:
         t.add_row("old versions replaced (files changed)", str(len(r["superseded"])))
     t.add_row("windows", str(r["windows"]))
     t.add_row("events", str(r["events"]))
-    for label, n in r["events_by_label"].items():
-        t.add_row(f"  {label}", str(n))
+    for label, n in r["events_by_label"].items():  # a model's class names are data too
+        t.add_row(Text(f"  {label}"), str(n))
     t.add_row("footage scanned (h)", f"{r['footage_s'] / 3600:.3f}")
     t.add_row("wall time (s)", f"{r['wall_s']:.1f}")
     t.add_row("throughput (h footage / h)", f"{r['footage_hours_per_hour']:.1f}")
@@ -227,8 +227,10 @@ def _print_summary(r: dict[str, Any]) -> None:
     console.print(t)
     for e in r["errors"]:
         console.print(
-            "[red]failed[/red] "
-            + escape(f"{e['source_uri']}: {e['stage']}: {e['error_type']}: {e['message']}")
+            Text.assemble(
+                ("failed", "red"),
+                f" {e['source_uri']}: {e['stage']}: {e['error_type']}: {e['message']}",
+            )
         )
     if "match" in r:
         m = r["match"]

@@ -19,6 +19,7 @@ import typer
 
 from avrl_batch.cli import app
 from avrl_batch.errors import ConfigError
+from avrl_batch.redaction import CREDENTIAL_ENV, findings, secret_fields
 
 submit_app = typer.Typer(
     help=(
@@ -43,16 +44,6 @@ DEFAULT_EXCLUDES = [
     "*.egg-info",
 ]
 
-# Names whose values must never leave this machine inside a job (runtime env, entrypoint or
-# metadata are stored by the job server and shown on the dashboard).
-CREDENTIAL_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "RAY_AUTH_TOKEN",
-)
-
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -73,17 +64,27 @@ def _runtime_env(working_dir: Path, runtime_env_file: Path | None, excludes: lis
     return runtime_env
 
 
-def check_no_credentials(entrypoint: str, runtime_env: dict, metadata: dict[str, str]) -> None:
-    """Refuse a job that would carry credentials: a credential variable in the runtime env, or
-    the value of one of this process's credential variables anywhere in the job's text."""
+def check_no_credentials(
+    entrypoint: str,
+    runtime_env: dict,
+    metadata: dict[str, str],
+    job_config: tuple[str, str] | None = None,
+) -> None:
+    """Refuse a job that would carry credentials, in one line naming where (never the value):
+    an env var of the runtime env whose name says secret (``*SECRET*``, ``*PASSWORD*``,
+    ``*TOKEN*``, ``AWS_ACCESS_KEY_ID``…) or whose value looks like one; the value of one of
+    this process's credential variables anywhere in the job; and any credential-looking value
+    (``redaction.findings``: ``user:pass@`` URLs, ``AKIA``/``ASIA`` key ids, presigned
+    signatures, tokens in pip URLs, secret NAME=value) in an argument, the runtime env, the
+    metadata, or ``job_config`` = (its path, its text): the YAML uploaded with the job."""
     env_vars = runtime_env.get("env_vars") or {}
-    named = sorted(k for k in env_vars if k.upper() in CREDENTIAL_ENV)
+    named = sorted(secret_fields((str(k), str(v)) for k, v in env_vars.items()))
     if named:
         raise ConfigError(
             f"refusing to send {', '.join(named)} with the job; the cluster reads S3 through "
             "its own AWS chain (IAM instance profile or IRSA), remove them from the runtime env"
         )
-    text = repr((entrypoint, runtime_env, metadata))
+    text = repr((entrypoint, runtime_env, metadata, job_config))
     for name in CREDENTIAL_ENV:
         value = os.environ.get(name, "")
         if len(value) >= 8 and value in text:
@@ -91,6 +92,53 @@ def check_no_credentials(entrypoint: str, runtime_env: dict, metadata: dict[str,
                 f"refusing to submit: the value of ${name} appears in the job's arguments or "
                 "runtime env; the cluster must use its own credentials (IAM role, IRSA)"
             )
+    for where, value in _job_fields(entrypoint, runtime_env, metadata, job_config):
+        found = findings(value)
+        if found:
+            raise ConfigError(
+                f"refusing to submit: {where} holds {found[0]}; the cluster must use its own "
+                "credentials (IAM role, IRSA, a Kubernetes Secret): remove it from the job"
+            )
+
+
+def _job_fields(
+    entrypoint: str, runtime_env: dict, metadata: dict[str, str],
+    job_config: tuple[str, str] | None,
+) -> list[tuple[str, str]]:
+    """(where, text) of every value a job carries, named for a one-line refusal. A value is
+    given as ``NAME=value`` where it has a name, so a secret-looking name counts too."""
+    import yaml
+
+    words = shlex.split(entrypoint)
+    fields = []
+    for i, word in enumerate(words):
+        before = words[i - 1] if i else ""
+        option = before if before.startswith("--") and "=" not in before else ""
+        named = f"{option.lstrip('-')}={word}" if option else word
+        fields.append((f"argument {i}" + (f" (the value of {option})" if option else ""), named))
+    fields += [(f"the runtime env's {k}", f"{k}={v}") for k, v in _flatten(runtime_env)]
+    fields += [(f"the job metadata's {k}", f"{k}={v}") for k, v in _flatten(metadata)]
+    if job_config is not None:
+        path, body = job_config
+        try:
+            loaded = yaml.safe_load(body)
+        except yaml.YAMLError:
+            loaded = None  # job_argv has refused it already; the raw text is still checked
+        fields += [(f"{path}: {k}", f"{k}={v}") for k, v in _flatten(loaded)]
+        fields.append((path, body))  # comments included: the file itself is uploaded
+    return fields
+
+
+def _flatten(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """(path, text) of every scalar in a YAML/JSON-like value: ``env_vars.X``, ``pip[0]``."""
+    if isinstance(value, dict):
+        return [
+            item for k, v in value.items()
+            for item in _flatten(v, f"{path}.{k}" if path else str(k))
+        ]
+    if isinstance(value, list | tuple):
+        return [item for i, v in enumerate(value) for item in _flatten(v, f"{path}[{i}]")]
+    return [] if value is None or not path else [(path, str(value))]
 
 
 def _client(address: str) -> Any:
@@ -167,7 +215,8 @@ def submit_job(
     entrypoint = shlex.join(["python", script, "--config", config, *args])
     runtime_env = _runtime_env(working_dir, runtime_env_file, excludes or [])
     metadata = {"avrl_command": kind, "avrl_config": config, "submitted_by": "avrl submit"}
-    check_no_credentials(entrypoint, runtime_env, metadata)
+    job_config = (config, (working_dir / config).read_text(errors="replace"))
+    check_no_credentials(entrypoint, runtime_env, metadata, job_config)
 
     client = _client(address)
     job_id = client.submit_job(

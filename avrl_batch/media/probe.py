@@ -84,6 +84,11 @@ class MediaCaps:
     max_pixels: int = 7680 * 4320  # per frame: 8K UHD
     max_duration_s: float = 48 * 3600.0  # 48 h of recording
     max_streams: int = 16  # streams in the container
+    # the decoded audio stream: its declared rate sizes every buffer and the resampler's
+    # filter bank (memory grew by 300-400 MB at 20-40 MHz); 384 kHz is the highest rate of
+    # real recorders and audio interfaces
+    max_audio_rate_hz: int = 384_000
+    max_audio_channels: int = 32  # 22.2 surround is 24; each channel is decoded and mixed
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,8 @@ def inspect(container: Any, name: str, caps: MediaCaps) -> MediaInfo:
     fps = float(rate) if rate else (n_frames / duration if n_frames and duration else 0.0)
     aus = container.streams.audio
     a = aus[0] if aus else None
+    if a is not None:
+        _check_audio(a.codec_context, name, caps)
     return MediaInfo(
         duration_s=duration,
         fps=fps,
@@ -225,6 +232,19 @@ def inspect(container: Any, name: str, caps: MediaCaps) -> MediaInfo:
         n_frames=n_frames,
         container_format=container.format.name,
     )
+
+
+def _check_audio(cc: Any, name: str, caps: MediaCaps) -> None:
+    """The decoded audio stream's declared rate and channel count within the caps."""
+    rate, channels = int(cc.sample_rate or 0), int(cc.channels or 0)
+    if rate > caps.max_audio_rate_hz:
+        raise ExceedsCaps(
+            name, f"audio at {rate} Hz exceeds the cap of {caps.max_audio_rate_hz} Hz"
+        )
+    if channels > caps.max_audio_channels:
+        raise ExceedsCaps(
+            name, f"{channels} audio channels exceed the cap of {caps.max_audio_channels}"
+        )
 
 
 def time_origin(container: Any, vs: Any) -> float:

@@ -168,10 +168,29 @@ def safe_component(text: str | None, *, max_len: int = 80) -> str:
     return clean or UNKNOWN
 
 
+def printable_uri(uri: str) -> str:
+    """``uri`` as text every writer takes (Parquet, JSON, S3 keys, a terminal): a local name
+    that is not valid UTF-8, which Python lists with its undecodable bytes as surrogate
+    escapes, has those bytes spelled ``\\xNN`` (``cam\\xff.mp4``). A valid name is returned
+    as it is."""
+    try:
+        uri.encode("utf-8")
+        return uri
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = uri.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: spell it \udcNN
+        return uri.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def source_key(uri: str, version: str, model_id: str) -> str:
     """Deterministic object key of one (source, source version, model): a readable stem of the
     file name plus a hash of all three, so reruns find the same names and a changed file or a
-    different model gets new ones."""
+    different model gets new ones. A name that is not valid UTF-8 is keyed by its escaped
+    spelling (``printable_uri``)."""
+    uri = printable_uri(uri)
     digest = hashlib.sha256(f"{uri}\n{version}\n{model_id}".encode()).hexdigest()[:20]
     stem = _path_part(uri).rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return f"{safe_component(stem, max_len=60)}-{digest}"

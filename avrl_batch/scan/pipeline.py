@@ -25,6 +25,7 @@ from avrl_batch.classes import ClassSet
 from avrl_batch.cluster import quiet_ray_data
 from avrl_batch.errors import ConfigError
 from avrl_batch.memory import peak_rss_mb
+from avrl_batch.redaction import redact
 from avrl_batch.scan import sink
 from avrl_batch.scan.assemble import FinishedSource, SourceAssembler
 from avrl_batch.scan.naming import scan_id_now
@@ -37,6 +38,7 @@ from avrl_batch.scan.plan import (
     error_of,
     keyed_sources,
     split_done,
+    split_misnamed,
     window_spec,
 )
 from avrl_batch.scan.timeline import events_from_windows
@@ -225,6 +227,7 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
     spec = window_spec(cfg, model.cfg.window_s, model.cfg.frames, model.cfg.size)
     sources = _list_sources(cfg)
     keyed, todo, skipped, stale = _split_finished(cfg, sources, model.model_id)
+    todo, misnamed = split_misnamed(todo)
 
     # nothing left to do (a rerun of a finished scan): no Ray to start, only the summary
     started_ray = _ensure_ray(cfg.address) if todo else False
@@ -233,7 +236,7 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
         probed = _probe_all(todo, cfg, spec.stride_s) if todo else []
         plan = ScanPlan(
             todo=[p for p in probed if isinstance(p, SourceTask)],
-            failed=[p for p in probed if isinstance(p, SourceError)],
+            failed=[*misnamed, *(p for p in probed if isinstance(p, SourceError))],
             skipped=skipped,
             spec=spec,
             model_id=model.model_id,
@@ -363,7 +366,7 @@ def _public_config(cfg: ScanConfig) -> dict[str, Any]:
     d = cfg.to_dict()
     for name in ("endpoint_url", "address"):
         if d.get(name):
-            d[name] = storage._redact(str(d[name]))  # never a credential in a manifest
+            d[name] = redact(str(d[name]))  # never a credential in a manifest
     return d
 
 

@@ -22,8 +22,15 @@ from typing import Any
 
 from avrl_batch.errors import ConfigError
 from avrl_batch.media.errors import MediaError
+from avrl_batch.redaction import redact
 from avrl_batch.scan.isolate import DecoderProcess, Isolation, run_isolated
-from avrl_batch.scan.naming import compile_pattern, source_key, source_name, time_zone
+from avrl_batch.scan.naming import (
+    compile_pattern,
+    printable_uri,
+    source_key,
+    source_name,
+    time_zone,
+)
 from avrl_batch.scan.timeline import TimelineConfig
 
 DEFAULT_SEGMENT_S = 300.0  # 5 minutes: a Ray block that carries minutes of footage (PERF_NOTES)
@@ -170,9 +177,10 @@ TRANSIENT_ERRORS = frozenset(
 
 
 def error_of(exc: BaseException) -> tuple[str, str]:
-    """(error_type, one-line message) of any exception, for an error row."""
+    """(error_type, one-line message) of any exception, for an error row, the summary and the
+    manifest: credentials redacted (an S3 or HTTP library's message may quote a URL)."""
     text = str(exc).strip().splitlines()
-    return type(exc).__name__, (text[0] if text else type(exc).__name__)[:500]
+    return type(exc).__name__, redact(text[0] if text else type(exc).__name__)[:500]
 
 
 @dataclass(frozen=True)
@@ -325,6 +333,28 @@ def probe_source_isolated(
     except MediaError as exc:
         error_type, message = error_of(exc)
         return SourceError(uri, key, "probe", error_type, message)
+
+
+def split_misnamed(
+    todo: Sequence[tuple[Any, str]],
+) -> tuple[list[tuple[Any, str]], list[SourceError]]:
+    """Sources whose name can be written everywhere, and one error row (stage ``list``,
+    ``BadFileName``) for each local name that is not valid UTF-8: Parquet, JSON and S3 keys
+    take no such name, so the file is named with its bytes escaped and not scanned."""
+    good, bad = [], []
+    for src, key in todo:
+        shown = printable_uri(src.uri)
+        if shown == src.uri:
+            good.append((src, key))
+            continue
+        bad.append(
+            SourceError(
+                shown, key, "list", "BadFileName",
+                f"{shown}: the file name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
+                "rename the file to scan it",
+            )
+        )
+    return good, bad
 
 
 def keyed_sources(sources: Sequence[Any], model_id: str) -> list[tuple[Any, str]]:

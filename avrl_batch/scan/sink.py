@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from avrl_batch import storage
 from avrl_batch.classes import ClassSet
 from avrl_batch.errors import StorageError
+from avrl_batch.redaction import redact
 from avrl_batch.scan.naming import date_partition, safe_component
 from avrl_batch.scan.plan import SourceError, SourceTask
 from avrl_batch.schema import ERRORS, EVENTS, WINDOWS
@@ -203,7 +204,7 @@ def error_table(err: SourceError, scan_id: str) -> pa.Table:
                 "source_uri": err.uri,
                 "stage": err.stage,
                 "error_type": err.error_type,
-                "message": err.message,
+                "message": redact(err.message),  # whoever built the error, no secret kept
                 "scan_id": scan_id,
             }
         ],
@@ -305,15 +306,31 @@ def find_superseded(
                 continue
             if meta.get("version") == src.version:
                 continue  # same version under another key: not ours to judge
-            uris: list[str] = []
-            if old in done:  # the events marker last: until it is gone a rerun finds the rest
-                events_root = storage.join(out, "events")
-                rel = done[old][len(events_root) :]
-                uris += [storage.join(out, "windows") + rel, done[old]]
-            if old in failed:
-                uris.append(failed[old])
-            found.append(Superseded(src.uri, str(meta.get("version")), old, key, tuple(uris)))
+            uris = _superseded_objects(out, done.get(old), failed.get(old))
+            if uris:
+                found.append(Superseded(src.uri, str(meta.get("version")), old, key, uris))
     return found
+
+
+def _superseded_objects(
+    out: str, events_object: str | None, error_object: str | None
+) -> tuple[str, ...]:
+    """What to delete of an old version, every name rebuilt through storage.join from the
+    listed objects' paths below OUT: the windows object beside its events object, then the
+    events marker (last: until it is gone a rerun finds the rest), and its error object.
+    A listed name that join refuses (an S3 key with a ``..`` or ``%2e%2e`` segment) is no
+    object this scan wrote: that version is left alone (empty result)."""
+    uris: list[str] = []
+    try:
+        if events_object is not None:
+            rel = storage.relative_parts(storage.join(out, "events"), events_object)
+            uris += [storage.join(out, "windows", *rel), storage.join(out, "events", *rel)]
+        if error_object is not None:
+            rel = storage.relative_parts(storage.join(out, "errors"), error_object)
+            uris.append(storage.join(out, "errors", *rel))
+    except StorageError:
+        return ()
+    return tuple(uris)
 
 
 def remove_superseded(
@@ -340,6 +357,8 @@ def write_manifest(
     out: str, scan_id: str, manifest: dict[str, Any], *, endpoint_url: str | None = None
 ) -> str:
     uri = manifest_uri(out, scan_id)
-    data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+    # the whole text redacted: error messages, endpoint, anything a config or a message quoted
+    # (masks keep JSON's quotes, so the manifest stays JSON)
+    data = redact(json.dumps(manifest, indent=2, sort_keys=True, default=str)).encode()
     storage.write_atomic(uri, data, if_absent=True, endpoint_url=endpoint_url)
     return uri

@@ -221,6 +221,7 @@ def results_table(results: list[EvalResult], title: str | None = None) -> Any:
     """A rich Table in the layout of the paper's Table II: rows = models, columns = classes,
     then the mean per-class and the overall accuracy (percent)."""
     from rich.table import Table
+    from rich.text import Text
 
     r0 = results[0]
     if title is None:
@@ -230,10 +231,11 @@ def results_table(results: list[EvalResult], title: str | None = None) -> Any:
         if r0.patch:
             title += f", {r0.patch} patch ratio {r0.ratio:g}"
         title += f" ({r0.n} clips)"
-    table = Table(title=title)
+    # Text: class names and model ids come from the model file, never rich markup
+    table = Table(title=Text(title))
     table.add_column("model", no_wrap=True)
     for name in r0.class_names:
-        table.add_column(name, justify="right")
+        table.add_column(Text(name), justify="right")
     table.add_column("mean", justify="right", style="bold")
     table.add_column("overall", justify="right")
 
@@ -243,7 +245,7 @@ def results_table(results: list[EvalResult], title: str | None = None) -> Any:
     for r in results:
         label = f"{r.modality}" + (f"/{r.fusion}" if r.modality == "av" else "")
         table.add_row(
-            f"{label} {r.model_id}",
+            Text(f"{label} {r.model_id}"),
             *[pct(a) for a in r.per_class_acc],
             pct(r.mean_class_acc),
             pct(r.overall_acc),
