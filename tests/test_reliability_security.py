@@ -324,9 +324,9 @@ def test_superseded_objects_are_rebuilt_through_join(s3_bucket: str, s3_endpoint
 
     import numpy as np
 
+    from avrl_batch.classes import SHADE
     from avrl_batch.scan.naming import source_key
     from avrl_batch.scan.timeline import events_from_windows
-    from avrl_batch.schema import CLASS_NAMES
 
     out, ep = f"s3://{s3_bucket}/scans", s3_endpoint
     uri = "s3://archive/cam01/cam01_x.mp4"
@@ -335,10 +335,10 @@ def test_superseded_objects_are_rebuilt_through_join(s3_bucket: str, s3_endpoint
                       segments=())
     w = sink.windows_table(
         base, np.arange(2), np.array([0.0, 2.0]), np.array([2.0, 4.0]), np.ones(2, bool),
-        np.full((2, len(CLASS_NAMES)), 1 / len(CLASS_NAMES)), class_names=CLASS_NAMES,
+        np.full((2, len(SHADE.names)), 1 / len(SHADE.names)), classes=SHADE,
         model_id="m1", scan_id="s1",
     )
-    ev = events_from_windows(w)
+    ev = events_from_windows(w, classes=SHADE)
     assert sink.write_source(out, base, w, ev, model_id="m1", endpoint_url=ep)
     planted_key = source_key(uri, "v0", "m1")
     planted = (f"s3://{s3_bucket}/scans/events/%2e%2e/%2e%2e/victim/{planted_key}.parquet")
@@ -384,7 +384,6 @@ def test_over_cap_audio_and_a_non_utf8_name_are_error_rows_and_text_stays_text(
     naming the files with escapes, the good file scanned, the summary printed, exit 0; a rerun
     skips all three."""
     import shutil
-    from dataclasses import replace
 
     import pyarrow.parquet as pq
     from badmedia import good_recording
@@ -394,7 +393,6 @@ def test_over_cap_audio_and_a_non_utf8_name_are_error_rows_and_text_stays_text(
     from avrl_batch.media.errors import ExceedsCaps
     from avrl_batch.model import build_model
     from avrl_batch.modelfile import save_model
-    from avrl_batch.schema import CLASS_NAMES
 
     archive, out = tmp_path / "archive", tmp_path / "out"
     good = good_recording(archive / "cam01" / "cam01_20260401T100000Z.mp4", 4.0, seed=1)
@@ -405,8 +403,8 @@ def test_over_cap_audio_and_a_non_utf8_name_are_error_rows_and_text_stays_text(
                               tmp_path)
     with pytest.raises(ExceedsCaps, match="audio at 1000000000 Hz exceeds the cap of 384000"):
         probe(loud)
-    cfg = replace(preset("tiny"), class_names=(*CLASS_NAMES[:-1], "[/oops]"))
-    model = tmp_path / "oops.avrl"
+    cfg = preset("tiny")
+    model = tmp_path / "tiny.avrl"
     save_model(model, build_model(cfg), cfg)
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -610,19 +608,18 @@ def test_model_metadata_with_markup_is_printed_as_text(tmp_path: Path) -> None:
     evaluation table of such a model: the text as it is, exit 0; a preset name with markup
     is refused by the config bounds in one line."""
     import io
-    from dataclasses import replace
 
     import torch
     from rich.console import Console
 
+    from avrl_batch.classes import SHADE
     from avrl_batch.config import preset
     from avrl_batch.model import build_model
     from avrl_batch.modelfile import FORMAT, model_to_bytes
-    from avrl_batch.schema import CLASS_NAMES
     from avrl_batch.train.evaluate import EvalResult, results_table
 
-    names = (*CLASS_NAMES[:-1], "[/oops]")
-    cfg = replace(preset("tiny"), class_names=names)
+    names = (*SHADE.names[:-1], "[/oops]")
+    cfg = preset("tiny")
     model = tmp_path / "oops.avrl"
     model.write_bytes(model_to_bytes(build_model(cfg), cfg, meta={"note": "[bold]x[/oops]"}))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
@@ -650,6 +647,14 @@ def test_model_metadata_with_markup_is_printed_as_text(tmp_path: Path) -> None:
     assert res.returncode == 2 and res.stderr.startswith("error: "), res.stderr
     assert "preset name '[/oops]' must be" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    # a class name is a label of the data: markup is not one (ClassSet's rule)
+    payload["config"]["preset"] = "tiny"
+    payload["config"]["class_names"] = list(names)
+    torch.save(payload, tmp_path / "classes.avrl")
+    res = subprocess.run([*CLI, "info", "--model", str(tmp_path / "classes.avrl")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: "), res.stderr
+    assert "[/oops]" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_audio_caps_are_checked_on_the_declared_stream(tmp_path: Path) -> None:
