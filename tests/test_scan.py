@@ -129,6 +129,22 @@ def test_decode_by_segments_equals_one_pass(tmp_path: Path) -> None:
         assert split[i]["logmel"].shape == (2, 96, 64) and split[i]["has_audio"]
 
 
+def test_segments_past_the_audio_end_take_the_missing_audio_path(tmp_path: Path) -> None:
+    """A microphone that died after 7 s of a 30-s recording: the scan's window rows after it
+    say has_audio=False (the model's missing-audio vector, not zero-filled log-mel)."""
+    path = str(recording(tmp_path / "cam01_20260301T080000Z.mp4", 30, seed=5, audio_s=7.0))
+    spec = WindowSpec(window_s=2.0, stride_s=2.0, frames=4, size=32, audio_examples=2)
+    task = probe_source(path, "v", 0, "k", stride_s=2.0, segment_s=10.0)
+    assert isinstance(task, SourceTask) and task.has_audio and len(task.segments) == 3
+    rows = [r for seg in task.segments for r in decode_segment(seg.to_row(), spec)]
+    windows = [r for r in rows if r["kind"] == "window"]
+    assert [r["kind"] for r in rows if r["kind"] != "window"] == ["done"] * 3
+    assert [r["has_audio"] for r in windows] == [r["start_s"] <= 6.0 for r in windows]
+    assert len(windows) == 15 and sum(r["has_audio"] for r in windows) == 4  # 0-2 ... 6-8
+    assert all(not r["logmel"].any() for r in windows if not r["has_audio"])
+    assert all(r["logmel"].any() for r in windows if r["has_audio"])
+
+
 def test_decode_failure_is_a_trailer_not_an_exception(tmp_path: Path) -> None:
     bad = tmp_path / "x.mp4"
     bad.write_bytes(b"not a video at all" * 10)

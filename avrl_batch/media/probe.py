@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -234,6 +235,26 @@ def time_origin(container: Any, vs: Any) -> float:
     if container.start_time is not None:
         return container.start_time / 1_000_000
     return 0.0
+
+
+def audio_extent(astream: Any, origin_s: float) -> tuple[float, float | None]:
+    """(start, end) of an audio stream on the video timeline, as the container declares it;
+    end None when it declares none. A microphone that dies or a recorder that starts audio
+    late leaves an audio stream shorter than the video: windows outside it have no audio.
+
+    MP4 and MOV declare each track's start and duration; Matroska files written by FFmpeg
+    or mkvmerge carry a ``DURATION`` tag per track: the end of its last packet.
+    """
+    tb = astream.time_base
+    start = float(astream.start_time * tb) - origin_s if astream.start_time is not None else 0.0
+    if astream.duration is not None and tb is not None and astream.duration > 0:
+        return start, start + float(astream.duration * tb)
+    tag = astream.metadata.get("DURATION") or astream.metadata.get("duration")
+    m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*", tag or "")
+    if m:
+        h, mi, sec = m.groups()
+        return start, int(h) * 3600 + int(mi) * 60 + float(sec) - origin_s
+    return start, None
 
 
 def _duration_s(container: Any, vs: Any) -> float:
