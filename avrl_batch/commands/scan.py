@@ -205,6 +205,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     t.add_row("sources skipped (done before)", str(r["sources_skipped"]))
     if r.get("superseded"):
         t.add_row("old versions replaced (files changed)", str(len(r["superseded"])))
+    if r.get("write_failures"):
+        t.add_row("writes failed (redone by the next run)", str(len(r["write_failures"])))
     t.add_row("windows", str(r["windows"]))
     t.add_row("events", str(r["events"]))
     for label, n in r["events_by_label"].items():
@@ -220,10 +222,19 @@ def _print_summary(r: dict[str, Any]) -> None:
             "[red]failed[/red] "
             + escape(f"{e['source_uri']}: {e['stage']}: {e['error_type']}: {e['message']}")
         )
+    for w in r.get("write_failures", []):
+        if w["what"].startswith("old version"):  # the sources' own failures are listed above
+            console.print(
+                "[red]not removed[/red] "
+                + escape(f"{w['what']} of {w['uri']}: {w['error_type']}: {w['message']}")
+            )
     if "match" in r:
         m = r["match"]
         console.print(
             f"events vs truth at IoU {m['iou']}: precision {m['precision']:.3f} "
             f"recall {m['recall']:.3f} F1 {m['f1']:.3f} (tp {m['tp']}, fp {m['fp']}, fn {m['fn']})"
         )
-    console.print(Text(f"manifest: {r['manifest']}"))
+    if r["manifest"] is None and r.get("manifest_error"):
+        console.print(Text(f"manifest not written: {r['manifest_error']}"))
+    else:
+        console.print(Text(f"manifest: {r['manifest']}"))

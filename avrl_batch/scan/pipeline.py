@@ -72,7 +72,11 @@ class ScanSummary:
     superseded: list[dict[str, str]] = field(default_factory=list)
     # source URIs by outcome: ok / failed / skipped (the manifest's record of the scan)
     sources: dict[str, list[str]] = field(default_factory=dict)
+    # every write (or old-version removal) that failed: what, uri, error_type, message. The
+    # scan goes on; nothing failed is marked done, so the next run redoes it
+    write_failures: list[dict[str, str]] = field(default_factory=list)
     manifest: str | None = None
+    manifest_error: str | None = None  # why the manifest could not be written (then None)
 
     @property
     def footage_hours_per_hour(self) -> float:
@@ -260,10 +264,14 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
 
             ray.shutdown()
     if stale:  # after the new versions are written: a source never has no outputs
-        summary.superseded = _remove_superseded(cfg, stale)
+        summary.superseded = _remove_superseded(cfg, stale, summary)
     summary.wall_s = time.monotonic() - t0
     summary.sources["skipped"] = [s.uri for s in skipped]
-    summary.manifest = _write_manifest(cfg, summary, started, model, spec)
+    try:
+        summary.manifest = _write_manifest(cfg, summary, started, model, spec)
+    except Exception as exc:  # noqa: BLE001 - the outputs are written; say what is missing
+        kind, msg = error_of(exc)
+        summary.manifest_error = f"{kind}: {msg}"
     return summary
 
 
@@ -335,11 +343,35 @@ def _dry_run_plan(plan: ScanPlan, stale: list[Any]) -> dict[str, Any]:
     }
 
 
-def _remove_superseded(cfg: ScanConfig, stale: list[Any]) -> list[dict[str, str]]:
-    """Delete the older versions whose current version is now finished; those removed."""
-    now_done, now_failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
-    removed = sink.remove_superseded(stale, now_done, now_failed, endpoint_url=cfg.endpoint_url)
+def _remove_superseded(
+    cfg: ScanConfig, stale: list[Any], summary: ScanSummary
+) -> list[dict[str, str]]:
+    """Delete the older versions whose current version is now finished; those removed. A
+    removal that fails is a write failure: the old version stays (the next run finds it
+    again), the other removals go on."""
+    try:
+        now_done, now_failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
+    except Exception as exc:  # noqa: BLE001 - removal waits for the next run
+        _write_failed(summary, "old versions", cfg.out, exc)
+        return []
+    removed = []
+    for s in stale:
+        try:
+            removed += sink.remove_superseded(
+                [s], now_done, now_failed, endpoint_url=cfg.endpoint_url
+            )
+        except Exception as exc:  # noqa: BLE001 - one old version, not the scan
+            _write_failed(summary, "old version", s.source_uri, exc)
     return [{"source_uri": s.source_uri, "version": s.version} for s in removed]
+
+
+def _write_failed(summary: ScanSummary, what: str, uri: str, exc: BaseException) -> SourceError:
+    """Record a failed write in the summary; the failure as a ``write`` SourceError."""
+    kind, msg = error_of(exc)
+    summary.write_failures.append(
+        {"what": what, "uri": uri, "error_type": kind, "message": msg}
+    )
+    return SourceError(uri, "", "write", kind, msg)
 
 
 def _write_manifest(
@@ -425,16 +457,26 @@ def _record_error(
     cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, err: SourceError, *, persist: bool = True
 ) -> None:
     """Count a failed source; save its error object unless the failure was of storage or
-    the machine (or ``persist`` is off): then a rerun retries the source."""
+    the machine (or ``persist`` is off): then a rerun retries the source. An error object
+    that cannot be written is a write failure: the source is reported with both reasons
+    and, having no error object, is tried again by the next run."""
     if persist and not err.transient:
-        sink.write_error(
-            cfg.out,
-            err,
-            ledger.summary.scan_id,
-            version=plan.versions.get(err.key, ""),
-            model_id=plan.model_id,
-            endpoint_url=cfg.endpoint_url,
-        )
+        try:
+            sink.write_error(
+                cfg.out,
+                err,
+                ledger.summary.scan_id,
+                version=plan.versions.get(err.key, ""),
+                model_id=plan.model_id,
+                endpoint_url=cfg.endpoint_url,
+            )
+        except Exception as exc:  # noqa: BLE001 - one error row, not the whole scan
+            failed = _write_failed(ledger.summary, "error row", err.uri, exc)
+            err = SourceError(
+                err.uri, err.key, "write", failed.error_type,
+                f"its error row ({err.stage}: {err.error_type}: {err.message}) could not be "
+                f"written: {failed.message}",
+            )
     ledger.failed(err)
 
 
@@ -497,8 +539,10 @@ def _write_finished(
     except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
         # Reported, but no error object: a failed write (storage down, denied) is not a
         # property of the recording, so a rerun should try it again.
-        kind, msg = error_of(exc)
-        failure = SourceError(fin.task.uri, fin.task.key, "write", kind, msg)
+        failed = _write_failed(ledger.summary, "outputs", fin.task.uri, exc)
+        failure = SourceError(
+            fin.task.uri, fin.task.key, "write", failed.error_type, failed.message
+        )
         _record_error(cfg, plan, ledger, failure, persist=False)
         ledger.report()
         return
