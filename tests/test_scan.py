@@ -508,3 +508,77 @@ def test_storage_failures_are_retried_and_media_failures_kept(
         stride_s=2.0, segment_s=30.0, endpoint_url=s3_endpoint,
     )
     assert isinstance(gone, SourceError) and gone.transient, gone
+
+
+# ---------------------------------------------------------------------------------------------
+# settings are part of a result's identity
+
+
+def test_other_window_settings_are_refused_rescan_replaces_and_retimeline_needs_no_decoding(
+    ray_local: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun with another --stride (or --timezone) into the same OUT is refused in one line
+    naming the setting, before any work; --rescan replaces every result (a source whose
+    date moved with the zone leaves no old partition behind) and the record follows; then
+    `avrl retimeline` re-applies thresholds from the stored windows with the recordings gone."""
+    import dataclasses
+    import json
+
+    from avrl_batch.cli import main
+
+    root = tmp_path / "rec"
+    utc = str(recording(root / "cam01" / "cam01_20260301T080000Z.mp4", 8, seed=1))
+    local = str(recording(root / "cam02" / "cam02_20260302T003000.mp4", 6, seed=2))  # no offset
+    model = tmp_path / "tiny.avrl"
+    tiny_model(model)
+    out = tmp_path / "out"
+    cfg = ScanConfig(source=str(root), model=str(model), out=str(out))
+    assert run_scan(cfg).sources_ok == 2  # stride = window = 2 s, times in UTC
+
+    before = _mtimes(out)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["scan", str(root), "--model", str(model), "--out", str(out), "--stride", "1"])
+    assert refused.value.code == 2
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "--stride 2.0 (now 1.0)" in line and "--out" in line and "--rescan" in line
+    with pytest.raises(ConfigError, match=r"--timezone UTC \(now Europe/Paris\)"):
+        run_scan(dataclasses.replace(cfg, timezone="Europe/Paris", dry_run=True))
+    assert _mtimes(out) == before  # nothing written, nothing skipped as "done"
+
+    new = dataclasses.replace(cfg, stride_s=1.0, timezone="Europe/Paris", rescan=True)
+    again = run_scan(new)
+    assert (again.sources_ok, again.sources_skipped) == (2, 0)
+    got = check_outputs(str(out), [utc, local])
+    assert got[utc]["windows"]["start_s"].to_pylist() == [float(i) for i in range(8)]
+    assert got[local]["rel"].startswith("windows/date=2026-03-01/")  # 00:30 in Paris
+    manifest = json.loads(storage.read_bytes(again.manifest))
+    assert manifest["window_settings"]["stride_s"] == 1.0
+    assert manifest["window_settings"]["timezone"] == "Europe/Paris"
+    third = run_scan(dataclasses.replace(new, rescan=False))  # the new settings are the record
+    assert (third.sources_ok, third.sources_skipped) == (0, 2)
+    # what a --rescan killed midway leaves: its record, not yet marked whole
+    record = json.loads(storage.read_bytes(sink.settings_uri(str(out), third.model_id)))
+    assert record["rescanning"] is False and record["stride_s"] == 1.0
+    sink.write_settings(str(out), record | {"rescanning": True})
+    with pytest.raises(ConfigError, match="did not finish.*--rescan"):
+        run_scan(dataclasses.replace(new, rescan=False))
+    sink.write_settings(str(out), record)
+
+    stored = {uri: got[uri]["windows"] for uri in (utc, local)}
+    import shutil
+
+    shutil.rmtree(root)  # no recording to decode: only stored window probabilities remain
+    capfd.readouterr()
+    main(["retimeline", str(out), "--enter", "0", "--exit", "0", "--json"])
+    summary = json.loads(capfd.readouterr().out)
+    assert summary["kind"] == "retimeline" and summary["sources"] == 2 and not summary["errors"]
+    redone = check_outputs(str(out), [utc, local])
+    for uri, windows in stored.items():
+        want = events_from_windows(windows, TimelineConfig(enter=0.0, exit=0.0))
+        ev = redone[uri]["events"]
+        assert ev.num_rows == 1 and ev["n_windows"].to_pylist() == [windows.num_rows]
+        assert ev.drop(["thumbnail"]).equals(want.drop(["thumbnail"]))
+        assert sink.source_meta(storage.read_bytes(str(out / redone[uri]["rel"]).replace(
+            "/windows/", "/events/", 1)))["source_uri"] == uri
+    assert json.loads(storage.read_bytes(summary["manifest"]))["timeline"]["enter"] == 0.0

@@ -68,26 +68,30 @@ def scan(
         120.0, help="quarantine a file (error row) that leaves the decoder silent this many s, "
         "or crashes it, twice"
     ),
+    rescan: bool = typer.Option(
+        False, "--rescan", help="scan every source again and replace this model's results in "
+        "OUT (needed when --window, --stride, --camera-pattern or --timezone differ from "
+        "theirs)"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; scan nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Scan recordings for anomaly events; write Parquet timelines under OUT.
 
     Output: OUT/windows/date=D/camera=C/<key>.parquet, OUT/events/..., OUT/errors/<key>.parquet,
-    OUT/_scans/<scan_id>.json. Rerunning skips sources already done for this model.
+    OUT/_scans/<scan_id>.json. Rerunning skips sources already done for this model; a rerun
+    with other window settings is refused (pass --rescan to replace the results, or use
+    another --out); `avrl retimeline OUT` re-applies --enter/--exit/... without decoding.
 
     Example: avrl scan s3://cams/2026/ --model model.avrl --out s3://cams-scans/ --segment 600
     """
-    from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan
+    from avrl_batch.scan import ScanConfig, run_scan
+    from avrl_batch.scan.timeline import timeline_from_options
 
-    overrides = {
-        "enter": enter,
-        "exit": exit_,
-        "merge_gap_s": merge_gap,
-        "min_event_s": min_event,
-        "smooth_windows": smooth,
-    }
-    tl = TimelineConfig(mode=timeline, **{k: v for k, v in overrides.items() if v is not None})
+    tl = timeline_from_options(
+        timeline, enter=enter, exit=exit_, merge_gap_s=merge_gap, min_event_s=min_event,
+        smooth_windows=smooth,
+    )
     cfg = ScanConfig(
         source=source,
         model=model,
@@ -107,6 +111,7 @@ def scan(
         timezone=timezone,
         decode_timeout_s=decode_timeout,
         timeline=tl,
+        rescan=rescan,
     )
     if not dry_run:
         from avrl_batch.scan.sink import check_writable

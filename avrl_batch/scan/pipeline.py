@@ -28,14 +28,17 @@ from avrl_batch.scan import sink
 from avrl_batch.scan.assemble import FinishedSource, SourceAssembler
 from avrl_batch.scan.naming import scan_id_now
 from avrl_batch.scan.plan import (
+    TRANSIENT_ERRORS,
     ScanConfig,
     ScanPlan,
     SkippedSource,
     SourceError,
     SourceTask,
+    check_same_settings,
     error_of,
     keyed_sources,
     split_done,
+    window_settings,
     window_spec,
 )
 from avrl_batch.scan.timeline import events_from_windows
@@ -227,8 +230,12 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
     started = datetime.now(timezone.utc)
     model = _ScanModel.read(cfg)
     spec = window_spec(cfg, model.cfg.window_s, model.cfg.frames, model.cfg.size)
+    settings = window_settings(cfg, spec, model.model_id)
+    recorded = sink.read_settings(cfg.out, model.model_id, endpoint_url=cfg.endpoint_url)
+    if not cfg.rescan:  # never a silent skip of results made with other windows
+        check_same_settings(cfg.out, recorded, settings)
     sources = _list_sources(cfg)
-    keyed, todo, skipped, stale = _split_finished(cfg, sources, model.model_id)
+    keyed, todo, skipped, stale, replaces = _split_finished(cfg, sources, model.model_id)
 
     # nothing left to do (a rerun of a finished scan): no Ray to start, only the summary
     started_ray = _ensure_ray(cfg.address) if todo else False
@@ -242,6 +249,7 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
             spec=spec,
             model_id=model.model_id,
             versions={key: src.version for src, key in keyed},
+            replaces=replaces,
         )
         summary = ScanSummary(
             scan_id=cfg.scan_id or scan_id_now(started),
@@ -257,18 +265,22 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
             summary.plan.update(_dry_run_plan(plan, stale))
             summary.wall_s = time.monotonic() - t0
             return summary
+        if recorded is None or cfg.rescan:  # before any output: what the results are made of
+            _record_settings(cfg, settings | {"rescanning": cfg.rescan}, summary)
         _execute(cfg, plan, summary, model, _Ledger(summary, plan, t0, progress))
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+    if cfg.rescan and not any(_not_rewritten(e) for e in summary.errors):
+        _record_settings(cfg, settings | {"rescanning": False}, summary)  # the rescan is whole
     if stale:  # after the new versions are written: a source never has no outputs
         summary.superseded = _remove_superseded(cfg, stale, summary)
     summary.wall_s = time.monotonic() - t0
     summary.sources["skipped"] = [s.uri for s in skipped]
     try:
-        summary.manifest = _write_manifest(cfg, summary, started, model, spec)
+        summary.manifest = _write_manifest(cfg, summary, started, model, spec, settings)
     except Exception as exc:  # noqa: BLE001 - the outputs are written; say what is missing
         kind, msg = error_of(exc)
         summary.manifest_error = f"{kind}: {msg}"
@@ -307,18 +319,57 @@ def _list_sources(cfg: ScanConfig) -> list[Any]:
     return sources
 
 
-def _split_finished(
-    cfg: ScanConfig, sources: list[Any], model_id: str
-) -> tuple[list[tuple[Any, str]], list[tuple[Any, str]], list[SkippedSource], list[Any]]:
+def _split_finished(cfg: ScanConfig, sources: list[Any], model_id: str) -> tuple[
+    list[tuple[Any, str]], list[tuple[Any, str]], list[SkippedSource], list[Any],
+    dict[str, list[str]],
+]:
     """(every source with its key, those still to scan, those skipped as finished, the
-    outputs of older versions of these files: changed since an earlier scan with this model)."""
+    outputs of older versions of these files: changed since an earlier scan with this model,
+    and with ``--rescan`` the objects of each key to remove once it is rewritten)."""
     done, failed = sink.finished_objects(cfg.out, endpoint_url=cfg.endpoint_url)
     keyed = keyed_sources(sources, model_id)
-    todo, skipped = split_done(keyed, set(done), set(failed))
+    if cfg.rescan:  # nothing is done: every source is scanned again and its objects replaced
+        todo, skipped = list(keyed), []
+        replaces = {
+            key: sink.previous_objects(cfg.out, key, done, failed)
+            for _, key in keyed
+            if key in done or key in failed
+        }
+    else:
+        todo, skipped = split_done(keyed, set(done), set(failed))
+        replaces = {}
     stale = sink.find_superseded(
         cfg.out, keyed, done, failed, model_id, endpoint_url=cfg.endpoint_url
     )
-    return keyed, todo, skipped, stale
+    return keyed, todo, skipped, stale, replaces
+
+
+def _not_rewritten(error: dict[str, str]) -> bool:
+    """A failure after which the source keeps its earlier objects (nothing new written)."""
+    kind = error["error_type"]
+    return error["stage"] == "write" or kind in TRANSIENT_ERRORS or kind == "Incomplete"
+
+
+def _record_settings(cfg: ScanConfig, settings: dict[str, Any], summary: ScanSummary) -> None:
+    try:
+        sink.write_settings(cfg.out, settings, endpoint_url=cfg.endpoint_url)
+    except Exception as exc:  # noqa: BLE001 - the scan goes on; the manifest has them too
+        _write_failed(summary, "settings", sink.settings_uri(cfg.out, settings["model_id"]), exc)
+
+
+def _remove_replaced(
+    cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, key: str, written: set[str]
+) -> None:
+    """After ``--rescan`` wrote a key's new outcome: remove that key's earlier objects the new
+    ones did not replace (another partition after a --timezone or --camera-pattern change,
+    windows + events of a source that now fails, the error object of one that now works)."""
+    for uri in plan.replaces.get(key, []):
+        if uri in written:
+            continue
+        try:
+            storage.delete(uri, endpoint_url=cfg.endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - one object, not the scan
+            _write_failed(summary, "old results", uri, exc)
 
 
 def _dry_run_plan(plan: ScanPlan, stale: list[Any]) -> dict[str, Any]:
@@ -375,7 +426,12 @@ def _write_failed(summary: ScanSummary, what: str, uri: str, exc: BaseException)
 
 
 def _write_manifest(
-    cfg: ScanConfig, summary: ScanSummary, started: datetime, model: _ScanModel, spec: Any
+    cfg: ScanConfig,
+    summary: ScanSummary,
+    started: datetime,
+    model: _ScanModel,
+    spec: Any,
+    settings: dict[str, Any],
 ) -> str:
     manifest = summary.to_dict()
     manifest.update(
@@ -386,6 +442,7 @@ def _write_manifest(
         window_s=spec.window_s,
         stride_s=spec.stride_s,
         timezone=cfg.timezone,  # of start times in names without an offset
+        window_settings=settings,  # what the results' windows depend on (plan.WINDOW_SETTINGS)
     )
     return sink.write_manifest(cfg.out, summary.scan_id, manifest, endpoint_url=cfg.endpoint_url)
 
@@ -469,7 +526,9 @@ def _record_error(
                 version=plan.versions.get(err.key, ""),
                 model_id=plan.model_id,
                 endpoint_url=cfg.endpoint_url,
+                replace=cfg.rescan,
             )
+            _remove_replaced(cfg, plan, ledger.summary, err.key, {sink.error_uri(cfg.out, err.key)})
         except Exception as exc:  # noqa: BLE001 - one error row, not the whole scan
             failed = _write_failed(ledger.summary, "error row", err.uri, exc)
             err = SourceError(
@@ -534,7 +593,7 @@ def _write_finished(
         events = events_from_windows(windows, cfg.timeline, thumbnails=fin.thumbnails)
         sink.write_source(
             cfg.out, fin.task, windows, events, model_id=plan.model_id,
-            endpoint_url=cfg.endpoint_url,
+            endpoint_url=cfg.endpoint_url, replace=cfg.rescan,
         )
     except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
         # Reported, but no error object: a failed write (storage down, denied) is not a
@@ -546,6 +605,8 @@ def _write_finished(
         _record_error(cfg, plan, ledger, failure, persist=False)
         ledger.report()
         return
+    written = {sink.windows_uri(cfg.out, fin.task), sink.events_uri(cfg.out, fin.task)}
+    _remove_replaced(cfg, plan, ledger.summary, fin.task.key, written)
     ledger.ok(fin.task.uri, windows, events)
     ledger.report()
 

@@ -111,6 +111,26 @@ class TimelineConfig:
             )
 
 
+def timeline_from_options(
+    mode: str = "incident",
+    *,
+    enter: float | None = None,
+    exit: float | None = None,  # noqa: A002 - the option's name
+    merge_gap_s: float | None = None,
+    min_event_s: float | None = None,
+    smooth_windows: int | None = None,
+) -> TimelineConfig:
+    """The TimelineConfig of command-line options; an option left None takes its default."""
+    given = {
+        "enter": enter,
+        "exit": exit,
+        "merge_gap_s": merge_gap_s,
+        "min_event_s": min_event_s,
+        "smooth_windows": smooth_windows,
+    }
+    return TimelineConfig(mode=mode, **{k: v for k, v in given.items() if v is not None})
+
+
 def event_id(source_uri: str, label: str, start_s: float, model_id: str) -> str:
     """Deterministic id: a rerun of the same scan names its events the same."""
     key = f"{source_uri}\x1f{label}\x1f{start_s:.3f}\x1f{model_id}"
