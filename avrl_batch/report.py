@@ -331,12 +331,20 @@ document.querySelectorAll('.legend button').forEach(function(b){
 """
 
 
-def build_report(out: str, *, endpoint_url: str | None = None) -> Report:
-    """Read the scan output ``out`` and render the report page."""
+def build_report(
+    out: str,
+    *,
+    endpoint_url: str | None = None,
+    model_id: str | None = None,
+    note: Any = None,
+) -> Report:
+    """Read the scan output ``out`` and render the report page: one model's results
+    (``model_id``, default the newest scan's; ``note`` is told which when there are several),
+    each source's newest version (query.connect)."""
     from avrl_batch.query import ORDER_BY, OutputTree, connect
 
     tree = OutputTree.open(out, endpoint_url=endpoint_url)
-    con = connect(tree)
+    con = connect(tree, model_id=model_id, note=note)
     events = con.sql(f"SELECT * FROM events ORDER BY {ORDER_BY['events']}").to_arrow_table()
     coverage = con.sql(
         "SELECT camera, source_uri, min(start_s) AS s0, max(end_s) AS s1, min(start_time) AS t0,"

@@ -575,10 +575,13 @@ def test_other_window_settings_are_refused_rescan_replaces_and_retimeline_needs_
     assert summary["kind"] == "retimeline" and summary["sources"] == 2 and not summary["errors"]
     redone = check_outputs(str(out), [utc, local])
     for uri, windows in stored.items():
-        want = events_from_windows(windows, TimelineConfig(enter=0.0, exit=0.0))
+        meta = sink.source_meta(storage.read_bytes(str(out / redone[uri]["rel"]).replace(
+            "/windows/", "/events/", 1)))
+        assert meta is not None and meta["source_uri"] == uri
+        want = events_from_windows(
+            windows, TimelineConfig(enter=0.0, exit=0.0), version=meta["version"]
+        )
         ev = redone[uri]["events"]
         assert ev.num_rows == 1 and ev["n_windows"].to_pylist() == [windows.num_rows]
         assert ev.drop(["thumbnail"]).equals(want.drop(["thumbnail"]))
-        assert sink.source_meta(storage.read_bytes(str(out / redone[uri]["rel"]).replace(
-            "/windows/", "/events/", 1)))["source_uri"] == uri
     assert json.loads(storage.read_bytes(summary["manifest"]))["timeline"]["enter"] == 0.0

@@ -590,7 +590,9 @@ def _write_finished(
     windows = fin.windows
     assert windows is not None
     try:
-        events = events_from_windows(windows, cfg.timeline, thumbnails=fin.thumbnails)
+        events = events_from_windows(
+            windows, cfg.timeline, thumbnails=fin.thumbnails, version=fin.task.version
+        )
         sink.write_source(
             cfg.out, fin.task, windows, events, model_id=plan.model_id,
             endpoint_url=cfg.endpoint_url, replace=cfg.rescan,

@@ -109,7 +109,10 @@ def _retimeline_source(
     old = pq.read_table(io.BytesIO(old_bytes))
     windows_uri = storage.join(out, "windows") + events_uri[len(storage.join(out, "events")) :]
     windows = pq.read_table(io.BytesIO(storage.read_bytes(windows_uri, endpoint_url=endpoint_url)))
-    events = events_from_windows(windows, timeline, thumbnails=_stored_thumbnails(old, windows))
+    events = events_from_windows(
+        windows, timeline, thumbnails=_stored_thumbnails(old, windows),
+        version=(meta or {}).get("version", ""),
+    )
     if meta:
         events = sink.with_source_meta(
             events, meta["source_uri"], meta["version"], meta["model_id"]

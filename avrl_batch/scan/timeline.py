@@ -131,9 +131,14 @@ def timeline_from_options(
     return TimelineConfig(mode=mode, **{k: v for k, v in given.items() if v is not None})
 
 
-def event_id(source_uri: str, label: str, start_s: float, model_id: str) -> str:
-    """Deterministic id: a rerun of the same scan names its events the same."""
+def event_id(
+    source_uri: str, label: str, start_s: float, model_id: str, version: str = ""
+) -> str:
+    """Deterministic id: a rerun of the same scan names its events the same; another
+    ``version`` of the file (its ETag, or size + mtime) names them apart."""
     key = f"{source_uri}\x1f{label}\x1f{start_s:.3f}\x1f{model_id}"
+    if version:
+        key += f"\x1f{version}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -300,7 +305,7 @@ def _incident_thumbnail_window(
 
 
 def _events_one_source(
-    windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails
+    windows: pa.Table, cfg: TimelineConfig, thumbnails: Thumbnails, version: str
 ) -> list[dict]:
     w = _Windows.of(windows)
     rows: list[dict] = []
@@ -312,7 +317,7 @@ def _events_one_source(
             peak = _incident_thumbnail_window(w, cfg, first, last, scores, peak)
         rows.append(
             {
-                "event_id": event_id(w.source_uri, label, s, w.model_id),
+                "event_id": event_id(w.source_uri, label, s, w.model_id, version),
                 "source_uri": w.source_uri,
                 "camera": w.camera,
                 "label": label,
@@ -336,19 +341,21 @@ def events_from_windows(
     cfg: TimelineConfig | None = None,
     *,
     thumbnails: Thumbnails = None,
+    version: str = "",
 ) -> pa.Table:
     """Events (EVENTS schema) from window rows (WINDOWS schema, any order).
 
     ``windows`` normally holds one source; several are handled one by one. ``thumbnails``
     gives the JPEG of a window by its ``window_index`` (a mapping or a callable; it is only
-    asked for peak windows). Rows are ordered by source, start_s, label.
+    asked for peak windows). ``version`` is the source's listed version, part of each
+    ``event_id``. Rows are ordered by source, start_s, label.
     """
     cfg = cfg or TimelineConfig()
     rows: list[dict] = []
     if windows.num_rows:
         for source in pc.unique(windows["source_uri"]).to_pylist():
             one = windows.filter(pc.equal(windows["source_uri"], source))
-            rows.extend(_events_one_source(one, cfg, thumbnails))
+            rows.extend(_events_one_source(one, cfg, thumbnails, version))
     rows.sort(key=lambda r: (r["source_uri"], r["start_s"], r["label"]))
     return pa.Table.from_pylist(rows, schema=EVENTS)
 
