@@ -203,6 +203,19 @@ def test_windows_past_the_audio_end_have_no_audio_and_no_segment_waits_for_it(
     assert late.last_packet_s is not None and late.last_packet_s < 30.0 + AUDIO_LAG_S + 1.0
 
 
+def test_an_mkv_whose_audio_outlasts_its_video_is_scanned_over_its_video(media_dir: Path) -> None:
+    # Matroska declares no stream durations, only the container's (the longest stream) and a
+    # DURATION tag per track: the video's is what a scan covers, so the last window is whole
+    path = make_indexed(
+        media_dir / "long_audio.mkv", n_frames=100, fps=10, audio=tone_audio(13.0, 16_000),
+        audio_rate=16_000,
+    )
+    assert probe(path).duration_s == pytest.approx(10.0, abs=0.05)
+    got = list(iter_windows(path, 8.0, 10.0, window_s=2.0, stride_s=2.0, frames=4, size=32))
+    assert [(w.start_s, w.end_s, w.has_audio) for w in got] == [(8.0, 10.0, True)]
+    assert read_indices(got[0].frames) == [80, 85, 90, 95]
+
+
 def test_windows_before_a_late_audio_start_have_no_audio(media_dir: Path) -> None:
     full = make_indexed(media_dir / "full.mp4", n_frames=200, fps=10, audio_rate=16_000)
     path = delay_audio(full, media_dir / "late.mp4", 6.0)

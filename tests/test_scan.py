@@ -145,6 +145,21 @@ def test_segments_past_the_audio_end_take_the_missing_audio_path(tmp_path: Path)
     assert all(r["logmel"].any() for r in windows if r["has_audio"])
 
 
+def test_an_mkv_whose_audio_runs_3_s_past_its_video_is_scanned_whole(tmp_path: Path) -> None:
+    from mediagen import make_indexed, tone_audio
+
+    path = str(make_indexed(
+        tmp_path / "cam01_20260301T080000Z.mkv", n_frames=100, fps=10,
+        audio=tone_audio(13.0, 16_000), audio_rate=16_000,
+    ))
+    spec = WindowSpec(window_s=2.0, stride_s=2.0, frames=4, size=32, audio_examples=2)
+    task = probe_source(path, "v", 0, "k", stride_s=2.0, segment_s=4.0)
+    assert isinstance(task, SourceTask) and task.duration_s == pytest.approx(10.0, abs=0.05)
+    rows = [r for seg in task.segments for r in decode_segment(seg.to_row(), spec)]
+    assert [r["kind"] for r in rows if r["kind"] != "window"] == ["done"] * 3
+    assert [r["start_s"] for r in rows if r["kind"] == "window"] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
 def test_decode_failure_is_a_trailer_not_an_exception(tmp_path: Path) -> None:
     bad = tmp_path / "x.mp4"
     bad.write_bytes(b"not a video at all" * 10)
