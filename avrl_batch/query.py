@@ -38,6 +38,7 @@ import base64
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -311,17 +312,72 @@ def row_filter(table: str, filters: QueryFilters) -> ds.Expression | None:
     return expr
 
 
-def connect(tree: OutputTree, filters: QueryFilters | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views ``events``, ``windows``, ``errors`` (filtered)."""
+def connect(
+    tree: OutputTree,
+    filters: QueryFilters | None = None,
+    *,
+    model_id: str | None = None,
+    note: Callable[[str], None] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views ``events``, ``windows``, ``errors`` (filtered).
+
+    ``events`` and ``windows`` show one model's results (``model_id``, default the model of
+    the newest scan; ``note`` is told which when the output holds several) and, of each
+    source, only its newest version: the windows and events of the newest scan that
+    finished it. An older version still there (a scan still running, or one killed while it
+    removed the old objects) is not shown. Versions are told apart on every window, before
+    the filters, so a filter never brings an older version back.
+    """
     import duckdb
 
     filters = filters or QueryFilters()
     con = duckdb.connect()
     # times come back as UTC whatever the machine's zone (ICU is built into the wheel)
     con.execute("SET TimeZone = 'UTC'")
-    for table in TABLES:
-        con.register(table, tree.dataset(table, filters))
+    con.register("errors", tree.dataset("errors", filters))
+    con.register("_every_window", tree.dataset("windows", QueryFilters()))
+    shown = _shown_model(con, tree.out, model_id, note)
+    con.execute(
+        "CREATE VIEW _newest AS SELECT source_uri, max(scan_id) AS scan_id FROM _every_window "
+        f"WHERE model_id = {_sql_text(shown)} GROUP BY source_uri"
+    )
+    for table in ("events", "windows"):
+        con.register(f"_{table}_rows", tree.dataset(table, filters))
+        con.execute(
+            f"CREATE VIEW {table} AS SELECT t.* FROM _{table}_rows t SEMI JOIN _newest n "
+            "ON t.source_uri = n.source_uri AND t.scan_id = n.scan_id "
+            f"WHERE t.model_id = {_sql_text(shown)}"
+        )
     return con
+
+
+def _sql_text(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def _shown_model(
+    con: duckdb.DuckDBPyConnection,
+    out: str,
+    requested: str | None,
+    note: Callable[[str], None] | None,
+) -> str | None:
+    """The model whose results the views show: ``requested``, else the newest scan's."""
+    models = [m for (m,) in con.sql(
+        "SELECT model_id FROM _every_window GROUP BY model_id ORDER BY max(scan_id) DESC"
+    ).fetchall()]
+    if requested is not None:
+        if requested not in models:
+            raise ConfigError(
+                f"no results of model {requested} under {out}; it holds "
+                f"{', '.join(models) or 'none'}"
+            )
+        return requested
+    if len(models) > 1 and note is not None:
+        note(
+            f"{out} holds results of {len(models)} models ({', '.join(models)}); showing "
+            f"{models[0]}, the newest scan's: --model ID shows another"
+        )
+    return models[0] if models else None
 
 
 def run_query(
@@ -332,9 +388,12 @@ def run_query(
     sql: str | None = None,
     limit: int | None = None,
     endpoint_url: str | None = None,
+    model_id: str | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> pa.Table:
     """Rows of ``table`` matching ``filters`` (ordered, at most ``limit``), or the result
-    of ``sql`` over the filtered views. ConfigError for SQL DuckDB rejects."""
+    of ``sql`` over the filtered views (one model's newest versions: :func:`connect`).
+    ConfigError for SQL DuckDB rejects."""
     import duckdb
 
     if table not in TABLES:
@@ -348,7 +407,7 @@ def run_query(
         raise ConfigError(f"--limit must be >= 0 (got {limit})")
     tree = OutputTree.open(out, endpoint_url=endpoint_url)
     tree.check_labels(filters.labels)
-    con = connect(tree, filters)
+    con = connect(tree, filters, model_id=model_id, note=note)
     if sql is not None:
         # `SELECT ...;` is how people end SQL; inside the LIMIT wrapper it is a syntax error
         sql = sql.strip().rstrip(";").rstrip()

@@ -357,15 +357,19 @@ def build_report(
     endpoint_url: str | None = None,
     html_path: str | None = None,
     clip_expiry_s: int | None = None,
+    model_id: str | None = None,
+    note: Any = None,
 ) -> Report:
-    """Read the scan output ``out`` and render the report page. ``html_path`` is where the
-    page will be written (local clips are linked relative to it); ``clip_expiry_s`` is how
-    long the presigned links to the clips of an S3 output stay valid (none: not linked)."""
+    """Read the scan output ``out`` and render the report page: one model's results
+    (``model_id``, default the newest scan's; ``note`` is told which when there are several),
+    each source's newest version (query.connect). ``html_path`` is where the page will be
+    written (local clips are linked relative to it); ``clip_expiry_s`` is how long the
+    presigned links to the clips of an S3 output stay valid (none: not linked)."""
     from avrl_batch.query import ORDER_BY, OutputTree, connect
     from avrl_batch.review import event_clips, review_key
 
     tree = OutputTree.open(out, endpoint_url=endpoint_url)
-    con = connect(tree)
+    con = connect(tree, model_id=model_id, note=note)
     events = con.sql(f"SELECT * FROM events ORDER BY {ORDER_BY['events']}").to_arrow_table()
     coverage = con.sql(
         "SELECT camera, source_uri, min(start_s) AS s0, max(end_s) AS s1, min(start_time) AS t0,"

@@ -115,3 +115,11 @@ def make_rotated(dest: str | Path, *, n_frames: int, fps: int, degrees: int) -> 
         for packet in stream.encode():
             out.mux(packet)
     return dest
+
+
+
+def delay_audio(src: str | Path, dest: str | Path, offset_s: float) -> Path:
+    """A copy of ``src`` whose audio starts ``offset_s`` later (packets copied)."""
+    from avrl_batch.media.encode import remux_audio
+
+    return remux_audio(src, dest, shift_s=offset_s)

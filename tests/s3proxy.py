@@ -9,6 +9,8 @@ unless a rule says otherwise. A rule matches requests (``Rule.match``) and does 
 * ``"throttle"``: answer ``503 SlowDown`` without asking moto;
 * ``"delay"``: wait ``Rule.delay_s`` before forwarding.
 
+Rules see every request, PUTs included (the proxy answers ``Expect: 100-continue`` itself).
+
 A held connection is let go after ``max_hold_s`` or at ``close()``, whichever is first, so
 nothing here can outlive its test. Every request is logged (method, path, headers,
 the rule that fired) for the tests to check what the client sent.
@@ -154,6 +156,11 @@ class FaultyProxy:
                 if head is None:
                     return
                 req = _request(head)
+                if req.headers.get("expect", "").lower() == "100-continue":
+                    # botocore sends a PUT's body only after "100 Continue": answer it here
+                    # and forward without the header, so moto answers once, with the result
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    head = _without_header(head, "expect")
                 raw = head + reader.body(_headers(head), req.method, request=True)
                 rule = self._action(req)
                 action = rule.action if rule else "forward"
@@ -284,6 +291,12 @@ def _headers(head: bytes) -> dict[str, str]:
             name, _, value = line.partition(":")
             out[name.strip().lower()] = value.strip()
     return out
+
+
+def _without_header(head: bytes, name: str) -> bytes:
+    lines = head.split(b"\r\n")
+    keep = [ln for ln in lines if ln.split(b":", 1)[0].strip().lower() != name.encode()]
+    return b"\r\n".join(keep)
 
 
 def _request(head: bytes) -> Request:

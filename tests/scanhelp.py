@@ -22,8 +22,11 @@ FPS = 5
 SIZE = 64
 
 
-def recording(path: Path, seconds: float, *, audio: bool = True, seed: int = 0) -> Path:
-    """A 64x64, 5 fps H.264 recording (AAC 16 kHz noise + tone when ``audio``)."""
+def recording(
+    path: Path, seconds: float, *, audio: bool = True, seed: int = 0, audio_s: float | None = None
+) -> Path:
+    """A 64x64, 5 fps H.264 recording (AAC 16 kHz noise + tone when ``audio``, for its first
+    ``audio_s`` seconds: default all of it)."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = int(round(seconds * FPS))
@@ -31,7 +34,7 @@ def recording(path: Path, seconds: float, *, audio: bool = True, seed: int = 0) 
     frames = (np.roll(base, i, axis=1) for i in range(n))  # moving texture, cheap to encode
     wave = None
     if audio:
-        t = np.arange(int(seconds * 16000)) / 16000
+        t = np.arange(int((seconds if audio_s is None else audio_s) * 16000)) / 16000
         wave = (0.2 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)).astype(
             np.float32
         )

@@ -82,6 +82,22 @@ def test_decode_json(clip: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert row["ratio_windows_vs_limit"] == pytest.approx(ratio, rel=0.01, abs=tol)
 
 
+def test_audio_end_json(clip: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avrl_batch.media.video import AUDIO_LAG_S
+
+    doc = run_json(
+        capsys,
+        ["bench", "audio-end", str(clip), "--audio-end", "1", "--segment", "2", "--preset",
+         "tiny", "--runs", "1", "--json"],
+    )
+    check_envelope(doc, "audio-end")
+    full, cut = doc["variants"]["full_audio"], doc["variants"]["audio_ends"]
+    assert full["windows"] == cut["windows"] == 2 and full["frames_decoded"] > 0
+    assert cut["audio_frames_decoded"] < full["audio_frames_decoded"]
+    assert cut["demuxed_past_segment_s"] <= AUDIO_LAG_S + 1.0
+    assert doc["ratio_audio_ends_vs_full"] > 0 and doc["target"] == {"ratio_at_most": 1.2}
+
+
 def test_model_json(capsys: pytest.CaptureFixture[str]) -> None:
     doc = run_json(
         capsys,

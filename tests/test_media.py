@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mediagen import (
+    delay_audio,
     expected_indices,
     make_indexed,
     make_rotated,
@@ -38,6 +39,7 @@ from avrl_batch.media import (
 )
 from avrl_batch.media.encode import encode_av
 from avrl_batch.media.logmel import log_mel_examples_16k_fixed, to_mono_16k
+from avrl_batch.media.video import AUDIO_LAG_S
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +167,62 @@ def test_window_audio_is_time_aligned(media_dir: Path) -> None:
             np.abs(got[100 + lag : 31_000 + lag] - want[100:31_000]).max() for lag in range(-8, 9)
         ]
         assert min(errors) < 0.2  # within a fraction of a 16 kHz sample of a lag <= 8
+
+
+# audio 15.5 s long under 40 s of video: MP4 declares each track's duration, Matroska a
+# DURATION tag per track, FLV nothing (the audio-lag rule finds the end)
+EARLY_AUDIO_END = {"mp4": {}, "mkv": {}, "flv": {"vcodec": "libx264", "acodec": "aac"}}
+
+
+@pytest.mark.parametrize("ext", EARLY_AUDIO_END)
+def test_windows_past_the_audio_end_have_no_audio_and_no_segment_waits_for_it(
+    media_dir: Path, ext: str
+) -> None:
+    path = make_indexed(
+        media_dir / f"early.{ext}", n_frames=400, fps=10, audio=tone_audio(15.5, 16_000),
+        audio_rate=16_000, **EARLY_AUDIO_END[ext],
+    )
+    stats = DecodeStats()
+    got = list(
+        iter_windows(path, 10.0, 20.0, window_s=2.0, stride_s=2.0, frames=4, size=32, stats=stats)
+    )
+    # [14, 16) has 1.5 s of audio (>= half): audio, zero-padded past 15.5 s; later windows none
+    assert [w.has_audio for w in got] == [True, True, True, False, False]
+    for w in got:
+        assert (w.logmel is not None) == w.has_audio
+        assert read_indices(w.frames) == [int(10 * w.start_s) + 5 * i for i in range(4)]
+    assert got[0].logmel is not None and got[0].logmel.mean() > np.log(0.01) + 1.0
+    # the pass ends near the segment's end instead of demuxing to 40 s for audio
+    assert stats.last_packet_s is not None and stats.last_packet_s < 20.0 + AUDIO_LAG_S + 1.0
+    # a segment wholly past the audio's end: no audio, and no wait for it either
+    late = DecodeStats()
+    tail = list(
+        iter_windows(path, 24.0, 30.0, window_s=2.0, stride_s=2.0, frames=4, size=32, stats=late)
+    )
+    assert len(tail) == 3 and not any(w.has_audio or w.logmel is not None for w in tail)
+    assert late.last_packet_s is not None and late.last_packet_s < 30.0 + AUDIO_LAG_S + 1.0
+
+
+def test_an_mkv_whose_audio_outlasts_its_video_is_scanned_over_its_video(media_dir: Path) -> None:
+    # Matroska declares no stream durations, only the container's (the longest stream) and a
+    # DURATION tag per track: the video's is what a scan covers, so the last window is whole
+    path = make_indexed(
+        media_dir / "long_audio.mkv", n_frames=100, fps=10, audio=tone_audio(13.0, 16_000),
+        audio_rate=16_000,
+    )
+    assert probe(path).duration_s == pytest.approx(10.0, abs=0.05)
+    got = list(iter_windows(path, 8.0, 10.0, window_s=2.0, stride_s=2.0, frames=4, size=32))
+    assert [(w.start_s, w.end_s, w.has_audio) for w in got] == [(8.0, 10.0, True)]
+    assert read_indices(got[0].frames) == [80, 85, 90, 95]
+
+
+def test_windows_before_a_late_audio_start_have_no_audio(media_dir: Path) -> None:
+    full = make_indexed(media_dir / "full.mp4", n_frames=200, fps=10, audio_rate=16_000)
+    path = delay_audio(full, media_dir / "late.mp4", 6.0)
+    got = list(iter_windows(path, 0.0, 12.0, window_s=2.0, stride_s=2.0, frames=4, size=32))
+    assert [w.has_audio for w in got] == [False, False, False, True, True, True]
+    assert all((w.logmel is not None) == w.has_audio for w in got)
+    assert [w.index for w in got] == list(range(6))
 
 
 FORMATS = {

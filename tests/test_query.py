@@ -333,3 +333,86 @@ def test_query_on_s3_equals_direct_read(tree: Path, s3_endpoint: str, s3_bucket:
     empty = f"s3://{s3_bucket}/nothing-here"
     r = avrl("query", empty, "--endpoint-url", s3_endpoint)
     assert r.returncode == 2 and r.stderr.decode().startswith("error: no scan output")
+
+
+# ---- one version, one model -----------------------------------------------------------------
+
+
+def _write_version(
+    out: Path, uri: str, version: str, model_id: str, scan_id: str, fight: tuple[int, int]
+) -> None:
+    """One finished source as the scan sink writes it: 10 windows, a fight over ``fight``."""
+    import numpy as np
+    from outputs import window_row
+
+    from avrl_batch.scan import sink
+    from avrl_batch.scan.naming import source_key
+    from avrl_batch.scan.plan import SourceTask
+    from avrl_batch.scan.timeline import TimelineConfig, events_from_windows
+    from avrl_batch.schema import WINDOWS
+
+    start = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    rows = []
+    for i in range(10):
+        probs = np.full(len(SHADE.names), 0.01, np.float32)
+        probs[SHADE.names.index("fight" if fight[0] <= i <= fight[1] else "normal1")] = 0.92
+        rows.append(window_row(uri, "cam01", i, 2.0 * i, 2.0 * i + 2, start, probs,
+                               model_id=model_id, scan_id=scan_id))
+    windows = pa.Table.from_pylist(rows, schema=WINDOWS)
+    events = events_from_windows(windows, TimelineConfig(), classes=SHADE, version=version)
+    task = SourceTask(uri, version, 1, source_key(uri, version, model_id), "cam01", start,
+                      20.0, True, ())
+    sink.write_source(str(out), task, windows, events, model_id=model_id)
+
+
+def test_only_the_newest_version_of_one_model_is_shown(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Two versions of a file both finished (a scan still running, or killed before it removed
+    the old one) and a second model's results: query and report show one model (the newest
+    scan's, said in a note; --model picks) and of each source its newest version, filters
+    included; event ids differ between versions."""
+    from avrl_batch.cli import main
+    from avrl_batch.report import build_report
+
+    out = tmp_path / "out"
+    a, b = "s3://cams/cam01/cam01_a.mp4", "s3://cams/cam01/cam01_b.mp4"
+    _write_version(out, a, "v1", "model-m", "20260301T000000Z-aaaaaa", (2, 4))
+    _write_version(out, b, "v1", "model-m", "20260301T000000Z-aaaaaa", (1, 1))
+    _write_version(out, a, "v2", "model-m", "20260302T000000Z-bbbbbb", (6, 8))
+    # model m's v1 of b lost its windows in a killed removal: its events must not show
+    _write_version(out, b, "v0", "model-m", "20260228T000000Z-cccccc", (3, 3))
+    next(p for p in out.glob("windows/*/*/*.parquet")
+         if pq.read_table(p)["scan_id"][0].as_py().endswith("cccccc")).unlink()
+    _write_version(out, a, "v2", "model-n", "20260303T000000Z-dddddd", (0, 0))
+
+    notes: list[str] = []
+    shown = run_query(str(out), note=notes.append)  # events of the newest scan's model
+    assert set(shown["model_id"].to_pylist()) == {"model-n"} and shown.num_rows == 1
+    assert "2 models" in notes[0] and "showing model-n" in notes[0] and "--model" in notes[0]
+    ev = run_query(str(out), model_id="model-m")
+    got = sorted((r["source_uri"], r["start_s"]) for r in ev.to_pylist())
+    assert got == [(a, 12.0), (b, 2.0)]  # a's v2 fight, b's v1 fight; no v1 of a, no v0 of b
+    windows = run_query(str(out), table="windows", model_id="model-m",
+                        filters=QueryFilters(labels=("fight",)))
+    assert sorted(windows["start_s"].to_pylist()) == [2.0, 12.0, 14.0, 16.0]
+    per_source = run_query(
+        str(out), model_id="model-m",
+        sql="SELECT source_uri, count(*) AS n, min(scan_id) AS s FROM windows GROUP BY 1",
+    ).to_pylist()
+    assert sorted((r["source_uri"], r["n"], r["s"][-6:]) for r in per_source) == [
+        (a, 10, "bbbbbb"), (b, 10, "aaaaaa")
+    ]
+    # every version's event ids are distinct (the version is part of the id)
+    every = pa.concat_tables(pq.read_table(p) for p in out.glob("events/*/*/*.parquet"))
+    ids = every["event_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == every.num_rows
+    with pytest.raises(ConfigError, match="no results of model model-x .*model-n, model-m"):
+        run_query(str(out), model_id="model-x")
+    report = build_report(str(out), model_id="model-m")
+    assert report.n_events == 2
+    capfd.readouterr()
+    main(["query", str(out), "--format", "json"])
+    captured = capfd.readouterr()
+    assert [json.loads(x)["model_id"] for x in captured.out.splitlines()] == ["model-n"]
+    assert captured.err.startswith("note: ") and len(captured.err.strip().splitlines()) == 1

@@ -11,13 +11,14 @@ If-Match with the listed ETag.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from s3proxy import FaultyProxy, Rule, ranged_get_of
+from s3proxy import FaultyProxy, Request, Rule, ranged_get_of
 
 from avrl_batch import storage
 from avrl_batch.errors import StorageError
@@ -269,3 +270,68 @@ def test_a_decode_whose_reads_stall_midway_ends_as_a_transient_trailer(
         assert [r["kind"] for r in rows] == ["window"] * 3 + ["done"]
     finally:
         proc.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# writes
+
+
+def _put_of(part: str, also: str = "") -> Callable[[Request], bool]:
+    """Matches PUTs whose path holds ``part`` (and ``also``)."""
+    return lambda req: req.method == "PUT" and part in req.path and also in req.path
+
+
+def test_a_failed_output_or_error_row_write_is_reported_and_redone_by_the_next_run(
+    ray_local: None,
+    proxy: FaultyProxy,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every PUT of an error object and of one source's events object is throttled (503
+    SlowDown): the scan goes on, writes the rest, reports each failure in one line and in
+    the manifest, and marks neither source done, so the next run redoes exactly those two;
+    a manifest that cannot be written still leaves a summary."""
+    from scanhelp import check_outputs, recording, tiny_model
+
+    from avrl_batch.scan import ScanConfig, run_scan, sink
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # one attempt per PUT: no backoff to wait out
+    root = tmp_path / "rec"
+    good = str(recording(root / "cam01" / "cam01_20260301T080000Z.mp4", 4, seed=1))
+    lost = str(recording(root / "cam02" / "cam02_20260301T080000Z.mp4", 4, seed=2))
+    bad = root / "cam03" / "cam03_20260301T080000Z.mp4"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a recording " * 64)
+    tiny_model(tmp_path / "tiny.avrl")
+    out = f"s3://{s3_bucket}/scans"
+    cfg = ScanConfig(
+        source=str(root), model=str(tmp_path / "tiny.avrl"), out=out, endpoint_url=proxy.url
+    )
+    proxy.add(Rule(_put_of("/errors/"), "throttle"))
+    proxy.add(Rule(_put_of("/events/", "/cam02_"), "throttle"))
+
+    first = run_scan(cfg)
+    assert (first.sources_ok, first.sources_failed) == (1, 2), first.errors
+    assert sorted((w["what"], w["uri"]) for w in first.write_failures) == [
+        ("error row", str(bad)), ("outputs", lost)
+    ]
+    errors = {e["source_uri"]: e for e in first.errors}
+    assert errors[str(bad)]["stage"] == errors[lost]["stage"] == "write"
+    assert "NotMedia" in errors[str(bad)]["message"]  # what the row would have said
+    assert all(e["error_type"] in TRANSIENT_ERRORS for e in first.errors)
+    assert all("\n" not in e["message"] for e in first.errors)
+    manifest = json.loads(storage.read_bytes(first.manifest, endpoint_url=proxy.url))
+    assert len(manifest["write_failures"]) == 2
+    done, failed = sink.finished_keys(out, endpoint_url=proxy.url)
+    assert len(done) == 1 and not failed  # only the good source is done
+
+    proxy.clear()
+    proxy.add(Rule(_put_of("/_scans/"), "throttle"))
+    again = run_scan(cfg)
+    assert (again.sources_skipped, again.sources_ok, again.sources_failed) == (1, 1, 1)
+    assert again.write_failures == [] and again.errors[0]["error_type"] == "NotMedia"
+    assert again.manifest is None and again.manifest_error
+    assert again.manifest_error.startswith("StorageError")
+    got = check_outputs(out, [good, lost, str(bad)], endpoint_url=proxy.url)
+    assert got[str(bad)]["error"]["error_type"][0].as_py() == "NotMedia"

@@ -129,6 +129,37 @@ def test_decode_by_segments_equals_one_pass(tmp_path: Path) -> None:
         assert split[i]["logmel"].shape == (2, 96, 64) and split[i]["has_audio"]
 
 
+def test_segments_past_the_audio_end_take_the_missing_audio_path(tmp_path: Path) -> None:
+    """A microphone that died after 7 s of a 30-s recording: the scan's window rows after it
+    say has_audio=False (the model's missing-audio vector, not zero-filled log-mel)."""
+    path = str(recording(tmp_path / "cam01_20260301T080000Z.mp4", 30, seed=5, audio_s=7.0))
+    spec = WindowSpec(window_s=2.0, stride_s=2.0, frames=4, size=32, audio_examples=2)
+    task = probe_source(path, "v", 0, "k", stride_s=2.0, segment_s=10.0)
+    assert isinstance(task, SourceTask) and task.has_audio and len(task.segments) == 3
+    rows = [r for seg in task.segments for r in decode_segment(seg.to_row(), spec)]
+    windows = [r for r in rows if r["kind"] == "window"]
+    assert [r["kind"] for r in rows if r["kind"] != "window"] == ["done"] * 3
+    assert [r["has_audio"] for r in windows] == [r["start_s"] <= 6.0 for r in windows]
+    assert len(windows) == 15 and sum(r["has_audio"] for r in windows) == 4  # 0-2 ... 6-8
+    assert all(not r["logmel"].any() for r in windows if not r["has_audio"])
+    assert all(r["logmel"].any() for r in windows if r["has_audio"])
+
+
+def test_an_mkv_whose_audio_runs_3_s_past_its_video_is_scanned_whole(tmp_path: Path) -> None:
+    from mediagen import make_indexed, tone_audio
+
+    path = str(make_indexed(
+        tmp_path / "cam01_20260301T080000Z.mkv", n_frames=100, fps=10,
+        audio=tone_audio(13.0, 16_000), audio_rate=16_000,
+    ))
+    spec = WindowSpec(window_s=2.0, stride_s=2.0, frames=4, size=32, audio_examples=2)
+    task = probe_source(path, "v", 0, "k", stride_s=2.0, segment_s=4.0)
+    assert isinstance(task, SourceTask) and task.duration_s == pytest.approx(10.0, abs=0.05)
+    rows = [r for seg in task.segments for r in decode_segment(seg.to_row(), spec)]
+    assert [r["kind"] for r in rows if r["kind"] != "window"] == ["done"] * 3
+    assert [r["start_s"] for r in rows if r["kind"] == "window"] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
 def test_decode_failure_is_a_trailer_not_an_exception(tmp_path: Path) -> None:
     bad = tmp_path / "x.mp4"
     bad.write_bytes(b"not a video at all" * 10)
@@ -497,3 +528,80 @@ def test_storage_failures_are_retried_and_media_failures_kept(
         stride_s=2.0, segment_s=30.0, endpoint_url=s3_endpoint,
     )
     assert isinstance(gone, SourceError) and gone.transient, gone
+
+
+# ---------------------------------------------------------------------------------------------
+# settings are part of a result's identity
+
+
+def test_other_window_settings_are_refused_rescan_replaces_and_retimeline_needs_no_decoding(
+    ray_local: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun with another --stride (or --timezone) into the same OUT is refused in one line
+    naming the setting, before any work; --rescan replaces every result (a source whose
+    date moved with the zone leaves no old partition behind) and the record follows; then
+    `avrl retimeline` re-applies thresholds from the stored windows with the recordings gone."""
+    import dataclasses
+    import json
+
+    from avrl_batch.cli import main
+
+    root = tmp_path / "rec"
+    utc = str(recording(root / "cam01" / "cam01_20260301T080000Z.mp4", 8, seed=1))
+    local = str(recording(root / "cam02" / "cam02_20260302T003000.mp4", 6, seed=2))  # no offset
+    model = tmp_path / "tiny.avrl"
+    tiny_model(model)
+    out = tmp_path / "out"
+    cfg = ScanConfig(source=str(root), model=str(model), out=str(out))
+    assert run_scan(cfg).sources_ok == 2  # stride = window = 2 s, times in UTC
+
+    before = _mtimes(out)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["scan", str(root), "--model", str(model), "--out", str(out), "--stride", "1"])
+    assert refused.value.code == 2
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "--stride 2.0 (now 1.0)" in line and "--out" in line and "--rescan" in line
+    with pytest.raises(ConfigError, match=r"--timezone UTC \(now Europe/Paris\)"):
+        run_scan(dataclasses.replace(cfg, timezone="Europe/Paris", dry_run=True))
+    assert _mtimes(out) == before  # nothing written, nothing skipped as "done"
+
+    new = dataclasses.replace(cfg, stride_s=1.0, timezone="Europe/Paris", rescan=True)
+    again = run_scan(new)
+    assert (again.sources_ok, again.sources_skipped) == (2, 0)
+    got = check_outputs(str(out), [utc, local])
+    assert got[utc]["windows"]["start_s"].to_pylist() == [float(i) for i in range(8)]
+    assert got[local]["rel"].startswith("windows/date=2026-03-01/")  # 00:30 in Paris
+    manifest = json.loads(storage.read_bytes(again.manifest))
+    assert manifest["window_settings"]["stride_s"] == 1.0
+    assert manifest["window_settings"]["timezone"] == "Europe/Paris"
+    third = run_scan(dataclasses.replace(new, rescan=False))  # the new settings are the record
+    assert (third.sources_ok, third.sources_skipped) == (0, 2)
+    # what a --rescan killed midway leaves: its record, not yet marked whole
+    record = json.loads(storage.read_bytes(sink.settings_uri(str(out), third.model_id)))
+    assert record["rescanning"] is False and record["stride_s"] == 1.0
+    sink.write_settings(str(out), record | {"rescanning": True})
+    with pytest.raises(ConfigError, match="did not finish.*--rescan"):
+        run_scan(dataclasses.replace(new, rescan=False))
+    sink.write_settings(str(out), record)
+
+    stored = {uri: got[uri]["windows"] for uri in (utc, local)}
+    import shutil
+
+    shutil.rmtree(root)  # no recording to decode: only stored window probabilities remain
+    capfd.readouterr()
+    main(["retimeline", str(out), "--enter", "0", "--exit", "0", "--json"])
+    summary = json.loads(capfd.readouterr().out)
+    assert summary["kind"] == "retimeline" and summary["sources"] == 2 and not summary["errors"]
+    redone = check_outputs(str(out), [utc, local])
+    for uri, windows in stored.items():
+        meta = sink.source_meta(storage.read_bytes(str(out / redone[uri]["rel"]).replace(
+            "/windows/", "/events/", 1)))
+        assert meta is not None and meta["source_uri"] == uri
+        want = events_from_windows(
+            windows, TimelineConfig(enter=0.0, exit=0.0), version=meta["version"]
+        )
+        ev = redone[uri]["events"]
+        assert ev.num_rows == 1 and ev["n_windows"].to_pylist() == [windows.num_rows]
+        assert ev.drop(["thumbnail"]).equals(want.drop(["thumbnail"]))
+    assert json.loads(storage.read_bytes(summary["manifest"]))["timeline"]["enter"] == 0.0

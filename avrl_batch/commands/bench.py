@@ -127,6 +127,34 @@ def decode_cmd(
     _emit(doc, as_json, decode.table(doc), save)
 
 
+@bench_app.command("audio-end")
+def audio_end_cmd(
+    source: Path = typer.Argument(None, help="A video file with audio; none: make footage."),
+    audio_end: float = typer.Option(
+        20.0, "--audio-end", help="Where the cut copy's audio stops (s)."
+    ),
+    segment: float = typer.Option(10.0, "--segment", help="Segment length, as scan --segment."),
+    preset: str = typer.Option("small", "--preset", help="Window geometry of this preset."),
+    runs: int = typer.Option(3, "--runs", min=1),
+    threads: int = typer.Option(1, "--threads", min=1, help="Cores (= decoder threads)."),
+    seconds: float = typer.Option(60.0, "--seconds", help="Length of made 720p footage."),
+    work: Path = typer.Option(DEFAULT_WORK, "--work"),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save", help="Also write the JSON document here."),
+) -> None:
+    """Decode cost of a recording whose audio ends early vs the same one with full audio.
+
+    Example: avrl bench audio-end --audio-end 20 --seconds 60 --segment 10
+    """
+    from avrl_batch.bench import audio_end as bench_audio_end
+
+    src = source or _footage(work, "h264-720p", seconds)
+    doc = bench_audio_end.bench_audio_end(
+        src, audio_end_s=audio_end, preset=preset, segment_s=segment, runs=runs, threads=threads
+    )
+    _emit(doc, as_json, bench_audio_end.table(doc), save)
+
+
 @bench_app.command("model")
 def model_cmd(
     presets: str = typer.Option("tiny,small,paper", "--presets"),

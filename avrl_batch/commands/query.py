@@ -64,6 +64,9 @@ def query(
         None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
     ),
     limit: int | None = typer.Option(None, help="at most N rows"),
+    model_id: str | None = typer.Option(
+        None, "--model", help="the model id whose results to show (default: the newest scan's)"
+    ),
 ) -> None:
     """Query the events, windows or errors of a scan with filters or your own SQL (DuckDB).
 
@@ -89,7 +92,8 @@ def query(
         anomalies_only=anomalies_only,
     )
     data = run_query(
-        out, table=table, filters=filters, sql=sql, limit=limit, endpoint_url=endpoint_url
+        out, table=table, filters=filters, sql=sql, limit=limit, endpoint_url=endpoint_url,
+        model_id=model_id, note=lambda line: typer.echo(f"note: {line}", err=True),
     )
     what = "rows" if sql else table
     if fmt == "table":
@@ -161,6 +165,9 @@ def report(
     endpoint_url: str | None = typer.Option(
         None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
     ),
+    model_id: str | None = typer.Option(
+        None, "--model", help="the model id whose results to show (default: the newest scan's)"
+    ),
 ) -> None:
     """One self-contained HTML file to review a scan: a timeline per camera, every event
     with its thumbnail, its clip and audio (after `avrl clips`), verdict buttons whose marks
@@ -171,8 +178,10 @@ def report(
     from avrl_batch.report import build_report
 
     expiry_s = None if clip_expiry is None else int(round(clip_expiry * 3600))
-    summary = build_report(out, endpoint_url=endpoint_url, html_path=str(html),
-                           clip_expiry_s=expiry_s)
+    summary = build_report(
+        out, endpoint_url=endpoint_url, model_id=model_id, html_path=str(html),
+        clip_expiry_s=expiry_s, note=lambda line: typer.echo(f"note: {line}", err=True),
+    )
     for line in summary.warnings:
         typer.echo(f"warning: {line}", err=True)
     _write_file(html, summary.html.encode("utf-8"))

@@ -72,26 +72,30 @@ def scan(
         False, "--clips", help="then cut a playable MP4 of every event into OUT/clips/ (the "
         "defaults of `avrl clips`)"
     ),
+    rescan: bool = typer.Option(
+        False, "--rescan", help="scan every source again and replace this model's results in "
+        "OUT (needed when --window, --stride, --camera-pattern or --timezone differ from "
+        "theirs)"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; scan nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Scan recordings for anomaly events; write Parquet timelines under OUT.
 
     Output: OUT/windows/date=D/camera=C/<key>.parquet, OUT/events/..., OUT/errors/<key>.parquet,
-    OUT/_scans/<scan_id>.json. Rerunning skips sources already done for this model.
+    OUT/_scans/<scan_id>.json. Rerunning skips sources already done for this model; a rerun
+    with other window settings is refused (pass --rescan to replace the results, or use
+    another --out); `avrl retimeline OUT` re-applies --enter/--exit/... without decoding.
 
     Example: avrl scan s3://cams/2026/ --model model.avrl --out s3://cams-scans/ --segment 600
     """
-    from avrl_batch.scan import ScanConfig, TimelineConfig, run_scan
+    from avrl_batch.scan import ScanConfig, run_scan
+    from avrl_batch.scan.timeline import timeline_from_options
 
-    overrides = {
-        "enter": enter,
-        "exit": exit_,
-        "merge_gap_s": merge_gap,
-        "min_event_s": min_event,
-        "smooth_windows": smooth,
-    }
-    tl = TimelineConfig(mode=timeline, **{k: v for k, v in overrides.items() if v is not None})
+    tl = timeline_from_options(
+        timeline, enter=enter, exit=exit_, merge_gap_s=merge_gap, min_event_s=min_event,
+        smooth_windows=smooth,
+    )
     cfg = ScanConfig(
         source=source,
         model=model,
@@ -111,6 +115,7 @@ def scan(
         timezone=timezone,
         decode_timeout_s=decode_timeout,
         timeline=tl,
+        rescan=rescan,
     )
     if not dry_run:
         from avrl_batch.scan.sink import check_writable
@@ -215,6 +220,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     t.add_row("sources skipped (done before)", str(r["sources_skipped"]))
     if r.get("superseded"):
         t.add_row("old versions replaced (files changed)", str(len(r["superseded"])))
+    if r.get("write_failures"):
+        t.add_row("writes failed (redone by the next run)", str(len(r["write_failures"])))
     t.add_row("windows", str(r["windows"]))
     t.add_row("events", str(r["events"]))
     for label, n in r["events_by_label"].items():  # a model's class names are data too
@@ -232,6 +239,14 @@ def _print_summary(r: dict[str, Any]) -> None:
                 f" {e['source_uri']}: {e['stage']}: {e['error_type']}: {e['message']}",
             )
         )
+    for w in r.get("write_failures", []):
+        if w["what"].startswith("old version"):  # the sources' own failures are listed above
+            console.print(
+                Text.assemble(
+                    ("not removed", "red"),
+                    f" {w['what']} of {w['uri']}: {w['error_type']}: {w['message']}",
+                )
+            )
     if "match" in r:
         m = r["match"]
         console.print(
@@ -246,4 +261,7 @@ def _print_summary(r: dict[str, Any]) -> None:
         )
         for f in c["failed"]:
             console.print(Text(f"  clip failed {f['event_id']}: {f['error']}"))
-    console.print(Text(f"manifest: {r['manifest']}"))
+    if r["manifest"] is None and r.get("manifest_error"):
+        console.print(Text(f"manifest not written: {r['manifest_error']}"))
+    else:
+        console.print(Text(f"manifest: {r['manifest']}"))

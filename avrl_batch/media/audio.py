@@ -18,6 +18,7 @@ import numpy as np
 from avrl_batch.media import logmel
 from avrl_batch.media.errors import source_name, wrap_errors
 from avrl_batch.media.probe import MediaCaps, Source, inspect, open_container, time_origin
+from avrl_batch.media.probe import audio_extent as declared_audio_extent
 
 _ANCHOR_FRAMES = 32  # audio frames whose timestamps anchor the buffer in time
 RESAMPLE_MARGIN_S = 0.05  # s of real audio kept beyond each span edge (filter is < 10 ms)
@@ -92,6 +93,18 @@ class AudioBuffer:
     @property
     def end_s(self) -> float:
         return -np.inf if self.t0 is None else self.t0 + self.n / self.rate
+
+    @property
+    def first_s(self) -> float:
+        """Timeline time of the first sample ever appended (trimmed ones included): where
+        this buffer's audio begins (inf while empty)."""
+        if self.t0 is None:
+            return np.inf
+        return self.t0 - (self._appended - self.n) / self.rate
+
+    def coverage(self, start_s: float, end_s: float) -> float:
+        """Seconds of [start_s, end_s) that the audio appended so far covers."""
+        return max(0.0, min(end_s, self.end_s) - max(start_s, self.first_s))
 
     def append(self, frame: Any) -> None:
         x = frame_to_mono(frame)
@@ -180,6 +193,9 @@ def decode_audio(
             if seek_s > 0:
                 container.seek(int((seek_s + origin) / astream.time_base), stream=astream)
             need_until = end_s + RESAMPLE_MARGIN_S
+            audio_until_s = declared_audio_extent(astream, origin)[1]
+            if audio_until_s is not None:  # audio that ends early: no reading on for it
+                need_until = min(need_until, audio_until_s)
             for packet in container.demux(astream):
                 for frame in packet.decode():
                     buf.append(frame)

@@ -225,3 +225,34 @@ class _AudioWriter:
         for rframe in frames:
             for packet in self.stream.encode(rframe):
                 self.out.mux(packet)
+
+
+def remux_audio(
+    src: str | Path,
+    dest: str | Path,
+    *,
+    shift_s: float = 0.0,
+    until_s: float | None = None,
+) -> Path:
+    """Copy ``src``'s packets (nothing re-encoded) into ``dest`` with its audio moved
+    ``shift_s`` later and stopped at ``until_s`` (source time): footage whose microphone
+    starts after the camera or dies before it. Written under a temporary name, renamed."""
+    import av
+
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.stem}.part{dest.suffix}")
+    with av.open(str(src)) as inp, av.open(str(tmp), mode="w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is None:  # the end-of-stream flush packets
+                continue
+            if packet.stream.type == "audio" and packet.pts is not None:
+                if until_s is not None and float(packet.pts * packet.time_base) >= until_s:
+                    continue
+                shift = int(round(shift_s / packet.time_base))
+                packet.pts += shift
+                packet.dts += shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    tmp.replace(dest)
+    return dest

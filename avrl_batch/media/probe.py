@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -256,9 +257,42 @@ def time_origin(container: Any, vs: Any) -> float:
     return 0.0
 
 
+def audio_extent(astream: Any, origin_s: float) -> tuple[float, float | None]:
+    """(start, end) of an audio stream on the video timeline, as the container declares it;
+    end None when it declares none. A microphone that dies or a recorder that starts audio
+    late leaves an audio stream shorter than the video: windows outside it have no audio.
+
+    MP4 and MOV declare each track's start and duration; Matroska files written by FFmpeg
+    or mkvmerge carry a ``DURATION`` tag per track: the end of its last packet.
+    """
+    tb = astream.time_base
+    start = float(astream.start_time * tb) - origin_s if astream.start_time is not None else 0.0
+    if astream.duration is not None and tb is not None and astream.duration > 0:
+        return start, start + float(astream.duration * tb)
+    tag_end = _duration_tag_s(astream)
+    return start, (None if tag_end is None else tag_end - origin_s)
+
+
+def _duration_tag_s(stream: Any) -> float | None:
+    """A Matroska track's ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``, written by FFmpeg and
+    mkvmerge): the end of its last packet on the container's clock; None without one."""
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*", tag or "")
+    if not m:
+        return None
+    h, mi, sec = m.groups()
+    return int(h) * 3600 + int(mi) * 60 + float(sec)
+
+
 def _duration_s(container: Any, vs: Any) -> float:
+    """The video stream's duration: what the scan covers. A container's own duration runs to
+    the end of its longest stream (an MKV whose audio goes on after the video would have its
+    last segment find no frames), so it is the last resort before reading timestamps."""
     if vs.duration is not None and vs.time_base is not None and vs.duration > 0:
         return float(vs.duration * vs.time_base)
+    tag_end = _duration_tag_s(vs)
+    if tag_end is not None and tag_end > 0:
+        return max(0.0, tag_end - time_origin(container, vs))
     if container.duration is not None and container.duration > 0:
         # container duration runs from the earliest stream start
         start = container.start_time / 1_000_000 if container.start_time is not None else 0.0

@@ -24,12 +24,27 @@ import numpy as np
 from avrl_batch.media import logmel
 from avrl_batch.media.audio import RESAMPLE_MARGIN_S, AudioBuffer
 from avrl_batch.media.errors import ExceedsCaps, Truncated, source_name, wrap_errors
-from avrl_batch.media.probe import MediaCaps, Source, inspect, open_container, time_origin
+from avrl_batch.media.probe import (
+    MediaCaps,
+    Source,
+    audio_extent,
+    inspect,
+    open_container,
+    time_origin,
+)
 
 _EPS_S = 1e-6  # a frame at t_i - 1 us still counts as "at or before t_i"
 # video ending this long before a planned sample time means the file is shorter than it
 # declares (cut off), not a normal last frame held to the end
 _TRUNCATED_GAP_S = 1.0
+# a muxer interleaves streams by time, so once video packets run this far (s of packet time)
+# ahead of the last audio, the audio has ended (or pauses): a segment stops waiting for it
+# instead of demuxing to the end of the file. Generous: a badly interleaved file costs a
+# few seconds of packets demuxed (not decoded), never audio taken for missing
+AUDIO_LAG_S = 4.0
+# a window has audio when the audio stream covers at least this share of it; otherwise it
+# takes the model's missing-audio path rather than hearing zeros
+AUDIO_COVER_SHARE = 0.5
 
 
 def sample_times(start_s: float, end_s: float, T: int) -> np.ndarray:
@@ -63,6 +78,7 @@ class DecodeStats:
     frames_converted: int = 0  # frames resized to RGB (sampled frames only)
     audio_frames_decoded: int = 0
     first_frame_s: float | None = None  # time of the first decoded video frame
+    last_packet_s: float | None = None  # time of the last video packet demuxed
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,8 +134,12 @@ def iter_windows(
     window is decoded whole; segments overlap by the caller's choice). Windows start only
     before the file's end; the last one is cut at the file's end and then has a shorter
     end_s, its T frames spread over what exists and its log-mel zero-padded to the same E
-    (n_examples, default examples_for_duration(window_s)) so windows stack. The container
-    is opened once and seeked once; memory holds only windows in flight.
+    (n_examples, default examples_for_duration(window_s)) so windows stack. A window that
+    the audio stream covers for less than AUDIO_COVER_SHARE (audio that ends early or
+    starts late) has no audio: ``has_audio`` False, ``logmel`` None. The container is
+    opened once and seeked once; the pass ends when the segment's frames are in and the
+    audio reached the last window, its declared end, or fell AUDIO_LAG_S behind the video;
+    memory holds only windows in flight.
     """
     if window_s <= 0 or stride_s <= 0:
         raise ValueError("window_s and stride_s must be > 0")
@@ -235,7 +255,18 @@ class _SegmentScan:
             if self.astream is not None
             else None
         )
-        self.audio_done = self.abuf is None
+        # where the audio stream declares it starts and ends: a segment waits for audio only
+        # up to that end (a microphone that died early), and not at all past it
+        self.audio_from_s, audio_until_s = (
+            audio_extent(self.astream, self.origin) if self.astream is not None else (0.0, None)
+        )
+        self.need_audio_s = self.last_needed_s + RESAMPLE_MARGIN_S
+        if audio_until_s is not None:
+            self.need_audio_s = min(self.need_audio_s, audio_until_s)
+        self.audio_done = self.abuf is None or (
+            audio_until_s is not None and audio_until_s <= pending[0].start_s
+        )
+        self.first_packet_s: float | None = None  # time of the first video packet demuxed
         self.next_target = 0
         self.next_emit = 0
         self.prev: Any = None  # the last decoded video frame, and its time
@@ -258,10 +289,15 @@ class _SegmentScan:
                 if self.audio_done:
                     continue
                 self._audio_packet(packet)
-            elif not video_done:
-                for vframe in packet.decode():
-                    self._video_frame(vframe, record_first=True)
-                video_done = self.next_target == len(self.targets)
+            else:
+                if packet.pts is not None and packet.time_base is not None:
+                    t = float(packet.pts * packet.time_base) - self.origin
+                    self.stats.last_packet_s = t
+                    self._watch_audio_lag(t)
+                if not video_done:
+                    for vframe in packet.decode():
+                        self._video_frame(vframe, record_first=True)
+                    video_done = self.next_target == len(self.targets)
             yield from self._ready()
             if video_done and self.audio_done:
                 return
@@ -280,7 +316,20 @@ class _SegmentScan:
         for aframe in packet.decode():
             self.abuf.append(aframe)
             self.stats.audio_frames_decoded += 1
-        if self.abuf.end_s >= self.last_needed_s + RESAMPLE_MARGIN_S:
+        if self.abuf.end_s >= self.need_audio_s:
+            self.audio_done = True
+
+    def _watch_audio_lag(self, t: float) -> None:
+        """Audio is done once video packets (at ``t`` s now) run AUDIO_LAG_S ahead of the last
+        audio (or of where the audio declares it starts, or of where this segment began
+        demuxing): the stream ended early or starts later, and waiting would read to the end
+        of the file."""
+        if self.audio_done:
+            return
+        if self.first_packet_s is None:
+            self.first_packet_s = t
+        assert self.abuf is not None
+        if t > max(self.abuf.end_s, self.audio_from_s, self.first_packet_s) + AUDIO_LAG_S:
             self.audio_done = True
 
     def _video_frame(self, vframe: Any, *, record_first: bool) -> None:
@@ -360,8 +409,14 @@ def _drain(vs: Any) -> Iterator[Any]:
 def _finish(w: _Pending, abuf: AudioBuffer | None, n_examples: int, audio: bool) -> Window:
     frames = np.stack(w.frames)  # (T, size, size, 3)
     lm = None
-    if abuf is not None:
-        wave = abuf.span_16k(w.start_s, w.end_s)  # (N,) 16 kHz
+    # audio that ended early or starts late leaves windows without audio: those take the
+    # model's missing-audio path (has_audio False) instead of zero-filled "audio"
+    has_audio = abuf is not None and (
+        abuf.coverage(w.start_s, w.end_s) >= AUDIO_COVER_SHARE * (w.end_s - w.start_s)
+    )
+    if has_audio:
+        assert abuf is not None
+        wave = abuf.span_16k(w.start_s, w.end_s)  # (N,) 16 kHz, zeros where the audio stops
         lm = logmel.log_mel_examples_16k_fixed(wave, n_examples)  # (E, 96, 64)
     return Window(
         index=w.index,
@@ -370,5 +425,5 @@ def _finish(w: _Pending, abuf: AudioBuffer | None, n_examples: int, audio: bool)
         frames=frames,
         frame_times=w.frame_times,
         logmel=lm,
-        has_audio=abuf is not None,
+        has_audio=has_audio,
     )

@@ -30,15 +30,18 @@ from avrl_batch.scan import sink
 from avrl_batch.scan.assemble import FinishedSource, SourceAssembler
 from avrl_batch.scan.naming import scan_id_now
 from avrl_batch.scan.plan import (
+    TRANSIENT_ERRORS,
     ScanConfig,
     ScanPlan,
     SkippedSource,
     SourceError,
     SourceTask,
+    check_same_settings,
     error_of,
     keyed_sources,
     split_done,
     split_misnamed,
+    window_settings,
     window_spec,
 )
 from avrl_batch.scan.timeline import events_from_windows
@@ -74,7 +77,11 @@ class ScanSummary:
     superseded: list[dict[str, str]] = field(default_factory=list)
     # source URIs by outcome: ok / failed / skipped (the manifest's record of the scan)
     sources: dict[str, list[str]] = field(default_factory=dict)
+    # every write (or old-version removal) that failed: what, uri, error_type, message. The
+    # scan goes on; nothing failed is marked done, so the next run redoes it
+    write_failures: list[dict[str, str]] = field(default_factory=list)
     manifest: str | None = None
+    manifest_error: str | None = None  # why the manifest could not be written (then None)
 
     @property
     def footage_hours_per_hour(self) -> float:
@@ -225,8 +232,12 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
     started = datetime.now(timezone.utc)
     model = _ScanModel.read(cfg)
     spec = window_spec(cfg, model.cfg.window_s, model.cfg.frames, model.cfg.size)
+    settings = window_settings(cfg, spec, model.model_id)
+    recorded = sink.read_settings(cfg.out, model.model_id, endpoint_url=cfg.endpoint_url)
+    if not cfg.rescan:  # never a silent skip of results made with other windows
+        check_same_settings(cfg.out, recorded, settings)
     sources = _list_sources(cfg)
-    keyed, todo, skipped, stale = _split_finished(cfg, sources, model.model_id)
+    keyed, todo, skipped, stale, replaces = _split_finished(cfg, sources, model.model_id)
     todo, misnamed = split_misnamed(todo)
 
     # nothing left to do (a rerun of a finished scan): no Ray to start, only the summary
@@ -241,6 +252,7 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
             spec=spec,
             model_id=model.model_id,
             versions={key: src.version for src, key in keyed},
+            replaces=replaces,
         )
         summary = ScanSummary(
             scan_id=cfg.scan_id or scan_id_now(started),
@@ -256,17 +268,25 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
             summary.plan.update(_dry_run_plan(plan, stale))
             summary.wall_s = time.monotonic() - t0
             return summary
+        if recorded is None or cfg.rescan:  # before any output: what the results are made of
+            _record_settings(cfg, settings | {"rescanning": cfg.rescan}, summary)
         _execute(cfg, plan, summary, model, _Ledger(summary, plan, t0, progress))
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+    if cfg.rescan and not any(_not_rewritten(e) for e in summary.errors):
+        _record_settings(cfg, settings | {"rescanning": False}, summary)  # the rescan is whole
     if stale:  # after the new versions are written: a source never has no outputs
-        summary.superseded = _remove_superseded(cfg, stale)
+        summary.superseded = _remove_superseded(cfg, stale, summary)
     summary.wall_s = time.monotonic() - t0
     summary.sources["skipped"] = [s.uri for s in skipped]
-    summary.manifest = _write_manifest(cfg, summary, started, model, spec)
+    try:
+        summary.manifest = _write_manifest(cfg, summary, started, model, spec, settings)
+    except Exception as exc:  # noqa: BLE001 - the outputs are written; say what is missing
+        kind, msg = error_of(exc)
+        summary.manifest_error = f"{kind}: {msg}"
     return summary
 
 
@@ -302,18 +322,57 @@ def _list_sources(cfg: ScanConfig) -> list[Any]:
     return sources
 
 
-def _split_finished(
-    cfg: ScanConfig, sources: list[Any], model_id: str
-) -> tuple[list[tuple[Any, str]], list[tuple[Any, str]], list[SkippedSource], list[Any]]:
+def _split_finished(cfg: ScanConfig, sources: list[Any], model_id: str) -> tuple[
+    list[tuple[Any, str]], list[tuple[Any, str]], list[SkippedSource], list[Any],
+    dict[str, list[str]],
+]:
     """(every source with its key, those still to scan, those skipped as finished, the
-    outputs of older versions of these files: changed since an earlier scan with this model)."""
+    outputs of older versions of these files: changed since an earlier scan with this model,
+    and with ``--rescan`` the objects of each key to remove once it is rewritten)."""
     done, failed = sink.finished_objects(cfg.out, endpoint_url=cfg.endpoint_url)
     keyed = keyed_sources(sources, model_id)
-    todo, skipped = split_done(keyed, set(done), set(failed))
+    if cfg.rescan:  # nothing is done: every source is scanned again and its objects replaced
+        todo, skipped = list(keyed), []
+        replaces = {
+            key: sink.previous_objects(cfg.out, key, done, failed)
+            for _, key in keyed
+            if key in done or key in failed
+        }
+    else:
+        todo, skipped = split_done(keyed, set(done), set(failed))
+        replaces = {}
     stale = sink.find_superseded(
         cfg.out, keyed, done, failed, model_id, endpoint_url=cfg.endpoint_url
     )
-    return keyed, todo, skipped, stale
+    return keyed, todo, skipped, stale, replaces
+
+
+def _not_rewritten(error: dict[str, str]) -> bool:
+    """A failure after which the source keeps its earlier objects (nothing new written)."""
+    kind = error["error_type"]
+    return error["stage"] == "write" or kind in TRANSIENT_ERRORS or kind == "Incomplete"
+
+
+def _record_settings(cfg: ScanConfig, settings: dict[str, Any], summary: ScanSummary) -> None:
+    try:
+        sink.write_settings(cfg.out, settings, endpoint_url=cfg.endpoint_url)
+    except Exception as exc:  # noqa: BLE001 - the scan goes on; the manifest has them too
+        _write_failed(summary, "settings", sink.settings_uri(cfg.out, settings["model_id"]), exc)
+
+
+def _remove_replaced(
+    cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, key: str, written: set[str]
+) -> None:
+    """After ``--rescan`` wrote a key's new outcome: remove that key's earlier objects the new
+    ones did not replace (another partition after a --timezone or --camera-pattern change,
+    windows + events of a source that now fails, the error object of one that now works)."""
+    for uri in plan.replaces.get(key, []):
+        if uri in written:
+            continue
+        try:
+            storage.delete(uri, endpoint_url=cfg.endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - one object, not the scan
+            _write_failed(summary, "old results", uri, exc)
 
 
 def _dry_run_plan(plan: ScanPlan, stale: list[Any]) -> dict[str, Any]:
@@ -338,15 +397,44 @@ def _dry_run_plan(plan: ScanPlan, stale: list[Any]) -> dict[str, Any]:
     }
 
 
-def _remove_superseded(cfg: ScanConfig, stale: list[Any]) -> list[dict[str, str]]:
-    """Delete the older versions whose current version is now finished; those removed."""
-    now_done, now_failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
-    removed = sink.remove_superseded(stale, now_done, now_failed, endpoint_url=cfg.endpoint_url)
+def _remove_superseded(
+    cfg: ScanConfig, stale: list[Any], summary: ScanSummary
+) -> list[dict[str, str]]:
+    """Delete the older versions whose current version is now finished; those removed. A
+    removal that fails is a write failure: the old version stays (the next run finds it
+    again), the other removals go on."""
+    try:
+        now_done, now_failed = sink.finished_keys(cfg.out, endpoint_url=cfg.endpoint_url)
+    except Exception as exc:  # noqa: BLE001 - removal waits for the next run
+        _write_failed(summary, "old versions", cfg.out, exc)
+        return []
+    removed = []
+    for s in stale:
+        try:
+            removed += sink.remove_superseded(
+                [s], now_done, now_failed, endpoint_url=cfg.endpoint_url
+            )
+        except Exception as exc:  # noqa: BLE001 - one old version, not the scan
+            _write_failed(summary, "old version", s.source_uri, exc)
     return [{"source_uri": s.source_uri, "version": s.version} for s in removed]
 
 
+def _write_failed(summary: ScanSummary, what: str, uri: str, exc: BaseException) -> SourceError:
+    """Record a failed write in the summary; the failure as a ``write`` SourceError."""
+    kind, msg = error_of(exc)
+    summary.write_failures.append(
+        {"what": what, "uri": uri, "error_type": kind, "message": msg}
+    )
+    return SourceError(uri, "", "write", kind, msg)
+
+
 def _write_manifest(
-    cfg: ScanConfig, summary: ScanSummary, started: datetime, model: _ScanModel, spec: Any
+    cfg: ScanConfig,
+    summary: ScanSummary,
+    started: datetime,
+    model: _ScanModel,
+    spec: Any,
+    settings: dict[str, Any],
 ) -> str:
     manifest = summary.to_dict()
     manifest.update(
@@ -358,6 +446,7 @@ def _write_manifest(
         window_s=spec.window_s,
         stride_s=spec.stride_s,
         timezone=cfg.timezone,  # of start times in names without an offset
+        window_settings=settings,  # what the results' windows depend on (plan.WINDOW_SETTINGS)
     )
     return sink.write_manifest(cfg.out, summary.scan_id, manifest, endpoint_url=cfg.endpoint_url)
 
@@ -429,16 +518,28 @@ def _record_error(
     cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, err: SourceError, *, persist: bool = True
 ) -> None:
     """Count a failed source; save its error object unless the failure was of storage or
-    the machine (or ``persist`` is off): then a rerun retries the source."""
+    the machine (or ``persist`` is off): then a rerun retries the source. An error object
+    that cannot be written is a write failure: the source is reported with both reasons
+    and, having no error object, is tried again by the next run."""
     if persist and not err.transient:
-        sink.write_error(
-            cfg.out,
-            err,
-            ledger.summary.scan_id,
-            version=plan.versions.get(err.key, ""),
-            model_id=plan.model_id,
-            endpoint_url=cfg.endpoint_url,
-        )
+        try:
+            sink.write_error(
+                cfg.out,
+                err,
+                ledger.summary.scan_id,
+                version=plan.versions.get(err.key, ""),
+                model_id=plan.model_id,
+                endpoint_url=cfg.endpoint_url,
+                replace=cfg.rescan,
+            )
+            _remove_replaced(cfg, plan, ledger.summary, err.key, {sink.error_uri(cfg.out, err.key)})
+        except Exception as exc:  # noqa: BLE001 - one error row, not the whole scan
+            failed = _write_failed(ledger.summary, "error row", err.uri, exc)
+            err = SourceError(
+                err.uri, err.key, "write", failed.error_type,
+                f"its error row ({err.stage}: {err.error_type}: {err.message}) could not be "
+                f"written: {failed.message}",
+            )
     ledger.failed(err)
 
 
@@ -494,20 +595,25 @@ def _write_finished(
     assert windows is not None
     try:
         events = events_from_windows(
-            windows, cfg.timeline, classes=classes, thumbnails=fin.thumbnails
+            windows, cfg.timeline, classes=classes, thumbnails=fin.thumbnails,
+            version=fin.task.version,
         )
         sink.write_source(
             cfg.out, fin.task, windows, events, model_id=plan.model_id,
-            endpoint_url=cfg.endpoint_url,
+            endpoint_url=cfg.endpoint_url, replace=cfg.rescan,
         )
     except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
         # Reported, but no error object: a failed write (storage down, denied) is not a
         # property of the recording, so a rerun should try it again.
-        kind, msg = error_of(exc)
-        failure = SourceError(fin.task.uri, fin.task.key, "write", kind, msg)
+        failed = _write_failed(ledger.summary, "outputs", fin.task.uri, exc)
+        failure = SourceError(
+            fin.task.uri, fin.task.key, "write", failed.error_type, failed.message
+        )
         _record_error(cfg, plan, ledger, failure, persist=False)
         ledger.report()
         return
+    written = {sink.windows_uri(cfg.out, fin.task), sink.events_uri(cfg.out, fin.task)}
+    _remove_replaced(cfg, plan, ledger.summary, fin.task.key, written)
     ledger.ok(fin.task.uri, windows, events)
     ledger.report()
 

@@ -66,6 +66,9 @@ class ScanConfig:
     # probing and decoding run in a decoder process (scan/isolate.py): a source that crashes
     # it, or leaves it silent this long (s), twice, ends as an error row
     decode_timeout_s: float = 120.0
+    # replace this model's results under OUT even when they were made with other window
+    # settings (WINDOW_SETTINGS): every listed source is scanned again and rewritten
+    rescan: bool = False
 
     def __post_init__(self) -> None:
         for name in ("window_s", "stride_s"):
@@ -198,6 +201,8 @@ class ScanPlan:
     spec: WindowSpec
     model_id: str
     versions: dict[str, str] = field(default_factory=dict)  # key -> the listed source version
+    # --rescan: key -> its earlier objects, removed once the key's new outcome is written
+    replaces: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def segments(self) -> list[Segment]:
@@ -218,6 +223,53 @@ class ScanPlan:
             "segments": len(self.segments),
             "footage_hours": round(self.footage_s / 3600.0, 4),
         }
+
+
+# the settings that shape a result's windows (besides the model, which is in every key): a
+# rerun into an OUT whose results were made with others is refused, not silently skipped.
+# Timeline settings are not among them: `avrl retimeline` re-applies those to stored windows.
+WINDOW_SETTINGS = {
+    "window_s": "--window",
+    "stride_s": "--stride",
+    "camera_pattern": "--camera-pattern",
+    "timezone": "--timezone",
+}
+
+
+def window_settings(cfg: ScanConfig, spec: WindowSpec, model_id: str) -> dict[str, Any]:
+    """What a scan's windows depend on besides the model: recorded with its results."""
+    return {
+        "model_id": model_id,
+        "window_s": spec.window_s,
+        "stride_s": spec.stride_s,
+        "camera_pattern": cfg.camera_pattern,
+        "timezone": cfg.timezone,
+    }
+
+
+def check_same_settings(
+    out: str, recorded: dict[str, Any] | None, current: dict[str, Any]
+) -> None:
+    """ConfigError (one line) naming each window setting that differs from the one this
+    model's results under ``out`` were made with."""
+    if recorded is None:
+        return
+    differ = [
+        f"{option} {recorded.get(name)!s} (now {current[name]!s})"
+        for name, option in WINDOW_SETTINGS.items()
+        if recorded.get(name) != current[name]
+    ]
+    if differ:
+        raise ConfigError(
+            f"{out} holds results of model {current['model_id']} made with "
+            f"{', '.join(differ)}: scan into another --out, or pass --rescan to replace them"
+        )
+    if recorded.get("rescanning"):
+        # some results may still be the old settings': skipping them as done would mix
+        raise ConfigError(
+            f"a --rescan of model {current['model_id']} into {out} did not finish (killed, or "
+            "a source could not be rewritten): run it again with --rescan"
+        )
 
 
 def window_spec(cfg: ScanConfig, model_window_s: float, frames: int, size: int) -> WindowSpec:

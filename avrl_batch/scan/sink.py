@@ -67,6 +67,49 @@ def manifest_uri(out: str, scan_id: str) -> str:
     return storage.join(out, "_scans", f"{scan_id}.json")
 
 
+def settings_uri(out: str, model_id: str) -> str:
+    """The record of the window settings that ``model_id``'s results under ``out`` were made
+    with (JSON; not ``.json``, so that it is never read as a scan manifest)."""
+    return storage.join(out, "_scans", f"{model_id}.settings")
+
+
+def read_settings(
+    out: str, model_id: str, *, endpoint_url: str | None = None
+) -> dict[str, Any] | None:
+    """The recorded window settings of ``model_id``'s results under ``out``: its settings
+    record, else the newest manifest of a scan of that model that wrote outputs; None when
+    there are none."""
+    uri = settings_uri(out, model_id)
+    if storage.exists(uri, endpoint_url=endpoint_url):
+        return json.loads(storage.read_bytes(uri, endpoint_url=endpoint_url))
+    scans = storage.list_files(
+        storage.join(out, "_scans"), suffix=".json", endpoint_url=endpoint_url
+    )
+    for manifest in sorted(scans, reverse=True):  # scan ids sort by time
+        try:
+            m = json.loads(storage.read_bytes(manifest, endpoint_url=endpoint_url))
+        except ValueError:
+            continue
+        if m.get("model_id") == model_id and not m.get("dry_run") and m.get("window_s"):
+            return {
+                "model_id": model_id,
+                "window_s": m["window_s"],
+                "stride_s": m.get("stride_s"),
+                "camera_pattern": (m.get("config") or {}).get("camera_pattern"),
+                "timezone": m.get("timezone", "UTC"),
+            }
+    return None
+
+
+def write_settings(
+    out: str, settings: dict[str, Any], *, endpoint_url: str | None = None
+) -> None:
+    data = json.dumps(settings, indent=2, sort_keys=True).encode()
+    storage.write_atomic(
+        settings_uri(out, settings["model_id"]), data, endpoint_url=endpoint_url
+    )
+
+
 def check_writable(out: str, *, endpoint_url: str | None = None) -> None:
     """StorageError (one line) unless ``out`` takes a write: one hidden object under
     ``_scans/`` written and deleted. Without it a read-only bucket, a mistyped prefix the
@@ -224,20 +267,22 @@ def write_source(
     *,
     model_id: str = "",
     endpoint_url: str | None = None,
+    replace: bool = False,
 ) -> bool:
     """Windows first (replacing a dead run's leftover), then events, the completion marker,
-    only if absent. Returns False when another scan had already completed this key. Both
-    objects carry SOURCE_META (the task's URI and version, ``model_id``)."""
+    only if absent (``replace``: each object replaced whole, for ``--rescan``). Returns False
+    when another scan had already completed this key. Both objects carry SOURCE_META (the
+    task's URI and version, ``model_id``)."""
     if windows.schema != WINDOWS or events.schema != EVENTS:
         raise ValueError("windows/events tables must have the WINDOWS/EVENTS schemas")
     marker = events_uri(out, task)
-    if storage.exists(marker, endpoint_url=endpoint_url):
+    if not replace and storage.exists(marker, endpoint_url=endpoint_url):
         return False  # a concurrent scan finished it: leave its objects alone
     windows = with_source_meta(windows, task.uri, task.version, model_id)
     events = with_source_meta(events, task.uri, task.version, model_id)
     storage.write_atomic(windows_uri(out, task), parquet_bytes(windows), endpoint_url=endpoint_url)
     return storage.write_atomic(
-        marker, parquet_bytes(events), if_absent=True, endpoint_url=endpoint_url
+        marker, parquet_bytes(events), if_absent=not replace, endpoint_url=endpoint_url
     )
 
 
@@ -249,11 +294,22 @@ def write_error(
     version: str = "",
     model_id: str = "",
     endpoint_url: str | None = None,
+    replace: bool = False,
 ) -> bool:
     table = with_source_meta(error_table(err, scan_id), err.uri, version, model_id)
     return storage.write_atomic(
-        error_uri(out, err.key), parquet_bytes(table), if_absent=True, endpoint_url=endpoint_url
+        error_uri(out, err.key), parquet_bytes(table), if_absent=not replace,
+        endpoint_url=endpoint_url,
     )
+
+
+def previous_objects(
+    out: str, key: str, done: dict[str, str], failed: dict[str, str]
+) -> list[str]:
+    """The objects an earlier scan wrote for ``key`` (windows, events — the marker last —
+    and/or its error object): what ``--rescan`` removes once the key's new outcome is written,
+    less the names that outcome has just replaced."""
+    return list(_superseded_objects(out, done.get(key), failed.get(key)))
 
 
 # ---------------------------------------------------------------------------------------------

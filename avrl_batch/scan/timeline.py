@@ -112,9 +112,34 @@ class TimelineConfig:
             )
 
 
-def event_id(source_uri: str, label: str, start_s: float, model_id: str) -> str:
-    """Deterministic id: a rerun of the same scan names its events the same."""
+def timeline_from_options(
+    mode: str = "incident",
+    *,
+    enter: float | None = None,
+    exit: float | None = None,  # noqa: A002 - the option's name
+    merge_gap_s: float | None = None,
+    min_event_s: float | None = None,
+    smooth_windows: int | None = None,
+) -> TimelineConfig:
+    """The TimelineConfig of command-line options; an option left None takes its default."""
+    given = {
+        "enter": enter,
+        "exit": exit,
+        "merge_gap_s": merge_gap_s,
+        "min_event_s": min_event_s,
+        "smooth_windows": smooth_windows,
+    }
+    return TimelineConfig(mode=mode, **{k: v for k, v in given.items() if v is not None})
+
+
+def event_id(
+    source_uri: str, label: str, start_s: float, model_id: str, version: str = ""
+) -> str:
+    """Deterministic id: a rerun of the same scan names its events the same; another
+    ``version`` of the file (its ETag, or size + mtime) names them apart."""
     key = f"{source_uri}\x1f{label}\x1f{start_s:.3f}\x1f{model_id}"
+    if version:
+        key += f"\x1f{version}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -283,7 +308,8 @@ def _incident_thumbnail_window(
 
 
 def _events_one_source(
-    windows: pa.Table, cfg: TimelineConfig, classes: ClassSet, thumbnails: Thumbnails
+    windows: pa.Table, cfg: TimelineConfig, classes: ClassSet, thumbnails: Thumbnails,
+    version: str,
 ) -> list[dict]:
     w = _Windows.of(windows, classes)
     rows: list[dict] = []
@@ -295,7 +321,7 @@ def _events_one_source(
             peak = _incident_thumbnail_window(w, cfg, first, last, scores, peak)
         rows.append(
             {
-                "event_id": event_id(w.source_uri, label, s, w.model_id),
+                "event_id": event_id(w.source_uri, label, s, w.model_id, version),
                 "source_uri": w.source_uri,
                 "camera": w.camera,
                 "label": label,
@@ -320,20 +346,22 @@ def events_from_windows(
     *,
     classes: ClassSet,
     thumbnails: Thumbnails = None,
+    version: str = "",
 ) -> pa.Table:
     """Events (EVENTS schema) from window rows (WINDOWS schema, any order) of a model with
     ``classes`` (the order of ``probs``; events are labelled with its anomaly classes).
 
     ``windows`` normally holds one source; several are handled one by one. ``thumbnails``
     gives the JPEG of a window by its ``window_index`` (a mapping or a callable; it is only
-    asked for peak windows). Rows are ordered by source, start_s, label.
+    asked for peak windows). ``version`` is the source's listed version, part of each
+    ``event_id``. Rows are ordered by source, start_s, label.
     """
     cfg = cfg or TimelineConfig()
     rows: list[dict] = []
     if windows.num_rows:
         for source in pc.unique(windows["source_uri"]).to_pylist():
             one = windows.filter(pc.equal(windows["source_uri"], source))
-            rows.extend(_events_one_source(one, cfg, classes, thumbnails))
+            rows.extend(_events_one_source(one, cfg, classes, thumbnails, version))
     rows.sort(key=lambda r: (r["source_uri"], r["start_s"], r["label"]))
     return pa.Table.from_pylist(rows, schema=EVENTS)
 
