@@ -125,6 +125,12 @@ def test_background_must_be_normal(footage: dict, capsys: pytest.CaptureFixture[
     assert err == (
         "error: which of fall, gunfire are normal (calm footage)? name them with --normal LABEL"
     )
+    clips = footage["root"] / "clips.csv"
+    clips.write_text("uri,label\na.mp4,fall\nb.mp4,calm\n")
+    err = _run_error(["prepare", str(clips), "--out", str(footage["root"] / "x"), "--normal",
+                      "calm", "--background", "calm"], capsys)  # fmt: skip
+    assert err.endswith("--background samples the unannotated stretches of recordings; it "
+                        "needs an interval manifest (columns start_s, end_s)")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
