@@ -223,6 +223,10 @@ def test_tune_sweeps_the_stored_windows(
     assert footage_hours(
         _windows_table([(0.0, 2.0), (1.0, 3.0), (10.0, 12.0)])
     ) == pytest.approx(5.0 / 3600)
+    err = _run_error(["tune", scanned["out"], "--truth", footage["incidents"], "--model-id",
+                      "avrl-tiny-000000000000"], capsys)  # fmt: skip
+    assert err == (f"error: no scan of model avrl-tiny-000000000000 under {scanned['out']}; "
+                   f"its scans are of {res['model_id']}")  # fmt: skip
 
 
 def _windows_table(spans: list[tuple[float, float]]):  # noqa: ANN202 - a pyarrow Table
