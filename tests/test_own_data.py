@@ -125,6 +125,12 @@ def test_background_must_be_normal(footage: dict, capsys: pytest.CaptureFixture[
     assert err == (
         "error: which of fall, gunfire are normal (calm footage)? name them with --normal LABEL"
     )
+    clips = footage["root"] / "clips.csv"
+    clips.write_text("uri,label\na.mp4,fall\nb.mp4,calm\n")
+    err = _run_error(["prepare", str(clips), "--out", str(footage["root"] / "x"), "--normal",
+                      "calm", "--background", "calm"], capsys)  # fmt: skip
+    assert err.endswith("--background samples the unannotated stretches of recordings; it "
+                        "needs an interval manifest (columns start_s, end_s)")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +223,10 @@ def test_tune_sweeps_the_stored_windows(
     assert footage_hours(
         _windows_table([(0.0, 2.0), (1.0, 3.0), (10.0, 12.0)])
     ) == pytest.approx(5.0 / 3600)
+    err = _run_error(["tune", scanned["out"], "--truth", footage["incidents"], "--model-id",
+                      "avrl-tiny-000000000000"], capsys)  # fmt: skip
+    assert err == (f"error: no scan of model avrl-tiny-000000000000 under {scanned['out']}; "
+                   f"its scans are of {res['model_id']}")  # fmt: skip
 
 
 def _windows_table(spans: list[tuple[float, float]]):  # noqa: ANN202 - a pyarrow Table

@@ -205,12 +205,12 @@ def read_manifest(
     naming the first offending row.
     """
     table = read_table(manifest_uri, endpoint_url=endpoint_url)
-    if table and is_interval_table(list(table[0])):
-        opts = intervals or IntervalOptions(window_s=2.0)
-        ivs = intervals_of(table, manifest_uri, resolve_clip_uri)
-        rows = cut_clips(ivs, opts, lambda src: clip_duration(src, endpoint_url))
-        extra = [opts.background] if opts.background else []
-    else:
+    if not (table and is_interval_table(list(table[0]))):
+        if intervals is not None and intervals.background:
+            raise DataError(
+                f"{manifest_uri}: --background samples the unannotated stretches of recordings; "
+                "it needs an interval manifest (columns start_s, end_s)"
+            )
         rows = [
             {"uri": str(r.get("uri") or r.get("source_uri")), "start_s": None,
              "label": r["label"], "split": r.get("split"), "dark": r.get("dark")}
@@ -218,14 +218,23 @@ def read_manifest(
         ]
         for r in rows:
             r["source"] = resolve_clip_uri(manifest_uri, r["uri"])
-        extra = []
-    if classes is None:
-        labels = [str(r["label"]).strip() for r in rows] + extra
-        classes = manifest_classes(labels, order, normal)
-    if extra and extra[0] not in classes.normal:
-        raise DataError(
-            f"--background {extra[0]!r} must be a normal class: add --normal {extra[0]}"
-        )
+        if classes is None:
+            classes = manifest_classes([str(r["label"]).strip() for r in rows], order, normal)
+    else:
+        opts = intervals or IntervalOptions(window_s=2.0)
+        ivs = intervals_of(table, manifest_uri, resolve_clip_uri)
+        if classes is None:
+            labels = [iv.label for iv in ivs] + ([opts.background] if opts.background else [])
+            classes = manifest_classes(labels, order, normal)
+        if opts.background and opts.background not in classes.normal:
+            raise DataError(
+                f"--background {opts.background!r} must be a normal class: add --normal "
+                f"{opts.background}"
+            )
+        for n, iv in enumerate(ivs, start=1):  # the user's row numbers, before any decoding
+            _checked_row(manifest_uri, n, {"uri": iv.recording, "label": iv.label,
+                                           "split": iv.split, "dark": iv.dark}, classes)
+        rows = cut_clips(ivs, opts, lambda src: clip_duration(src, endpoint_url))
     out = [_checked_row(manifest_uri, n, r, classes) for n, r in enumerate(rows, start=1)]
     if not out:
         raise DataError(f"{manifest_uri}: the manifest lists no clips")
