@@ -117,10 +117,11 @@ def main() -> None:
     prep = [str(w / "feedback.csv"), "--out", str(w / "prepared"), "--preset", info["preset"],
             "--normal", "normal1", "--normal", "normal2", "--background", "normal2"]
     prep += ["--classes", ",".join(classes)]  # the base's order: its head is reused
-    avrl("prepare", *prep)
-    avrl("train", str(w / "prepared"), "--init", str(a.base_model), "--freeze", "trunks",
-         "--epochs", str(a.epochs), "--schedule", "cosine", "--out", str(w / "run"))
     tuned = w / "run" / "model.avrl"
+    if not tuned.exists():  # a rerun of the script measures again without retraining
+        avrl("prepare", *prep)
+        avrl("train", str(w / "prepared"), "--init", str(a.base_model), "--freeze", "trunks",
+             "--epochs", str(a.epochs), "--schedule", "cosine", "--out", str(w / "run"))
     before = scan(measure / "recordings", a.base_model, w / "scan_before",
                   measure / "ground_truth.parquet")
     after = scan(measure / "recordings", tuned, w / "scan_after",
