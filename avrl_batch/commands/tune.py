@@ -87,6 +87,6 @@ def tune_cmd(
         f"best recall at <= {result.max_false_alarms:g} false alarms per camera-hour: "
         f"--enter {b.enter:g} --exit {b.exit:g} --min-event {b.min_event_s:g} (recall "
         f"{b.recall:.3f}, precision {b.precision:.3f}, F1 {b.f1:.3f}, "
-        f"{b.false_alarms_per_hour:.2f} false alarms / camera-hour); apply with avrl scan "
-        "options of the same names"
+        f"{b.false_alarms_per_hour:.2f} false alarms / camera-hour); apply it with avrl "
+        "retimeline OUT and these options (no decoding)"
     )
