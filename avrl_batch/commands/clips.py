@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from avrl_batch.cli import app
+from avrl_batch.commands.options import EndpointUrl
 
 
 @app.command("clips")
@@ -18,9 +19,7 @@ def clips(
         60.0, help="of a longer event only its first this-many seconds are cut"
     ),
     height: int = typer.Option(360, help="clip height in pixels (never upscaled)"),
-    endpoint_url: str | None = typer.Option(
-        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
-    ),
+    endpoint_url: EndpointUrl = None,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Cut each event, with its sound, out of its recording into a small H.264 + AAC MP4

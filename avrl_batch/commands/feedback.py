@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from avrl_batch.cli import app
+from avrl_batch.commands.options import EndpointUrl
 
 
 @app.command("feedback")
@@ -17,9 +18,7 @@ def feedback_cmd(
     normal_label: str | None = typer.Option(
         None, help="the normal class false alarms become (e.g. normal1, or your own)"
     ),
-    endpoint_url: str | None = typer.Option(
-        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
-    ),
+    endpoint_url: EndpointUrl = None,
 ) -> None:
     """Turn verdicts into training data: a confirmed event becomes an interval of its label
     (or of the label given), a false alarm an interval of --normal-label, ready for

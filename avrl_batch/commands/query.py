@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from avrl_batch.cli import app
+from avrl_batch.commands.options import EndpointUrl
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -60,9 +61,7 @@ def query(
         "table on a terminal, json when piped, or from --output's extension",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="write to this file"),
-    endpoint_url: str | None = typer.Option(
-        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
-    ),
+    endpoint_url: EndpointUrl = None,
     limit: int | None = typer.Option(None, help="at most N rows"),
     model_id: str | None = typer.Option(
         None, "--model", help="the model id whose results to show (default: the newest scan's)"
@@ -162,9 +161,7 @@ def report(
         "(at most 168; whoever has the page can play the clips until then); default: no S3 "
         "clips linked. Local clips are always linked, relative to the HTML file"
     ),
-    endpoint_url: str | None = typer.Option(
-        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
-    ),
+    endpoint_url: EndpointUrl = None,
     model_id: str | None = typer.Option(
         None, "--model", help="the model id whose results to show (default: the newest scan's)"
     ),

@@ -7,26 +7,30 @@ import json
 import typer
 
 from avrl_batch.cli import app
+from avrl_batch.commands.options import (
+    EndpointUrl,
+    Enter,
+    Exit,
+    MergeGap,
+    MinEvent,
+    Smooth,
+    TimelineRule,
+)
 
 
 @app.command("retimeline")
 def retimeline(
     out: str = typer.Argument(..., help="a scan output root (local or s3://)"),
-    timeline: str = typer.Option(
-        "incident", help="incident: one event per stretch of anomalous windows; class: each "
-        "anomaly class on its own"
-    ),
-    enter: float | None = typer.Option(None, help="event starts at this probability [0.6]"),
-    exit_: float | None = typer.Option(None, "--exit", help="event goes on while >= this [0.4]"),
-    merge_gap: float | None = typer.Option(None, help="merge events closer than s [4]"),
-    min_event: float | None = typer.Option(None, help="drop events shorter than s [0]"),
-    smooth: int | None = typer.Option(
-        None, help="moving mean over this many windows before the thresholds [1: none]"
-    ),
+    timeline: TimelineRule = "incident",
+    enter: Enter = None,
+    exit_: Exit = None,
+    merge_gap: MergeGap = None,
+    min_event: MinEvent = None,
+    smooth: Smooth = None,
     model_id: str | None = typer.Option(
         None, "--model-id", help="only the sources of this model id (default: every model's)"
     ),
-    endpoint_url: str | None = typer.Option(None, help="S3-compatible endpoint"),
+    endpoint_url: EndpointUrl = None,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Make OUT's events again from its stored window probabilities with other timeline

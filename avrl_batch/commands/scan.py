@@ -8,6 +8,15 @@ from typing import Any
 import typer
 
 from avrl_batch.cli import app
+from avrl_batch.commands.options import (
+    EndpointUrl,
+    Enter,
+    Exit,
+    MergeGap,
+    MinEvent,
+    Smooth,
+    TimelineRule,
+)
 
 
 @app.command("scan")
@@ -26,9 +35,7 @@ def scan(
         [], "--include", help="glob of files to scan (repeatable; default: common video types)"
     ),
     exclude: list[str] = typer.Option([], "--exclude", help="glob of files to leave out"),
-    endpoint_url: str | None = typer.Option(
-        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
-    ),
+    endpoint_url: EndpointUrl = None,
     actors: int | None = typer.Option(
         None, help="inference actors (default: one per GPU, or 1 without GPUs)"
     ),
@@ -46,20 +53,12 @@ def scan(
         "UTC", "--timezone", help="IANA zone (Europe/Paris) of start times in names without "
         "an offset (Z, +0200); recorded in the manifest"
     ),
-    timeline: str = typer.Option(
-        "incident",
-        help="incident: one event per stretch of anomalous windows, labelled by the majority "
-        "class; class: each anomaly class tracked on its own (labels may overlap)",
-    ),
-    enter: float | None = typer.Option(
-        None, help="event starts at this probability (anomaly share, or the class's) [0.6]"
-    ),
-    exit_: float | None = typer.Option(None, "--exit", help="event goes on while >= this [0.4]"),
-    merge_gap: float | None = typer.Option(None, help="merge events closer than s [4]"),
-    min_event: float | None = typer.Option(None, help="drop events shorter than s [0]"),
-    smooth: int | None = typer.Option(
-        None, help="moving mean over this many windows before the thresholds [1: none]"
-    ),
+    timeline: TimelineRule = "incident",
+    enter: Enter = None,
+    exit_: Exit = None,
+    merge_gap: MergeGap = None,
+    min_event: MinEvent = None,
+    smooth: Smooth = None,
     truth: str | None = typer.Option(
         None, help="ground-truth events (Parquet/CSV: source_uri,label,start_s,end_s): print "
         "F1 of the scan's events at temporal IoU 0.3"

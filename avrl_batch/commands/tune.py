@@ -7,6 +7,7 @@ import json
 import typer
 
 from avrl_batch.cli import app
+from avrl_batch.commands.options import EndpointUrl
 
 
 @app.command("tune")
@@ -32,9 +33,7 @@ def tune_cmd(
         1.0, help="false alarms per camera-hour the chosen setting may have"
     ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
-    endpoint_url: str | None = typer.Option(
-        None, help="S3-compatible endpoint (MinIO, Ceph); default AWS_ENDPOINT_URL"
-    ),
+    endpoint_url: EndpointUrl = None,
 ) -> None:
     """Sweep the timeline thresholds over a scan's stored window probabilities: event
     precision/recall/F1 at tIoU 0.3 and false alarms per camera-hour per setting, and the
