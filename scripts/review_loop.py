@@ -41,11 +41,16 @@ def avrl(*args: str) -> str:
 
 
 def scan(recordings: Path, model: Path, out: Path, truth: Path) -> dict:
+    from avrl_batch.query import run_query
+    from avrl_batch.scan.tune import footage_hours
+
     got = json.loads(avrl("scan", str(recordings), "--model", str(model), "--out", str(out),
                           "--stride", "1", "--truth", str(truth), "--json"))
-    hours = got["footage_s"] / 3600
+    # from the stored windows, so a rerun of the script (a scan with nothing left to do)
+    # counts the same footage
+    hours = footage_hours(run_query(str(out), table="windows"))
     m = got["match"]
-    return {"events": got["events"], "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
+    return {"events": m["tp"] + m["fp"], "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
             "recall": m["recall"], "precision": m["precision"], "f1": m["f1"],
             "camera_hours": round(hours, 4), "false_alarms_per_camera_hour":
             round(m["fp"] / hours, 2) if hours else None}
