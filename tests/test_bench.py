@@ -151,16 +151,17 @@ def test_load_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert "| tiny | bytes |" in capsys.readouterr().out
 
 
-def test_windows_reach_the_end_of_an_mjpeg_file(tmp_path: Path) -> None:
-    """The last window's sample times lie past the last video frame: the end-of-file flush
-    drains FFmpeg once (a second drain raises EOFError), so an intact MJPEG/MKV recording is
-    not reported as Truncated and its scan does not fail."""
+def test_an_mjpeg_file_is_windowed_over_its_video(tmp_path: Path) -> None:
+    """An intact MJPEG/MKV recording whose audio runs past its video (Matroska declares
+    2.021 s from the audio) is windowed over the video's 2.0 s: one 2-s window, decoded to
+    its last sample time without a Truncated error."""
     from avrl_batch.bench.decode import windowed_decode
+    from avrl_batch.media import probe
 
-    path = make_footage(tmp_path, "mjpeg-720p", 2.0)  # Matroska declares 2.021 s (audio)
+    path = make_footage(tmp_path, "mjpeg-720p", 2.0)
+    assert probe(str(path)).duration_s == pytest.approx(2.0)
     out = windowed_decode(path, preset="tiny")
-    # the second window starts at 2.0 s, after the last frame (1.96 s): it holds that frame
-    assert out["windows"] == 2 and out["frames_decoded"] == 50
+    assert out["windows"] == 1 and out["frames_decoded"] == 45  # up to t = 1.75 s + 1 frame
 
 
 def test_model_flops_match_the_known_network() -> None:

@@ -599,7 +599,7 @@ def test_other_window_settings_are_refused_rescan_replaces_and_retimeline_needs_
             "/windows/", "/events/", 1)))
         assert meta is not None and meta["source_uri"] == uri
         want = events_from_windows(
-            windows, TimelineConfig(enter=0.0, exit=0.0), version=meta["version"]
+            windows, TimelineConfig(enter=0.0, exit=0.0), classes=SHADE, version=meta["version"]
         )
         ev = redone[uri]["events"]
         assert ev.num_rows == 1 and ev["n_windows"].to_pylist() == [windows.num_rows]

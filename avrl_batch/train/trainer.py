@@ -186,7 +186,6 @@ def run_settings(
                 "give DATA, the prepared dataset to train on (the --out of avrl prepare)"
                 + (f": {out_uri} has no {RUN_FILE} that records it" if resume else "")
             )
-        classes = load_prepared(data_uri, endpoint_url=endpoint_url).classes
         init = train_options.get("init")
         if init is None:
             name = preset_name or "tiny"
@@ -194,9 +193,9 @@ def run_settings(
         else:
             base = _parent_network(init, preset_name, fusion, modality, endpoint_url)
             name = base.preset
-        return RunSettings(
-            data_uri, base.with_classes(classes), train_config(name, **train_options)
-        )
+        tc = train_config(name, **train_options)  # a wrong option is said before data is read
+        classes = load_prepared(data_uri, endpoint_url=endpoint_url).classes
+        return RunSettings(data_uri, base.with_classes(classes), tc)
     was_cfg = ModelConfig.from_dict(record["model_config"])
     cfg = (
         preset(preset_name, fusion=fusion, modality=modality).with_classes(was_cfg.classes)
