@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine -> the whole test suite (real local Ray, moto S3 server, PyAV-made media).
-# Arguments go to pytest: `bash scripts/test.sh -m "not slow"` is the fast lane (under 5 min on
-# 2 cores), leaving out the tests marked @pytest.mark.slow.
+# Arguments go to pytest: `bash scripts/test.sh -m "not slow"` is the fast lane, leaving out
+# the tests marked @pytest.mark.slow.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 "${PIP[@]}" install -e "$ROOT[test]"
 # Headless Chromium renders the HTML report in tests/test_report.py.
