@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from avrl_batch import storage
-from avrl_batch.errors import ConfigError, StorageError
+from avrl_batch.errors import ConfigError
 
 CLIP_SUFFIX = ".mp4"
 _CLIP_RATE = 48_000  # AAC's usual rate; every source rate is resampled to it
@@ -130,6 +130,8 @@ def sync_clips(
     failure is one line in ``summary.failed`` and the next run tries again.
     ``progress(done, total)`` is called after each event.
     """
+    from avrl_batch.scan.plan import error_of
+
     out, jobs = plan_clips(out, endpoint_url=endpoint_url)
     root = storage.join(out, "clips")
     existing = set(storage.list_files(root, suffix=CLIP_SUFFIX, endpoint_url=endpoint_url))
@@ -144,7 +146,8 @@ def sync_clips(
                 storage.write_atomic(job.uri, data, if_absent=True, endpoint_url=endpoint_url)
                 summary.written += 1
             except Exception as exc:  # noqa: BLE001 - one event's clip never stops the rest
-                summary.failed.append((job.event_id, _one_line(exc)))
+                kind, message = error_of(exc)
+                summary.failed.append((job.event_id, f"{kind}: {message}"))
         if progress is not None:
             progress(done, len(jobs))
     for uri in sorted(existing):
@@ -152,15 +155,6 @@ def sync_clips(
             storage.delete(uri, endpoint_url=endpoint_url)
             summary.removed += 1
     return summary
-
-
-def _one_line(exc: BaseException) -> str:
-    from avrl_batch.media.errors import MediaError
-
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, StorageError | MediaError):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def cut_clip(job: ClipJob, spec: ClipSpec, *, endpoint_url: str | None = None) -> bytes:

@@ -45,6 +45,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from avrl_batch.classes import ClassSet
 from avrl_batch.errors import ConfigError, StorageError
 from avrl_batch.schema import TABLES
 
@@ -219,10 +220,10 @@ class OutputTree:
 
     def class_names(self) -> tuple[str, ...]:
         """The classes of the models that scanned into this output (from the scan manifests,
-        in their order); empty when no manifest records them."""
+        in their order); empty when there is no scan manifest."""
         names: dict[str, None] = {}
-        for m in self.manifests():
-            names.update(dict.fromkeys(str(n) for n in m.get("class_names") or ()))
+        for classes in model_classes(self.manifests()).values():
+            names.update(dict.fromkeys(classes.names))
         return tuple(names)
 
     def check_labels(self, labels: tuple[str, ...]) -> None:
@@ -234,6 +235,20 @@ class OutputTree:
             raise ConfigError(
                 f"unknown label {unknown[0]!r}; the scanned model's labels: {', '.join(known)}"
             )
+
+
+def model_classes(manifests: list[dict[str, Any]]) -> dict[str, ClassSet]:
+    """model id -> its classes (the order of its windows' ``probs``), from the scan manifests;
+    a retimeline's manifest records none, and a foreign one is skipped."""
+    found: dict[str, ClassSet] = {}
+    for m in manifests:
+        if m.get("kind") == "retimeline" or not m.get("model_id"):
+            continue
+        try:
+            found[str(m["model_id"])] = ClassSet.from_record(m)
+        except ConfigError:
+            continue
+    return found
 
 
 # What a reader of a manifest relies on, by type (pipeline.ScanSummary.to_dict writes them);

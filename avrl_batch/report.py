@@ -22,9 +22,6 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from avrl_batch.classes import ClassSet
-from avrl_batch.errors import ConfigError
-
 if TYPE_CHECKING:
     from avrl_batch.review import EventClip
 
@@ -411,12 +408,12 @@ class _Scan:
     def labels(self) -> list[str]:
         """The legend: the scanned models' anomaly classes (manifest order), then any other
         label an event has."""
+        from avrl_batch.query import model_classes
+
         labels: dict[str, None] = {}
-        for m in self.manifests:
-            try:
-                labels.update(dict.fromkeys(ClassSet.from_record(m).anomaly))
-            except ConfigError:
-                continue  # a foreign manifest: its events still show under their labels
+        for classes in model_classes(self.manifests).values():
+            labels.update(dict.fromkeys(classes.anomaly))
+        # a foreign manifest's events still show under their labels
         labels.update(dict.fromkeys(sorted({e["label"] for e in self.events} - set(labels))))
         return list(labels)
 
@@ -424,12 +421,11 @@ class _Scan:
     def class_names(self) -> list[str]:
         """Every class a verdict may name instead of an event's label: the scanned models'
         classes (normal ones included), then any other label an event has."""
+        from avrl_batch.query import model_classes
+
         names: dict[str, None] = {}
-        for m in self.manifests:
-            try:
-                names.update(dict.fromkeys(ClassSet.from_record(m).names))
-            except ConfigError:
-                continue
+        for classes in model_classes(self.manifests).values():
+            names.update(dict.fromkeys(classes.names))
         names.update(dict.fromkeys(self.labels))
         return list(names)
 

@@ -100,13 +100,9 @@ def retimeline(
 def _model_classes(out: str, endpoint_url: str | None) -> dict[str, ClassSet]:
     """model id -> its classes, from the scan manifests under ``out`` (the order of the
     stored ``probs``)."""
-    from avrl_batch.query import OutputTree
+    from avrl_batch.query import OutputTree, model_classes
 
-    found: dict[str, ClassSet] = {}
-    for m in OutputTree.open(out, endpoint_url=endpoint_url).manifests():
-        if m.get("kind") != "retimeline" and m.get("model_id"):
-            found[str(m["model_id"])] = ClassSet.from_record(m)
-    return found
+    return model_classes(OutputTree.open(out, endpoint_url=endpoint_url).manifests())
 
 
 def _retimeline_source(
