@@ -339,7 +339,7 @@ class _SegmentScan:
         if not video_done:
             for vframe in _drain(self.vs):
                 self._video_frame(vframe, record_first=False)
-        self._check_not_truncated(start_s, file_end_s)
+        self._check_not_truncated(start_s, file_end_s, drained=not video_done)
         while self.next_target < len(self.targets):
             self._assign(self.prev, self.prev_t)
         self.audio_done = True
@@ -372,10 +372,10 @@ class _SegmentScan:
 
         try:
             return list(packet.decode())
-        except av.error.EOFError:
-            return []
         except av.error.FFmpegError as exc:
-            self.damage.seen(exc, what="decoding")
+            if isinstance(exc, av.error.EOFError) and self.damage.out is not None:
+                return []  # the decoder was flushed: nothing more comes from it
+            self.damage.seen(exc, what="decoding")  # raises when decoding strictly
             return []
 
     def _audio_packet(self, packet: Any) -> None:
@@ -451,11 +451,12 @@ class _SegmentScan:
         w.filled += 1
         self.next_target += 1
 
-    def _check_not_truncated(self, start_s: float, file_end_s: float) -> None:
+    def _check_not_truncated(self, start_s: float, file_end_s: float, *, drained: bool) -> None:
         """At the end of the file: video that stops well before the declared end (or never
         starts in this segment) is a Truncated span to that end (raised when no
         ``unreadable`` list was given); frames missing after the last good one are a
-        DecodeFailed span."""
+        DecodeFailed span (only once the decoder was ``drained``: until then frames still
+        in it are not missing)."""
         if self.prev is None:
             err = Truncated(
                 self.name,
@@ -482,7 +483,7 @@ class _SegmentScan:
                 raise err
             self.damage.span(due, file_end_s, "Truncated", err.reason)
             return
-        missing_until = self.damage.end(self.prev_t, self.step)
+        missing_until = self.damage.end(self.prev_t, self.step) if drained else None
         if missing_until is not None:
             self.damage.span(due, missing_until, "DecodeFailed", self.damage.describe(
                 len(self.damage.pts)))
