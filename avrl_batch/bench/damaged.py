@@ -7,9 +7,10 @@ model of ``preset``) runs on it; the figures come from its output:
 
 - ``kept_share``: the seconds the windows cover over the recording's duration (target
   at least 0.95);
-- ``unreadable``: the spans reported, and whether they cover the video packets whose bytes
-  were destroyed (``damage_covered``), found by the packets' byte positions in the intact
-  file.
+- ``unreadable``: the spans reported, and whether they reach from the first to the last
+  video packet whose bytes were destroyed (``damage_covered``; the packets found by their
+  byte positions in the intact file). A frame that still decodes inside the damage splits
+  the span in two.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from typing import Any
 import numpy as np
 
 from avrl_batch.bench.report import envelope, load_average
+
+# how far after the first damaged packet's time the first span may start: the packet may
+# still decode from what the damage spared of it (one frame interval at 10 fps is 0.1 s)
+HIT_SLACK_S = 0.5
 
 
 def destroy_middle(src: Path, dest: Path, fraction: float, seed: int = 0) -> tuple[int, int]:
@@ -100,8 +105,13 @@ def bench_damaged(
          "message": r["message"]}
         for r in spans.to_pylist()
     ]
-    covered = hit is not None and any(
-        r["start_s"] <= hit[0] + 1e-3 and r["end_s"] >= hit[1] for r in reported
+    # the spans reach from the first damaged packet (or the frame after it, when what the
+    # damage spared of that packet still decoded) to past the last one; frames that still
+    # decoded between them are windows' footage, not a gap in the account
+    extent = [min(r["start_s"] for r in reported), max(r["end_s"] for r in reported)] \
+        if reported else None
+    covered = hit is not None and extent is not None and (
+        extent[0] <= hit[0] + HIT_SLACK_S and extent[1] >= hit[1]
     )
     return envelope(
         "damaged",
@@ -123,6 +133,7 @@ def bench_damaged(
             "kept_share": round(kept_s / duration, 4) if duration else 0.0,
             "unreadable": reported,
             "unreadable_s": round(sum(r["end_s"] - r["start_s"] for r in reported), 3),
+            "unreadable_extent_s": extent,
             "damage_covered": covered,
             "scan_wall_s": round(wall, 1),
             "target": {"kept_share_at_least": 0.95, "damage_covered": True},
