@@ -17,9 +17,9 @@ How a query runs:
    the path only prunes, the ``camera`` column is what rows show and match (the path holds
    a path-safe form: ``Gate 3 (north)`` is ``camera=Gate_3_north``; the column keeps the
    real id).
-4. The filtered datasets are registered in DuckDB as the views ``events``, ``windows``
-   and ``errors`` (DuckDB scans them lazily with its own projection/filter pushdown), so
-   ``--sql`` can join them. DuckDB's httpfs extension is not needed: S3 goes through
+4. The filtered datasets are registered in DuckDB as the views ``events``, ``windows``,
+   ``unreadable`` and ``errors`` (DuckDB scans them lazily with its own projection/filter
+   pushdown), so ``--sql`` can join them. DuckDB's httpfs extension is not needed: S3 goes through
    pyarrow's S3 filesystem.
 
 Filter meaning: ``--since``/``--until`` keep rows with ``since <= start_time < until``
@@ -29,7 +29,9 @@ whose top class is an anomaly (events are always anomalies). ``--label`` must be
 a model that scanned into OUT (the scan manifests record each model's classes).
 ``--camera unknown`` also matches rows with no camera id (the sink files them under
 ``camera=unknown``). Errors have no camera, time, label or score: filters leave the
-``errors`` view alone.
+``errors`` view alone. Unreadable spans (stretches of a scanned source that could not be
+decoded) have a camera and times but no label or score: only ``--camera``, ``--since`` and
+``--until`` apply to them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ ORDER_BY: dict[str, str] = {
     "events": "start_time NULLS LAST, camera, source_uri, start_s, label",
     "windows": "start_time NULLS LAST, camera, source_uri, window_index",
     "errors": "source_uri",
+    "unreadable": "start_time NULLS LAST, camera, source_uri, start_s",
 }
 
 # what the sink calls a camera it could not tell (scan.naming.UNKNOWN)
@@ -135,13 +138,14 @@ class OutputTree:
                 found.append((uri, _partition_values(rel)))
             tree.files[table] = found
         # the sink writes a source's events object last, as its completion marker: windows
-        # without it belong to a source still being written (or a killed run) -> not shown
+        # and unreadable spans without it belong to a source still being written (or a
+        # killed run) -> not shown
         done = {uri[len(storage.join(out, "events")) :] for uri, _ in tree.files["events"]}
-        windows_base = storage.join(out, "windows")
-        tree.files["windows"] = [
-            (uri, parts) for uri, parts in tree.files["windows"]
-            if uri[len(windows_base) :] in done
-        ]
+        for table in ("windows", "unreadable"):
+            base = storage.join(out, table)
+            tree.files[table] = [
+                (uri, parts) for uri, parts in tree.files[table] if uri[len(base) :] in done
+            ]
         tree.scan_manifests = storage.list_files(
             storage.join(out, "_scans"), suffix=".json", endpoint_url=endpoint_url
         )
@@ -297,6 +301,8 @@ def row_filter(table: str, filters: QueryFilters) -> ds.Expression | None:
 
     if table == "errors":
         return None
+    if table == "unreadable":  # no label or score: only camera and time apply
+        filters = QueryFilters(cameras=filters.cameras, since=filters.since, until=filters.until)
     f = pads.field
     terms = []
     if filters.labels:
@@ -334,7 +340,8 @@ def connect(
     model_id: str | None = None,
     note: Callable[[str], None] | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views ``events``, ``windows``, ``errors`` (filtered).
+    """A DuckDB connection with the views ``events``, ``windows``, ``unreadable``,
+    ``errors`` (filtered).
 
     ``events`` and ``windows`` show one model's results (``model_id``, default the model of
     the newest scan; ``note`` is told which when the output holds several) and, of each
@@ -356,7 +363,7 @@ def connect(
         "CREATE VIEW _newest AS SELECT source_uri, max(scan_id) AS scan_id FROM _every_window "
         f"WHERE model_id = {_sql_text(shown)} GROUP BY source_uri"
     )
-    for table in ("events", "windows"):
+    for table in ("events", "windows", "unreadable"):
         con.register(f"_{table}_rows", tree.dataset(table, filters))
         con.execute(
             f"CREATE VIEW {table} AS SELECT t.* FROM _{table}_rows t SEMI JOIN _newest n "
@@ -417,6 +424,13 @@ def run_query(
     if table == "errors" and sql is None and not filters.is_empty:
         raise ConfigError(
             "errors have no camera, time, label or score: drop the filters for --table errors"
+        )
+    if table == "unreadable" and sql is None and (
+        filters.labels or filters.min_score is not None or filters.anomalies_only
+    ):
+        raise ConfigError(
+            "unreadable spans have no label or score: use only --camera, --since and --until "
+            "with --table unreadable"
         )
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit must be >= 0 (got {limit})")

@@ -6,9 +6,10 @@ URIs, camera names, error messages) goes through ``html.escape``: it is user dat
 
 Layout: summary tiles; a legend (click a label to hide/show it); one SVG timeline per
 camera over the recorded time (a grey "recorded" lane shows the footage that was scanned,
-then one lane per label with its events as coloured bars; recordings with an unknown start
-get their own timeline in seconds from the file start); counts by label and by camera; the
-event list with thumbnails; the failed sources.
+with the stretches that could not be decoded in red on it, then one lane per label with
+its events as coloured bars; recordings with an unknown start get their own timeline in
+seconds from the file start); counts by label and by camera; the event list with
+thumbnails; the unreadable spans; the failed sources.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import base64
 import bisect
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -43,6 +45,7 @@ _PALETTE = ("#0072B2", "#E69F00", "#D55E00", "#CC79A7", "#009E73", "#7A0019", "#
 # SVG geometry (px in the viewBox; the SVG scales to the page width)
 _W, _LEFT, _RIGHT, _LANE, _TOP, _AXIS = 1100, 120, 48, 22, 8, 26
 _GAP_PX = 26  # width of a cut (a long stretch without footage) on a time axis
+_UNREADABLE_COLOUR = "#d62728"  # a stretch of a recording that could not be decoded
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,9 @@ def _span_bars(axis: _Axis, spans: list[dict[str, Any]]) -> list[str]:
         y = _TOP + s["lane"] * _LANE + 3
         x0 = axis.x(s["x0"])
         w = max(axis.x(s["x1"]) - x0, 3.0)  # a short event stays visible
+        cls = f' class="{_e(s["cls"])}"' if s.get("cls") else ""
         rect = (
-            f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{_LANE - 6}" rx="2" '
+            f'<rect{cls} x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{_LANE - 6}" rx="2" '
             f'fill="{s["colour"]}"><title>{_e(s["tip"])}</title></rect>'
         )
         if s.get("event_id"):
@@ -247,8 +251,10 @@ def _camera_timelines(
     coverage: list[dict[str, Any]],
     events: list[dict[str, Any]],
     colours: dict[str, str],
+    unreadable: Sequence[dict[str, Any]] = (),
 ) -> list[str]:
-    """One timeline over recorded time, plus one in seconds for recordings without a start."""
+    """One timeline over recorded time, plus one in seconds for recordings without a start;
+    unreadable spans are red bars on the recorded lane."""
     out = []
     for timed in (True, False):
         cov = [c for c in coverage if (c["t0"] is not None) == timed]
@@ -264,6 +270,8 @@ def _camera_timelines(
 
         lo = min(pos(c, "t0", "s0") for c in cov)
         hi = max(pos(c, "t1", "s1") for c in cov)
+        hi = max([hi, *(pos(u, "end_time", "end_s") for u in unreadable
+                        if u["source_uri"] in sources)])
         spans = [
             {
                 "lane": 0, "x0": pos(c, "t0", "s0"), "x1": pos(c, "t1", "s1"), "colour": "#c9c9c9",
@@ -273,6 +281,19 @@ def _camera_timelines(
             }
             for c in cov
         ]
+        for u in unreadable:
+            if u["source_uri"] not in sources:
+                continue
+            spans.append(
+                {
+                    "lane": 0, "x0": pos(u, "start_time", "start_s"),
+                    "x1": pos(u, "end_time", "end_s"), "colour": _UNREADABLE_COLOUR,
+                    "cls": "unreadable",
+                    "tip": f"unreadable {_basename(u['source_uri'])} {u['start_s']:.1f}-"
+                    f"{u['end_s']:.1f} s ({_fmt_dur(u['end_s'] - u['start_s'])}): "
+                    f"{u['reason']}: {u['message']}",
+                }
+            )
         for e in evs:
             spans.append(
                 {
@@ -374,6 +395,9 @@ def build_report(
         "FROM windows GROUP BY camera, source_uri ORDER BY camera, t0 NULLS LAST, source_uri"
     ).to_arrow_table().to_pylist()
     errors = con.sql(f"SELECT * FROM errors ORDER BY {ORDER_BY['errors']}").to_arrow_table()
+    unreadable = con.sql(
+        f"SELECT * FROM unreadable ORDER BY {ORDER_BY['unreadable']}"
+    ).to_arrow_table().to_pylist()
     ev = events.to_pylist()
     err = errors.to_pylist()
     skipped: list[str] = []
@@ -382,7 +406,7 @@ def build_report(
                         endpoint_url=endpoint_url)
     models = [str(m["model_id"]) for m in manifests if m.get("model_id")]
     key = review_key(tree.out, models or [e["model_id"] for e in ev])
-    page = _render(_Scan(out, ev, coverage, err, manifests, clips, key))
+    page = _render(_Scan(out, ev, coverage, err, manifests, clips, key, unreadable))
     cameras = {c["camera"] for c in coverage} | {e["camera"] for e in ev}
     return Report(html=page, n_events=len(ev), n_cameras=len(cameras), n_errors=len(err),
                   warnings=tuple(skipped))
@@ -403,6 +427,7 @@ class _Scan:
     manifests: list[dict[str, Any]]
     clips: dict[str, EventClip]  # event_id -> its clip (avrl clips), where there is one
     review_key: str  # where the page keeps the analyst's verdicts (localStorage)
+    unreadable: Sequence[dict[str, Any]] = ()  # UNREADABLE rows
 
     @cached_property
     def labels(self) -> list[str]:
@@ -457,6 +482,14 @@ def _render(scan: _Scan) -> str:
         "<th>windows</th><th>verdict</th><th>source</th></tr>",
         [_event_row(e, scan.colours, scan.clips.get(e["event_id"])) for e in events],
     )
+    if scan.unreadable:
+        h += _table_section(
+            f"Unreadable spans ({len(scan.unreadable)})",
+            "",
+            "<table class='unreadable'><tr><th>camera</th><th>when</th><th>seconds in the "
+            "source</th><th>duration</th><th>reason</th><th>message</th><th>source</th></tr>",
+            [_unreadable_row(u) for u in scan.unreadable],
+        )
     h += _table_section(
         f"Failed sources ({len(errors)})",
         "Every source was scanned.",
@@ -496,6 +529,10 @@ def _head(scan: _Scan) -> list[str]:
         (len(events), "events"),
         (len(scan.cameras), "cameras"),
         (len(scan.errors), "failed sources"),
+        *(
+            [(_fmt_dur(sum(u["end_s"] - u["start_s"] for u in scan.unreadable)), "unreadable")]
+            if scan.unreadable else []
+        ),
     ):
         h.append(f'<div class="tile"><b>{_e(value)}</b>{_e(name)}</div>')
     h.append("</div>")
@@ -526,7 +563,7 @@ def _timelines(scan: _Scan) -> list[str]:
                 cov.append({"camera": e["camera"], "source_uri": e["source_uri"],
                             "s0": e["start_s"], "s1": e["end_s"], "t0": e["start_time"],
                             "t1": e["end_time"], "n_windows": 0, "has_audio": True})
-        h.extend(_camera_timelines(cam, cov, evs, colours))
+        h.extend(_camera_timelines(cam, cov, evs, colours, scan.unreadable))
     return h
 
 
@@ -588,6 +625,17 @@ def _event_row(e: dict[str, Any], colours: dict[str, str], clip: EventClip | Non
         f'<td class="num">{e["mean_score"]:.2f}</td><td class="num">{e["n_windows"]}</td>'
         f"{verdict_cell(e)}"
         f'<td class="src" title="{_e(e["source_uri"])}">{_e(e["source_uri"])}</td></tr>'
+    )
+
+
+def _unreadable_row(u: dict[str, Any]) -> str:
+    return (
+        f'<tr data-unreadable-source="{_e(u["source_uri"])}"><td>{_e(u["camera"])}</td>'
+        f'<td class="when">{_e(_fmt_time(u["start_time"]))}</td>'
+        f'<td class="num">{u["start_s"]:.1f} – {u["end_s"]:.1f}</td>'
+        f'<td class="num">{_e(_fmt_dur(u["end_s"] - u["start_s"]))}</td>'
+        f'<td>{_e(u["reason"])}</td><td>{_e(u["message"])}</td>'
+        f'<td class="src">{_e(u["source_uri"])}</td></tr>'
     )
 
 

@@ -65,6 +65,20 @@ ERRORS = pa.schema(
     ]
 )
 
+# Stretches of a scanned source that could not be decoded (corrupt data, a cut-off end, a
+# segment whose decoder crashed): no window lies in one. Only sources with windows have them;
+# a source with nothing readable is an error row instead.
+UNREADABLE = pa.schema(
+    [
+        _required("source_uri", pa.string()),
+        pa.field("camera", pa.string()),
+        *_SPAN,
+        _required("reason", pa.string()),  # an error type: DecodeFailed | Truncated | ...
+        _required("message", pa.string()),
+        *_WRITTEN_BY,
+    ]
+)
+
 # A labelled clip manifest (what `avrl synth` writes and `avrl prepare` reads). Users may
 # supply a CSV with at least uri and label; split defaults to "train", dark to false.
 CLIPS = pa.schema(
@@ -88,4 +102,6 @@ GROUND_TRUTH = pa.schema(
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {"windows": WINDOWS, "events": EVENTS, "errors": ERRORS}
+TABLES: dict[str, pa.Schema] = {
+    "windows": WINDOWS, "events": EVENTS, "errors": ERRORS, "unreadable": UNREADABLE,
+}

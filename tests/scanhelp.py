@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from avrl_batch import storage
 from avrl_batch.media.encode import encode_av
-from avrl_batch.schema import ERRORS, EVENTS, WINDOWS
+from avrl_batch.schema import ERRORS, EVENTS, UNREADABLE, WINDOWS
 
 FPS = 5
 SIZE = 64
@@ -87,7 +87,7 @@ def output_files(out: str, endpoint_url: str | None = None) -> dict[str, list[st
     files = storage.list_files(out, endpoint_url=endpoint_url)
     rel = [f[len(out.rstrip("/")) + 1 :] for f in files]
     by: dict[str, list[str]] = {
-        "windows": [], "events": [], "errors": [], "_scans": [], "clips": []
+        "windows": [], "events": [], "errors": [], "_scans": [], "clips": [], "unreadable": []
     }
     for r in rel:
         by[r.split("/", 1)[0]].append(r)
@@ -95,11 +95,13 @@ def output_files(out: str, endpoint_url: str | None = None) -> dict[str, list[st
 
 
 def check_outputs(out: str, sources: list[str], endpoint_url: str | None = None) -> dict:
-    """Assert the §4 contract: every source is exactly one of (windows + events) or (one error
-    row), names are unique, no duplicate window rows; returns the tables by source."""
+    """Assert the §4 contract: every source is exactly one of (windows + events, with its
+    unreadable spans beside them when it has any) or (one error row), names are unique, no
+    duplicate window rows, no window inside an unreadable span; returns the tables by
+    source."""
     by = output_files(out, endpoint_url)
     key_of = lambda rel: rel.rsplit("/", 1)[-1][: -len(".parquet")]  # noqa: E731
-    for table in ("windows", "events"):
+    for table in ("windows", "events", "unreadable"):
         for rel in by[table]:
             parts = rel.split("/")
             assert len(parts) == 4 and parts[1].startswith("date=") and parts[2].startswith(
@@ -111,6 +113,8 @@ def check_outputs(out: str, sources: list[str], endpoint_url: str | None = None)
     assert max([*wkeys.values(), *ekeys.values(), *rkeys.values(), 1]) == 1, by
     assert set(wkeys) == set(ekeys), by
     assert not set(ekeys) & set(rkeys), by
+    ukeys = Counter(key_of(r) for r in by["unreadable"])
+    assert max([*ukeys.values(), 1]) == 1 and set(ukeys) <= set(ekeys), by
     result: dict[str, dict] = {}
     root = out.rstrip("/")
     for rel in by["windows"]:
@@ -123,7 +127,17 @@ def check_outputs(out: str, sources: list[str], endpoint_url: str | None = None)
         e = read_parquet(f"{root}/{erel}", EVENTS, endpoint_url)
         uri = uris.pop() if uris else None
         assert (uri or key_of(rel)) not in result, f"{uri}: two versions' outputs"
-        result[uri or key_of(rel)] = {"windows": w, "events": e, "key": key_of(rel), "rel": rel}
+        entry = {"windows": w, "events": e, "key": key_of(rel), "rel": rel}
+        urel = "unreadable/" + rel.split("/", 1)[1]
+        if urel in by["unreadable"]:
+            u = read_parquet(f"{root}/{urel}", UNREADABLE, endpoint_url)
+            assert u.num_rows and set(u["source_uri"].to_pylist()) <= {uri}, urel
+            for lo, hi in zip(u["start_s"].to_pylist(), u["end_s"].to_pylist(), strict=True):
+                assert lo < hi
+                for ws, we in zip(w["start_s"].to_pylist(), w["end_s"].to_pylist(), strict=True):
+                    assert we <= lo or ws >= hi, f"{rel}: window {ws}-{we} in span {lo}-{hi}"
+            entry["unreadable"] = u
+        result[uri or key_of(rel)] = entry
     for rel in by["errors"]:
         err = read_parquet(f"{root}/{rel}", ERRORS, endpoint_url)
         assert err.num_rows == 1, rel

@@ -3,7 +3,8 @@
 Tiny good recordings (MP4 H.264/AAC, Matroska, AVI MJPEG/A-law) are mutated (bit flips,
 truncations, chunk duplication and removal, 32-bit header fields set to extremes, noise
 spans; tests/badmedia.py:mutate) and fed to ``probe``, ``iter_windows`` (which
-``decode_frames`` wraps) and ``decode_audio``, as file objects (the S3 read path) and as
+``decode_frames`` wraps; strictly, and decoding past damage as a scan does) and
+``decode_audio``, as file objects (the S3 read path) and as
 paths. Only a MediaError may come out. The cases run in the scan's decoder process
 (avrl_batch/scan/isolate.py), so a case that crashes or hangs FFmpeg is reported as a
 finding instead of killing pytest.
@@ -64,10 +65,15 @@ def run_cases(seeds: list[bytes], first: int, count: int, seed: int, tmp: str) -
                 if entry == "probe":
                     probe(src())
                 elif entry == "iter_windows":
-                    # log-mel on every other case: it is most of a case's time
+                    # log-mel on every other case: it is most of a case's time; two cases
+                    # in three decode past damage as a scan does (spans into a list)
+                    spans: list = []
                     for _ in iter_windows(src(), 0.0, 10.0, window_s=0.5, stride_s=0.5,
-                                          frames=3, size=16, audio=case % 2 == 0):
+                                          frames=3, size=16, audio=case % 2 == 0,
+                                          unreadable=spans if case % 3 else None):
                         pass
+                    if any(not s.end_s > s.start_s for s in spans):
+                        raise AssertionError(f"an empty unreadable span: {spans}")
                 else:
                     decode_audio(src(), 0.0, 1.0)
                 key = f"{entry}:ok"

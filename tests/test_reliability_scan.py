@@ -116,13 +116,17 @@ def test_bad_media_corpus_one_status_each_and_good_files_unaffected(
     # what each kind of damage must end as (an error row with this type, or scanned)
     expect_error = {
         "trunc_01": "Truncated", "trunc_50": "Truncated", "trunc_99": "Truncated",
-        "trunc_50_mkv": "Truncated", "zero_byte": "EmptyFile", "header_only": "Truncated",
+        "zero_byte": "EmptyFile", "header_only": "Truncated",
         "random_bytes": "NotMedia", "audio_only": "NoVideoStream", "no_video": "NoVideoStream",
         "absurd_dims": "DecodeFailed", "over_pixel_cap": "ExceedsCaps",
     }
     for name, kind in expect_error.items():
         assert status[name].endswith(":" + kind), (name, status[name])
     assert status["avi_index_broken"] == "ok"  # FFmpeg reads an AVI without its index
+    # a streamable file cut short keeps its first half, the rest is a Truncated span
+    cut = got[str(bad["trunc_50_mkv"])]
+    assert status["trunc_50_mkv"] == "ok" and cut["windows"].num_rows > 0
+    assert cut["unreadable"]["reason"].to_pylist() == ["Truncated"]
     assert status["flipped"] != ""  # decodes with damage or fails: either way one status
 
     # good files: the same outputs as when scanned alone

@@ -350,7 +350,9 @@ def test_superseded_objects_are_rebuilt_through_join(s3_bucket: str, s3_endpoint
     keyed = [(SimpleNamespace(uri=uri, version="v2"), current.key)]
     stale = sink.find_superseded(out, keyed, done, failed, "m1", endpoint_url=ep)
     assert [s.key for s in stale] == [base.key]
-    assert stale[0].uris == (sink.windows_uri(out, base), sink.events_uri(out, base))
+    assert stale[0].uris == (
+        sink.windows_uri(out, base), sink.unreadable_uri(out, base), sink.events_uri(out, base)
+    )
     with pytest.raises(Exception, match="refusing unsafe path part"):
         storage.join(out, "windows", *storage.relative_parts(storage.join(out, "events"),
                                                               planted))

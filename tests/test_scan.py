@@ -225,11 +225,35 @@ def test_assembler_finishes_sources_once_and_ignores_duplicates() -> None:
     ev = events_from_windows(w, classes=SHADE, thumbnails=fin[0].thumbnails)
     assert ev["label"].to_pylist() == ["fight"] and ev["thumbnail"][0].as_py() == b"\xff\xd8jpeg"
     assert a.add_batch(_batch(seg1)) == [] and a.unfinished() == []
-    # an error trailer makes the whole source an error
+    # a segment that fails on the recording costs its range only: an unreadable span
     b = SourceAssembler([_task()], classes=SHADE, model_id="m", scan_id="s")
     bad = _row("error", 1, n=0)
-    bad.update(error_type="Truncated", message="/a/cam01_x.mp4: data ends at 55%")
+    bad.update(error_type="Truncated", message="/a/cam01_x.mp4: data ends at 55%",
+               start_s=10.0, end_s=20.0)
     fin = b.add_batch(_batch([*seg0, bad]))
+    assert fin[0].error is None and fin[0].windows["window_index"].to_pylist() == [0, 1, 2, 3, 4]
+    spans = fin[0].unreadable.to_pylist()
+    assert [(u["start_s"], u["end_s"], u["reason"]) for u in spans] == [(10.0, 20.0, "Truncated")]
+    assert spans[0]["start_time"] == datetime(2026, 3, 1, 0, 0, 10, tzinfo=UTC)
+    # a damaged stretch inside a segment drops the windows that overlap it, and the spans
+    # two overlapping segments report of it are one
+    c = SourceAssembler([_task()], classes=SHADE, model_id="m", scan_id="s")
+    span = _row("unreadable", 0)
+    span.update(start_s=3.1, end_s=5.5, error_type="DecodeFailed", message="corrupt data")
+    again = dict(span, segment_index=1, start_s=4.0, end_s=6.2)
+    fin = c.add_batch(_batch([*seg0, span, again, *seg1]))
+    assert fin[0].windows["window_index"].to_pylist() == [0, 4, 5, 6, 7, 8, 9]
+    assert fin[0].thumbnails == {}  # window 3's thumbnail went with it
+    assert [(u["start_s"], u["end_s"]) for u in fin[0].unreadable.to_pylist()] == [(3.1, 6.2)]
+    # a storage failure in one segment: no outputs at all, so that a rerun scans it again
+    d = SourceAssembler([_task()], classes=SHADE, model_id="m", scan_id="s")
+    stalled = dict(bad, error_type="StorageError", message="read timed out")
+    fin = d.add_batch(_batch([*seg0, stalled]))
+    assert fin[0].windows is None and fin[0].error.error_type == "StorageError"
+    # nothing readable at all: the source is an error row
+    e = SourceAssembler([_task()], classes=SHADE, model_id="m", scan_id="s")
+    first = dict(bad, segment_index=0, start_s=0.0, end_s=10.0)
+    fin = e.add_batch(_batch([first, bad]))
     assert fin[0].windows is None and fin[0].error.error_type == "Truncated"
 
 
@@ -283,7 +307,9 @@ def test_superseded_versions_found_and_removed_on_s3(s3_bucket: str, s3_endpoint
     stale = sink.find_superseded(out, keyed, done, failed, "m1", endpoint_url=ep)
     old = tasks["v1", "m1"]
     assert [(s.key, s.version) for s in stale] == [(old.key, "v1")]
-    assert stale[0].uris == (sink.windows_uri(out, old), sink.events_uri(out, old))
+    assert stale[0].uris == (
+        sink.windows_uri(out, old), sink.unreadable_uri(out, old), sink.events_uri(out, old)
+    )
     # not removed while the current version is unfinished
     assert sink.remove_superseded(stale, set(), set(), endpoint_url=ep) == []
     assert storage.exists(sink.events_uri(out, old), endpoint_url=ep)

@@ -1,4 +1,5 @@
-"""`avrl bench decode|model|load|scan|baseline|footage`: throughput and memory figures.
+"""`avrl bench decode|audio-end|damaged|model|load|scan|baseline|footage`: throughput, memory
+and damage figures.
 
 Every figure is a median over --runs runs, carries the machine and its load, and ratios come
 from variants measured in the same invocation, interleaved run by run (avrl_batch/bench/).
@@ -86,7 +87,8 @@ def _copies(work: Path, src: Path, n: int) -> Path:
 @bench_app.command("footage")
 def footage_cmd(
     kind: str = typer.Argument(
-        ..., help="h264-360p|h264-720p|h264-1080p|hevc-720p|hevc-1080p|mjpeg-720p|h264-96p|h264-32p"
+        ..., help="h264-360p|h264-720p|h264-1080p|hevc-720p|hevc-1080p|mjpeg-720p|h264-96p|"
+        "h264-120p|h264-32p"
     ),
     seconds: float = typer.Argument(60.0, help="Length of the recording."),
     work: Path = typer.Option(DEFAULT_WORK, "--work", help="Footage goes to WORK/footage."),
@@ -153,6 +155,39 @@ def audio_end_cmd(
         src, audio_end_s=audio_end, preset=preset, segment_s=segment, runs=runs, threads=threads
     )
     _emit(doc, as_json, bench_audio_end.table(doc), save)
+
+
+@bench_app.command("damaged")
+def damaged_cmd(
+    source: Path = typer.Argument(
+        None, help="An MP4 to damage a copy of; none: make an hour of 160x120 footage."
+    ),
+    fraction: float = typer.Option(
+        0.005, "--fraction", help="Share of the bytes destroyed, centred on the middle."
+    ),
+    seconds: float = typer.Option(3600.0, "--seconds", help="Length of made footage."),
+    preset: str = typer.Option("tiny", "--preset", help="Random model of this preset."),
+    segment: float = typer.Option(300.0, "--segment", help="Scan segment seconds."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decode workers."),
+    work: Path = typer.Option(DEFAULT_WORK, "--work"),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save", help="Also write the JSON document here."),
+) -> None:
+    """Scan a recording with a bad sector in the middle: share kept as windows, spans reported.
+
+    Example: avrl bench damaged --fraction 0.005 --seconds 3600
+    """
+    from avrl_batch.bench import damaged
+    from avrl_batch.errors import ConfigError
+
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--fraction must be between 0 and 1, got {fraction}")
+    src = source or _footage(work, "h264-120p", seconds)
+    doc = damaged.bench_damaged(
+        src, work / "damaged", fraction=fraction, preset=preset, segment_s=segment,
+        workers=workers,
+    )
+    _emit(doc, as_json, damaged.table(doc), save)
 
 
 @bench_app.command("model")

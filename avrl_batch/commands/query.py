@@ -50,10 +50,13 @@ def query(
     anomalies_only: bool = typer.Option(
         False, "--anomalies-only", help="windows whose top class is an anomaly"
     ),
-    table: str = typer.Option("events", "--table", "-t", help="events, windows or errors"),
+    table: str = typer.Option(
+        "events", "--table", "-t",
+        help="events, windows, unreadable (stretches that could not be decoded) or errors",
+    ),
     sql: str | None = typer.Option(
-        None, help="your own SELECT over the views events, windows, errors (the filters "
-        "above narrow events and windows first)"
+        None, help="your own SELECT over the views events, windows, unreadable, errors (the "
+        "filters above narrow events, windows and unreadable first)"
     ),
     fmt: str | None = typer.Option(
         None, "--format", "-f",
@@ -67,11 +70,14 @@ def query(
         None, "--model", help="the model id whose results to show (default: the newest scan's)"
     ),
 ) -> None:
-    """Query the events, windows or errors of a scan with filters or your own SQL (DuckDB).
+    """Query the events, windows, unreadable spans or errors of a scan with filters or your
+    own SQL (DuckDB).
 
     Examples:
 
       avrl query out/ --label fight --label shoot --since 2026-03-01 --min-score 0.8
+
+      avrl query out/ -t unreadable --camera cam01
 
       avrl query s3://bucket/scans --camera cam01 --format csv > cam01.csv
 

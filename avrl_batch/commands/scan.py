@@ -81,10 +81,12 @@ def scan(
 ) -> None:
     """Scan recordings for anomaly events; write Parquet timelines under OUT.
 
-    Output: OUT/windows/date=D/camera=C/<key>.parquet, OUT/events/..., OUT/errors/<key>.parquet,
-    OUT/_scans/<scan_id>.json. Rerunning skips sources already done for this model; a rerun
-    with other window settings is refused (pass --rescan to replace the results, or use
-    another --out); `avrl retimeline OUT` re-applies --enter/--exit/... without decoding.
+    Output: OUT/windows/date=D/camera=C/<key>.parquet, OUT/events/..., OUT/unreadable/...
+    (stretches of a recording that could not be decoded), OUT/errors/<key>.parquet (nothing
+    of the recording could be read), OUT/_scans/<scan_id>.json. Rerunning skips sources
+    already done for this model; a rerun with other window settings is refused (pass
+    --rescan to replace the results, or use another --out); `avrl retimeline OUT`
+    re-applies --enter/--exit/... without decoding.
 
     Example: avrl scan s3://cams/2026/ --model model.avrl --out s3://cams-scans/ --segment 600
     """
@@ -215,6 +217,11 @@ def _print_summary(r: dict[str, Any]) -> None:
     t.add_column("value", justify="right")
     t.add_row("sources listed", str(r["sources_listed"]))
     t.add_row("sources ok", str(r["sources_ok"]))
+    if r.get("sources_partial"):
+        t.add_row(
+            "  of them with unreadable spans (avrl query OUT -t unreadable)",
+            f"{r['sources_partial']} ({r['unreadable_spans']} spans, {r['unreadable_s']:.1f} s)",
+        )
     t.add_row("sources failed", str(r["sources_failed"]))
     t.add_row("sources skipped (done before)", str(r["sources_skipped"]))
     if r.get("superseded"):

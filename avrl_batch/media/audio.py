@@ -127,6 +127,16 @@ class AudioBuffer:
         self.chunks.append(x)
         self.n += x.size
 
+    def append_silence(self, seconds: float) -> None:
+        """Zeros for audio that could not be decoded (a rejected packet): the samples after
+        it keep their place on the timeline. Nothing before the first frame (no anchor)."""
+        if self.t0 is None or seconds <= 0:
+            return
+        x = np.zeros(int(round(seconds * self.rate)), np.float32)
+        self._appended += x.size
+        self.chunks.append(x)
+        self.n += x.size
+
     def trim(self, before_s: float) -> None:
         """Drop samples before timeline time ``before_s``."""
         if self.t0 is None:

@@ -11,10 +11,18 @@ size x size by stretching (the paper resizes to 240 x 240 regardless of aspect r
 one shared swscale context (FAST_BILINEAR, 1 thread), and only sampled frames are
 converted to RGB: converting every decoded frame costs as much as decoding it
 (PERF_NOTES). The display-matrix rotation of each frame is applied.
+
+Damage: given an ``unreadable`` list, :func:`iter_windows` decodes past corrupt packets (the
+decoder resyncs at the next decodable frame) and records each stretch without decodable
+frames as an :class:`UnreadableSpan`, and a video that ends well before the container's
+declared end as one span from its last frame to that end; without the list, the first
+damage raises (DecodeFailed, Truncated). The windows of the segment are all yielded either
+way: those that overlap a span hold the frames around it and are the caller's to drop.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +53,22 @@ AUDIO_LAG_S = 4.0
 # a window has audio when the audio stream covers at least this share of it; otherwise it
 # takes the model's missing-audio path rather than hearing zeros
 AUDIO_COVER_SHARE = 0.5
+# consecutive demux errors with no packet between them after which the rest of the file is
+# taken as unreadable: FFmpeg's demuxers resync on their own, so this is a demuxer stuck on
+# one spot, not one that skips a damaged stretch
+MAX_DEMUX_ERRORS = 16
+
+
+@dataclass(frozen=True)
+class UnreadableSpan:
+    """A stretch of a source without decodable video: seconds from the video's first
+    timestamp, [start_s, end_s), and why (``reason``: an error type, e.g. DecodeFailed,
+    Truncated; ``message``: one line)."""
+
+    start_s: float
+    end_s: float
+    reason: str
+    message: str
 
 
 def sample_times(start_s: float, end_s: float, T: int) -> np.ndarray:
@@ -127,6 +151,7 @@ def iter_windows(
     n_examples: int | None = None,
     caps: MediaCaps = MediaCaps(),
     stats: DecodeStats | None = None,
+    unreadable: list[UnreadableSpan] | None = None,
 ) -> Iterator[Window]:
     """Every window that starts in the segment [start_s, end_s), in one forward pass.
 
@@ -139,7 +164,8 @@ def iter_windows(
     starts late) has no audio: ``has_audio`` False, ``logmel`` None. The container is
     opened once and seeked once; the pass ends when the segment's frames are in and the
     audio reached the last window, its declared end, or fell AUDIO_LAG_S behind the video;
-    memory holds only windows in flight.
+    memory holds only windows in flight. ``unreadable``: damage is appended there as spans
+    (module docstring) instead of raised.
     """
     if window_s <= 0 or stride_s <= 0:
         raise ValueError("window_s and stride_s must be > 0")
@@ -152,7 +178,9 @@ def iter_windows(
             pending = _plan_windows(start_s, end_s, file_end_s, window_s, stride_s, frames)
             if pending:
                 examples = n_examples or logmel.examples_for_duration(window_s)
-                scan = _SegmentScan(container, name, caps, pending, size, audio, examples, stats)
+                scan = _SegmentScan(
+                    container, name, caps, pending, size, audio, examples, stats, unreadable
+                )
                 scan.seek(start_s)
                 yield from scan.run(start_s, file_end_s)
         finally:
@@ -234,8 +262,10 @@ class _SegmentScan:
         audio: bool,
         n_examples: int,
         stats: DecodeStats,
+        unreadable: list[UnreadableSpan] | None = None,
     ) -> None:
         self.container, self.name, self.stats = container, name, stats
+        self.damage = _Damage(name, unreadable)
         self.vs = container.streams.video[0]
         self.vs.thread_type = "AUTO"  # frame threading: ~1.6x on H.264 (PERF_NOTES)
         self.origin = time_origin(container, self.vs)
@@ -271,6 +301,7 @@ class _SegmentScan:
         self.next_emit = 0
         self.prev: Any = None  # the last decoded video frame, and its time
         self.prev_t = 0.0
+        self.step = 0.0  # the frame interval (shortest between good frames), 0: unknown
 
     def seek(self, start_s: float) -> None:
         """One seek to the keyframe before the first sample (and the audio margin before it)."""
@@ -284,18 +315,21 @@ class _SegmentScan:
     def run(self, start_s: float, file_end_s: float) -> Iterator[Window]:
         streams = [self.vs] + ([self.astream] if self.astream is not None else [])
         video_done = False
-        for packet in self.container.demux(*streams):
+        for packet in self._packets(streams):
             if packet.stream.type == "audio":
                 if self.audio_done:
                     continue
                 self._audio_packet(packet)
             else:
+                t = None
                 if packet.pts is not None and packet.time_base is not None:
                     t = float(packet.pts * packet.time_base) - self.origin
                     self.stats.last_packet_s = t
                     self._watch_audio_lag(t)
+                    if not video_done and packet.size:
+                        self.damage.packet(t)
                 if not video_done:
-                    for vframe in packet.decode():
+                    for vframe in self._decode(packet, t):
                         self._video_frame(vframe, record_first=True)
                     video_done = self.next_target == len(self.targets)
             yield from self._ready()
@@ -305,15 +339,60 @@ class _SegmentScan:
         if not video_done:
             for vframe in _drain(self.vs):
                 self._video_frame(vframe, record_first=False)
-        self._check_not_truncated(start_s, file_end_s)
+        self._check_not_truncated(start_s, file_end_s, drained=not video_done)
         while self.next_target < len(self.targets):
             self._assign(self.prev, self.prev_t)
         self.audio_done = True
         yield from self._ready()
 
+    def _packets(self, streams: list[Any]) -> Iterator[Any]:
+        """The container's packets; a demux error is damage (recorded) and demuxing goes on
+        from where the demuxer stands, up to MAX_DEMUX_ERRORS in a row."""
+        import av
+
+        errors = 0
+        while True:
+            try:
+                for packet in self.container.demux(*streams):
+                    errors = 0
+                    yield packet
+                return
+            except av.error.EOFError:
+                return
+            except av.error.FFmpegError as exc:
+                errors += 1
+                self.damage.seen(exc, what="demuxing")
+                if errors >= MAX_DEMUX_ERRORS:
+                    return  # the rest is unreadable: the end-of-file checks say so
+
+    def _decode(self, packet: Any, t: float | None) -> list[Any]:
+        """The frames of a video packet; a packet the decoder rejects is damage (recorded,
+        no frames) and the decoder resyncs at the next decodable frame."""
+        import av
+
+        try:
+            return list(packet.decode())
+        except av.error.FFmpegError as exc:
+            if isinstance(exc, av.error.EOFError) and self.damage.out is not None:
+                return []  # the decoder was flushed: nothing more comes from it
+            self.damage.seen(exc, what="decoding")  # raises when decoding strictly
+            return []
+
     def _audio_packet(self, packet: Any) -> None:
+        import av
+
         assert self.abuf is not None
-        for aframe in packet.decode():
+        try:
+            aframes = list(packet.decode())
+        except av.error.FFmpegError as exc:
+            if self.damage.out is None or isinstance(exc, av.error.EOFError):
+                raise
+            # a rejected audio packet: silence in its place keeps the later audio in sync
+            # (a window left with little audio is judged by coverage like any other)
+            dur = packet.duration * packet.time_base if packet.duration and packet.time_base else 0
+            self.abuf.append_silence(float(dur))
+            aframes = []
+        for aframe in aframes:
             self.abuf.append(aframe)
             self.stats.audio_frames_decoded += 1
         if self.abuf.end_s >= self.need_audio_s:
@@ -337,8 +416,19 @@ class _SegmentScan:
         if none was)."""
         self.stats.frames_decoded += 1
         t = float(vframe.time) - self.origin if vframe.time is not None else self.prev_t
+        if vframe.is_corrupt and self.damage.out is not None:
+            # decoded with errors (concealed): its packet stays unaccounted for, damage
+            self.damage.seen(None, what="decoding")
+            return
         if record_first and self.stats.first_frame_s is None:
             self.stats.first_frame_s = t
+        n_spans = len(self.damage.out) if self.damage.out is not None else 0
+        self.damage.frame(self.prev_t if self.prev is not None else None, self.step, t)
+        damaged = self.damage.out is not None and len(self.damage.out) > n_spans
+        if self.prev is not None and t > self.prev_t and not damaged:
+            # the frame interval: the shortest one between good frames with none missing
+            gap = t - self.prev_t
+            self.step = gap if self.step == 0.0 else min(self.step, gap)
         while (
             self.next_target < len(self.targets) and self.targets[self.next_target][0] < t - _EPS_S
         ):
@@ -352,28 +442,51 @@ class _SegmentScan:
         _, k, slot = self.targets[self.next_target]
         w = self.pending[k]
         assert w is not None
-        w.frames[slot] = self.convert(frame)
+        w.frames[slot] = (
+            np.zeros((self.convert.size, self.convert.size, 3), np.uint8)
+            if frame is _NO_FRAME
+            else self.convert(frame)
+        )
         w.frame_times[slot] = t
         w.filled += 1
         self.next_target += 1
 
-    def _check_not_truncated(self, start_s: float, file_end_s: float) -> None:
+    def _check_not_truncated(self, start_s: float, file_end_s: float, *, drained: bool) -> None:
+        """At the end of the file: video that stops well before the declared end (or never
+        starts in this segment) is a Truncated span to that end (raised when no
+        ``unreadable`` list was given); frames missing after the last good one are a
+        DecodeFailed span (only once the decoder was ``drained``: until then frames still
+        in it are not missing)."""
         if self.prev is None:
-            raise Truncated(
+            err = Truncated(
                 self.name,
                 f"no video frames from {start_s:.2f} s on although the file declares "
                 f"{file_end_s:.2f} s; the file is probably cut short — re-copy it",
             )
+            if self.damage.out is None:
+                raise err
+            self.damage.span(start_s, max(file_end_s, start_s), "Truncated", err.reason)
+            self.prev, self.prev_t = _NO_FRAME, start_s
+            return
+        due = self.prev_t + self.step  # where the frame after the last one was due
         if self.next_target < len(self.targets) and (
             self.targets[self.next_target][0] > self.prev_t + _TRUNCATED_GAP_S
             # frames are still wanted and the header promised over a second more video
             or file_end_s > self.prev_t + _TRUNCATED_GAP_S
         ):
-            raise Truncated(
+            err = Truncated(
                 self.name,
                 f"video ends at {self.prev_t:.2f} s but the file declares {file_end_s:.2f} s; "
                 "the file is probably cut short — re-copy it",
             )
+            if self.damage.out is None:
+                raise err
+            self.damage.span(due, file_end_s, "Truncated", err.reason)
+            return
+        missing_until = self.damage.end(self.prev_t, self.step) if drained else None
+        if missing_until is not None:
+            self.damage.span(due, missing_until, "DecodeFailed", self.damage.describe(
+                len(self.damage.pts)))
 
     def _ready(self) -> Iterator[Window]:
         """The windows now complete, in order; each one's frames are freed once yielded."""
@@ -392,6 +505,69 @@ class _SegmentScan:
             nxt = self.pending[self.next_emit] if self.next_emit < len(self.pending) else None
             if abuf is not None and nxt is not None:
                 abuf.trim(nxt.start_s - 2 * RESAMPLE_MARGIN_S)
+
+
+_NO_FRAME = object()  # what the samples of a segment without any video frame take
+
+
+class _Damage:
+    """The damaged stretches of one pass. Every video packet demuxed is noted by its time;
+    each good frame accounts for the packets up to it. Packets between two good frames that
+    gave no frame (the decoder rejected them, flagged their frames corrupt, or dropped them
+    while it resynced) are a span: from where the frame after the last good one was due (its
+    time + the frame interval) to the next good frame. A gap without packets is no damage
+    (variable frame rate). Without an ``out`` list a rejected packet raises instead."""
+
+    def __init__(self, name: str, out: list[UnreadableSpan] | None) -> None:
+        self.name, self.out = name, out
+        self.pts: list[float] = []  # times of video packets not yet accounted for, sorted
+        self.errors = 0  # packets rejected since the last span
+        self.first = ""  # the first error's text since the last span
+
+    def packet(self, t: float) -> None:
+        bisect.insort(self.pts, t)
+
+    def seen(self, exc: Exception | None, *, what: str) -> None:
+        """A packet rejected (``exc``) or a frame flagged corrupt (None)."""
+        if self.out is None:
+            if exc is None:
+                return  # strict decoding takes a concealed frame as it always did
+            with wrap_errors(self.name, stage=what):
+                raise exc
+        if exc is not None:
+            self.errors += 1
+            self.first = self.first or getattr(exc, "strerror", None) or type(exc).__name__
+        else:
+            self.first = self.first or "frames decoded with errors"
+
+    def frame(self, prev_t: float | None, step: float, t: float) -> None:
+        """A good frame at ``t``; ``prev_t`` is the last good frame's time (None: the first
+        of the pass, when packets before it count as damage only after an error)."""
+        cut = bisect.bisect_left(self.pts, t - _EPS_S)
+        if prev_t is None:
+            missing = cut if (self.errors or self.first) else 0
+            start = self.pts[0] if missing else t
+        else:
+            missing = cut - bisect.bisect_right(self.pts, prev_t + _EPS_S)
+            start = min(prev_t + step, t)
+        del self.pts[: bisect.bisect_right(self.pts, t + _EPS_S)]
+        if missing and t > start and self.out is not None:
+            self.out.append(UnreadableSpan(start, t, "DecodeFailed", self.describe(missing)))
+            self.errors, self.first = 0, ""
+
+    def end(self, prev_t: float, step: float) -> float | None:
+        """At the end of the file (decoder drained): the end of the frames that never came
+        after the last good one (None: none are missing)."""
+        after = self.pts[bisect.bisect_right(self.pts, prev_t + _EPS_S):]
+        return after[-1] + step if after else None
+
+    def span(self, start_s: float, end_s: float, reason: str, message: str) -> None:
+        if self.out is not None and end_s > start_s:
+            self.out.append(UnreadableSpan(start_s, end_s, reason, message))
+
+    def describe(self, missing: int) -> str:
+        why = f" ({self.first}; {self.errors} packet(s) rejected)" if self.first else ""
+        return f"corrupt data: {missing} frame(s) could not be decoded{why}"
 
 
 def _drain(vs: Any) -> Iterator[Any]:

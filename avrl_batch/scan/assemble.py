@@ -2,7 +2,14 @@
 
 Rows arrive in any order and any interleaving of sources; a source is finished once every
 one of its segments has sent its trailer (decode.py), and is then handed back once: its
-windows table (sink.windows_table) and the thumbnails of its peak windows, or its error.
+windows table (sink.windows_table), its unreadable spans (sink.unreadable_table) and the
+thumbnails of its peak windows, or its error.
+
+A damaged source keeps what could be read. The spans its segments could not decode (their
+``unreadable`` rows, and the range a failed segment left undecoded) are merged, and the
+windows that overlap one are dropped: they hold frames from around the damage. The source
+is an error row only when no window is left, or when a segment failed for a reason that is
+not the recording's (storage, the machine): then nothing is written and a rerun scans it.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from avrl_batch.classes import ClassSet
-from avrl_batch.scan.decode import DONE, ERROR, WINDOW
+from avrl_batch.scan.decode import DONE, ERROR, UNREADABLE, WINDOW
 from avrl_batch.scan.plan import SourceError, SourceTask
-from avrl_batch.scan.sink import windows_table
+from avrl_batch.scan.sink import unreadable_table, windows_table
+
+Span = tuple[float, float, str, str]  # start_s, end_s, reason (an error type), message
 
 
 @dataclass
@@ -24,7 +33,9 @@ class _Pending:
     windows: dict[int, tuple[float, float, bool, np.ndarray]] = field(default_factory=dict)
     thumbs: dict[int, bytes] = field(default_factory=dict)
     segments: dict[int, int] = field(default_factory=dict)  # segment index -> n windows
-    error: SourceError | None = None
+    spans: dict[tuple[float, float], Span] = field(default_factory=dict)  # by (start, end)
+    error: SourceError | None = None  # the first segment failure of the recording
+    transient: SourceError | None = None  # the first failure of storage or the machine
 
 
 @dataclass
@@ -33,6 +44,7 @@ class FinishedSource:
     windows: pa.Table | None = None
     thumbnails: dict[int, bytes] = field(default_factory=dict)
     error: SourceError | None = None
+    unreadable: pa.Table | None = None  # UNREADABLE rows (none when nothing was damaged)
 
 
 class SourceAssembler:
@@ -85,28 +97,42 @@ class SourceAssembler:
                 thumb = batch["thumbnail"][i]
                 if thumb:
                     p.thumbs[wi] = bytes(thumb)
+            elif kind == UNREADABLE:
+                self._span(p, batch, i)
             elif kind in (DONE, ERROR):
                 seg = int(batch["segment_index"][i])
                 if seg not in p.segments:
                     node = str(batch["decode_node"][i]) if "decode_node" in batch else ""
                     self.node_segments[node] = self.node_segments.get(node, 0) + 1
                 p.segments[seg] = int(batch["n_windows"][i])
-                if kind == ERROR and p.error is None:
-                    p.error = SourceError(
-                        p.task.uri,
-                        key,
-                        "decode",
-                        str(batch["error_type"][i]),
-                        str(batch["message"][i]),
-                    )
+                if kind == ERROR:
+                    self._segment_failed(p, batch, i)
             if len(p.segments) == len(p.task.segments) and key not in done:
                 done.append(key)
         return [self._finish(key) for key in done]
 
+    @staticmethod
+    def _span(p: _Pending, batch: dict[str, np.ndarray], i: int) -> None:
+        lo, hi = float(batch["start_s"][i]), float(batch["end_s"][i])
+        p.spans[(lo, hi)] = (lo, hi, str(batch["error_type"][i]), str(batch["message"][i]))
+
+    def _segment_failed(self, p: _Pending, batch: dict[str, np.ndarray], i: int) -> None:
+        """A segment's error trailer: storage's or the machine's failure spoils the source
+        (retried whole next run); the recording's own is an unreadable span of the
+        segment's undecoded range."""
+        err = SourceError(
+            p.task.uri, p.task.key, "decode", str(batch["error_type"][i]), str(batch["message"][i])
+        )
+        if err.transient:
+            p.transient = p.transient or err
+            return
+        p.error = p.error or err
+        self._span(p, batch, i)
+
     def _finish(self, key: str) -> FinishedSource:
         p = self.pending.pop(key)
-        if p.error is not None:
-            return FinishedSource(p.task, error=p.error)
+        if p.transient is not None:
+            return FinishedSource(p.task, error=p.transient)
         expected = sum(p.segments.values())
         if expected != len(p.windows):
             # cannot happen unless rows were lost on the way: say so rather than write a
@@ -121,8 +147,15 @@ class SourceAssembler:
                     f"{len(p.windows)} of {expected} windows came back from inference",
                 ),
             )
-        idx = np.fromiter(p.windows.keys(), np.int64, len(p.windows))
-        vals = list(p.windows.values())
+        spans = merge_spans(list(p.spans.values()), p.task.duration_s)
+        kept = {
+            wi: v for wi, v in p.windows.items()
+            if not any(v[0] < hi and v[1] > lo for lo, hi, _, _ in spans)
+        }
+        if not kept and (spans or p.error is not None):  # nothing could be read: an error row
+            return FinishedSource(p.task, error=p.error or self._nothing_read(p.task, spans))
+        idx = np.fromiter(kept.keys(), np.int64, len(kept))
+        vals = list(kept.values())
         probs = (
             np.stack([v[3] for v in vals])
             if vals
@@ -139,7 +172,35 @@ class SourceAssembler:
             model_id=self.model_id,
             scan_id=self.scan_id,
         )
-        return FinishedSource(p.task, windows=table, thumbnails=p.thumbs)
+        unreadable = (
+            unreadable_table(p.task, spans, model_id=self.model_id, scan_id=self.scan_id)
+            if spans else None
+        )
+        thumbs = {wi: b for wi, b in p.thumbs.items() if wi in kept}
+        return FinishedSource(p.task, windows=table, thumbnails=thumbs, unreadable=unreadable)
+
+    @staticmethod
+    def _nothing_read(task: SourceTask, spans: list[Span]) -> SourceError:
+        lo, hi, reason, message = spans[0]
+        return SourceError(task.uri, task.key, "decode", reason, f"{task.uri}: {message}")
 
     def unfinished(self) -> list[SourceTask]:
         return [p.task for p in self.pending.values()]
+
+
+def merge_spans(spans: list[Span], duration_s: float | None) -> list[Span]:
+    """Overlapping or touching spans as one (the reason and message of its earliest part),
+    cut at the recording's duration, in time order. Segments overlap by a window, so two of
+    them may report the same damage."""
+    end = duration_s if duration_s is not None and np.isfinite(duration_s) else np.inf
+    merged: list[Span] = []
+    for lo, hi, reason, message in sorted(spans):
+        lo, hi = max(lo, 0.0), min(hi, end)
+        if hi <= lo:
+            continue
+        if merged and lo <= merged[-1][1] + 1e-6:
+            m = merged[-1]
+            merged[-1] = (m[0], max(m[1], hi), m[2], m[3])
+        else:
+            merged.append((lo, hi, reason, message))
+    return merged

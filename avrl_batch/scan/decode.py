@@ -1,8 +1,10 @@
 """Decode one segment into window rows (plain functions; the pipeline runs
 :func:`decode_segment_isolated`, :func:`decode_segment` in the decoder process, in Ray tasks).
 
-Every segment yields its window rows and then exactly one *trailer* row: ``kind="done"``
-with the number of windows, or ``kind="error"`` with the failure. The trailer tells the
+Every segment yields its window rows, one ``kind="unreadable"`` row per stretch it could
+not decode (start_s/end_s, error_type = the reason, message), and then exactly one
+*trailer* row: ``kind="done"`` with the number of windows, or ``kind="error"`` with the
+failure and the window range it left undecoded (start_s/end_s). The trailer tells the
 driver that the segment is finished, even when it had no windows or failed midway, so a
 source is finalised exactly when all its segments have reported. All rows have the same
 columns and array shapes (Ray Data stacks them into tensor columns); a trailer carries
@@ -11,6 +13,7 @@ zero-filled arrays that the predictor never runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +23,7 @@ from avrl_batch.media.errors import MediaError
 from avrl_batch.scan.isolate import DecoderProcess, Isolation, stream_isolated
 from avrl_batch.scan.plan import WindowSpec, error_of
 
-WINDOW, DONE, ERROR = "window", "done", "error"
+WINDOW, UNREADABLE, DONE, ERROR = "window", "unreadable", "done", "error"
 LOGMEL_DTYPE = np.float16  # log-mel values lie in about [-4.6, 12]: half the bytes to move
 
 
@@ -65,8 +68,10 @@ def decode_segment(
     reads are pinned to the segment's listed version and follow ``reads`` (storage.S3Reads).
     """
     from avrl_batch.media import iter_windows, open_media
+    from avrl_batch.media.video import UnreadableSpan
 
     n = 0
+    spans: list[UnreadableSpan] = []  # damage iter_windows decoded past
     try:
         with open_media(
             seg["source_uri"], endpoint_url=endpoint_url, version=seg.get("version") or None,
@@ -81,6 +86,7 @@ def decode_segment(
                 frames=spec.frames,
                 size=spec.size,
                 audio=True,
+                unreadable=spans,
             ):
                 has_audio = bool(w.has_audio) and w.logmel is not None
                 yield _row(
@@ -96,11 +102,40 @@ def decode_segment(
                     logmel=_fit_logmel(w.logmel if has_audio else None, spec.audio_examples),
                 )
                 n += 1
-    except Exception as exc:  # noqa: BLE001 - a bad source is an error row, not a dead task
-        error_type, message = error_of(exc)
-        yield _row(seg, ERROR, spec, n_windows=n, error_type=error_type, message=message)
+    except Exception as exc:  # noqa: BLE001 - a bad segment is an error trailer, not a dead task
+        yield from _span_rows(seg, spec, spans)
+        yield _error_trailer(seg, spec, n, exc)
         return
+    yield from _span_rows(seg, spec, spans)
     yield _row(seg, DONE, spec, n_windows=n)
+
+
+def _span_rows(seg: dict[str, Any], spec: WindowSpec, spans: list[Any]) -> Iterator[dict]:
+    for s in spans:
+        yield _row(
+            seg, UNREADABLE, spec, start_s=float(s.start_s), end_s=float(s.end_s),
+            error_type=s.reason, message=s.message,
+        )
+
+
+def failed_range(seg: dict[str, Any], spec: WindowSpec, n_windows: int) -> tuple[float, float]:
+    """What a segment that failed after ``n_windows`` windows left undecoded: from the start
+    of its first missing window to the end of its last window (windows come in order)."""
+    start, end = float(seg["start_s"]), float(seg["end_s"])
+    first = start + n_windows * spec.stride_s
+    if not math.isfinite(end):
+        return first, first + spec.window_s  # unknown duration: the next window at least
+    n_starts = max(1, math.ceil((end - start) / spec.stride_s - 1e-9))
+    return first, max(first, start + (n_starts - 1) * spec.stride_s + spec.window_s)
+
+
+def _error_trailer(
+    seg: dict[str, Any], spec: WindowSpec, n_windows: int, exc: BaseException
+) -> dict[str, Any]:
+    error_type, message = error_of(exc)
+    lo, hi = failed_range(seg, spec, n_windows)
+    return _row(seg, ERROR, spec, n_windows=n_windows, start_s=lo, end_s=hi,
+                error_type=error_type, message=message)
 
 
 def _decode_segment_in_child(
@@ -136,13 +171,21 @@ def decode_segment_isolated(
             _decode_segment_in_child, seg, spec, source=seg["source_uri"], stage="decode",
             isolation=isolation, proc=proc, endpoint_url=endpoint_url,
             reads=S3Reads().within(isolation.timeout_s),
-            # a retry re-sends the rows already passed on: skip them (windows by index; the
-            # trailer comes last, so a retry after it never yields a second one)
-            item_id=lambda r: r["window_index"] if r["kind"] == WINDOW else "trailer",
+            # a retry re-sends the rows already passed on: skip them
+            item_id=_item_id,
         ):
             if row["kind"] == WINDOW:
                 n += 1
             yield row
     except MediaError as exc:
-        error_type, message = error_of(exc)
-        yield _row(seg, ERROR, spec, n_windows=n, error_type=error_type, message=message)
+        yield _error_trailer(seg, spec, n, exc)
+
+
+def _item_id(row: dict[str, Any]) -> Any:
+    """What a retried decode skips of the rows already passed on: windows by index, spans by
+    their place; the trailer comes last, so a retry after it never yields a second one."""
+    if row["kind"] == WINDOW:
+        return row["window_index"]
+    if row["kind"] == UNREADABLE:
+        return ("unreadable", row["start_s"], row["end_s"])
+    return "trailer"

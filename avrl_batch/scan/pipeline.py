@@ -64,6 +64,10 @@ class ScanSummary:
     segments: int = 0
     windows: int = 0
     events: int = 0
+    # sources written with unreadable spans (counted in sources_ok), the spans, their seconds
+    sources_partial: int = 0
+    unreadable_spans: int = 0
+    unreadable_s: float = 0.0
     events_by_label: dict[str, int] = field(default_factory=dict)
     footage_s: float = 0.0  # duration of the sources scanned (ok or failed after probing)
     wall_s: float = 0.0
@@ -497,10 +501,16 @@ class _Ledger:
             }
         )
 
-    def ok(self, uri: str, windows: Any, events: Any) -> None:
+    def ok(self, uri: str, windows: Any, events: Any, unreadable: Any = None) -> None:
         self.summary.sources_ok += 1
         self.summary.windows += windows.num_rows
         self.summary.events += events.num_rows
+        if unreadable is not None and unreadable.num_rows:
+            self.summary.sources_partial += 1
+            self.summary.unreadable_spans += unreadable.num_rows
+            lost = sum(e - s for s, e in zip(unreadable["start_s"].to_pylist(),
+                                              unreadable["end_s"].to_pylist(), strict=True))
+            self.summary.unreadable_s = round(self.summary.unreadable_s + lost, 3)
         self.by_label.update(events["label"].to_pylist())
         self.ok_uris.append(uri)
 
@@ -600,7 +610,7 @@ def _write_finished(
         )
         sink.write_source(
             cfg.out, fin.task, windows, events, model_id=plan.model_id,
-            endpoint_url=cfg.endpoint_url, replace=cfg.rescan,
+            endpoint_url=cfg.endpoint_url, replace=cfg.rescan, unreadable=fin.unreadable,
         )
     except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
         # Reported, but no error object: a failed write (storage down, denied) is not a
@@ -612,9 +622,13 @@ def _write_finished(
         _record_error(cfg, plan, ledger, failure, persist=False)
         ledger.report()
         return
-    written = {sink.windows_uri(cfg.out, fin.task), sink.events_uri(cfg.out, fin.task)}
+    written = {
+        sink.windows_uri(cfg.out, fin.task),
+        sink.events_uri(cfg.out, fin.task),
+        sink.unreadable_uri(cfg.out, fin.task),  # written, or a leftover removed
+    }
     _remove_replaced(cfg, plan, ledger.summary, fin.task.key, written)
-    ledger.ok(fin.task.uri, windows, events)
+    ledger.ok(fin.task.uri, windows, events, fin.unreadable)
     ledger.report()
 
 

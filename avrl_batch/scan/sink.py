@@ -4,6 +4,7 @@ Layout (DESIGN.md §4)::
 
     OUT/windows/date=YYYY-MM-DD/camera=CAM/<key>.parquet
     OUT/events/date=YYYY-MM-DD/camera=CAM/<key>.parquet   (written even with zero events)
+    OUT/unreadable/date=YYYY-MM-DD/camera=CAM/<key>.parquet  (only with undecodable spans)
     OUT/errors/<key>.parquet                              (one row: the source failed)
     OUT/_scans/<scan_id>.json                             (written last)
 
@@ -11,10 +12,11 @@ Layout (DESIGN.md §4)::
 ``unknown`` when that is unknown; ``camera`` is the camera id made safe for a path
 (``unknown`` when none). The events object is the *completion marker*: a source is done
 iff its events object exists, so it is written last, with ``if_absent`` (of two racing
-scans exactly one wins). The windows object goes first, replacing any leftover of a run
-that died between the two writes, so a rerun never leaves two windows files or rows for
-one key. Plain functions and classes: no Ray. Collecting a source's windows from the
-predictor's batches is assemble.py's part.
+scans exactly one wins). The windows and unreadable objects go first, replacing any
+leftover of a run that died before the marker (a source without unreadable spans removes
+such a leftover), so a rerun never leaves two files or rows for one key. Plain functions
+and classes: no Ray. Collecting a source's windows from the predictor's batches is
+assemble.py's part.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from avrl_batch.errors import StorageError
 from avrl_batch.redaction import redact
 from avrl_batch.scan.naming import date_partition, safe_component
 from avrl_batch.scan.plan import SourceError, SourceTask
-from avrl_batch.schema import ERRORS, EVENTS, WINDOWS
+from avrl_batch.schema import ERRORS, EVENTS, UNREADABLE, WINDOWS
 
 PARQUET_SUFFIX = ".parquet"
 
@@ -57,6 +59,10 @@ def windows_uri(out: str, task: SourceTask) -> str:
 
 def events_uri(out: str, task: SourceTask) -> str:
     return storage.join(out, "events", *partition(task), task.key + PARQUET_SUFFIX)
+
+
+def unreadable_uri(out: str, task: SourceTask) -> str:
+    return storage.join(out, "unreadable", *partition(task), task.key + PARQUET_SUFFIX)
 
 
 def error_uri(out: str, key: str) -> str:
@@ -240,6 +246,36 @@ def windows_table(
     )
 
 
+def unreadable_table(
+    task: SourceTask,
+    spans: list[tuple[float, float, str, str]],
+    *,
+    model_id: str,
+    scan_id: str,
+) -> pa.Table:
+    """One source's unreadable spans (UNREADABLE schema): (start_s, end_s, reason, message)
+    each, in time order."""
+    spans = sorted(spans)
+    n = len(spans)
+    s = np.array([x[0] for x in spans], np.float64)
+    e = np.array([x[1] for x in spans], np.float64)
+    return pa.Table.from_arrays(
+        [
+            pa.array([task.uri] * n, pa.string()),
+            pa.array([task.camera] * n, pa.string()),
+            pa.array(s, pa.float64()),
+            pa.array(e, pa.float64()),
+            _times(task.start_time, s),
+            _times(task.start_time, e),
+            pa.array([x[2] for x in spans], pa.string()),
+            pa.array([redact(x[3]) for x in spans], pa.string()),
+            pa.array([model_id] * n, pa.string()),
+            pa.array([scan_id] * n, pa.string()),
+        ],
+        schema=UNREADABLE,
+    )
+
+
 def error_table(err: SourceError, scan_id: str) -> pa.Table:
     return pa.Table.from_pylist(
         [
@@ -268,19 +304,29 @@ def write_source(
     model_id: str = "",
     endpoint_url: str | None = None,
     replace: bool = False,
+    unreadable: pa.Table | None = None,
 ) -> bool:
-    """Windows first (replacing a dead run's leftover), then events, the completion marker,
-    only if absent (``replace``: each object replaced whole, for ``--rescan``). Returns False
-    when another scan had already completed this key. Both objects carry SOURCE_META (the
-    task's URI and version, ``model_id``)."""
+    """Windows first (replacing a dead run's leftover), then the unreadable spans (an object
+    only when there are any; else a leftover is removed), then events, the completion
+    marker, only if absent (``replace``: each object replaced whole, for ``--rescan``).
+    Returns False when another scan had already completed this key. Every object carries
+    SOURCE_META (the task's URI and version, ``model_id``)."""
     if windows.schema != WINDOWS or events.schema != EVENTS:
         raise ValueError("windows/events tables must have the WINDOWS/EVENTS schemas")
+    if unreadable is not None and unreadable.schema != UNREADABLE:
+        raise ValueError("the unreadable table must have the UNREADABLE schema")
     marker = events_uri(out, task)
     if not replace and storage.exists(marker, endpoint_url=endpoint_url):
         return False  # a concurrent scan finished it: leave its objects alone
     windows = with_source_meta(windows, task.uri, task.version, model_id)
     events = with_source_meta(events, task.uri, task.version, model_id)
     storage.write_atomic(windows_uri(out, task), parquet_bytes(windows), endpoint_url=endpoint_url)
+    spans_uri = unreadable_uri(out, task)
+    if unreadable is not None and unreadable.num_rows:
+        unreadable = with_source_meta(unreadable, task.uri, task.version, model_id)
+        storage.write_atomic(spans_uri, parquet_bytes(unreadable), endpoint_url=endpoint_url)
+    else:
+        storage.delete(spans_uri, endpoint_url=endpoint_url)
     return storage.write_atomic(
         marker, parquet_bytes(events), if_absent=not replace, endpoint_url=endpoint_url
     )
@@ -372,15 +418,20 @@ def _superseded_objects(
     out: str, events_object: str | None, error_object: str | None
 ) -> tuple[str, ...]:
     """What to delete of an old version, every name rebuilt through storage.join from the
-    listed objects' paths below OUT: the windows object beside its events object, then the
-    events marker (last: until it is gone a rerun finds the rest), and its error object.
+    listed objects' paths below OUT: the windows and unreadable objects beside its events
+    object (the unreadable one may not exist: deletes are idempotent), then the events
+    marker (last: until it is gone a rerun finds the rest), and its error object.
     A listed name that join refuses (an S3 key with a ``..`` or ``%2e%2e`` segment) is no
     object this scan wrote: that version is left alone (empty result)."""
     uris: list[str] = []
     try:
         if events_object is not None:
             rel = storage.relative_parts(storage.join(out, "events"), events_object)
-            uris += [storage.join(out, "windows", *rel), storage.join(out, "events", *rel)]
+            uris += [
+                storage.join(out, "windows", *rel),
+                storage.join(out, "unreadable", *rel),
+                storage.join(out, "events", *rel),
+            ]
         if error_object is not None:
             rel = storage.relative_parts(storage.join(out, "errors"), error_object)
             uris.append(storage.join(out, "errors", *rel))
