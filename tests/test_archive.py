@@ -42,13 +42,15 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 def finished(out: str, uri: str, version: str, model_id: str, start: datetime | None,
              camera: str | None, *, endpoint_url: str | None = None,
-             scan_id: str = "20260301T000000Z-aaaaaa", key: str | None = None) -> SourceTask:
-    """Write one finished source (two windows, its events) with the sink's own writers."""
+             scan_id: str = "20260301T000000Z-aaaaaa", key: str | None = None,
+             windows: int = 2) -> SourceTask:
+    """Write one finished source (2-s windows, its events) with the sink's own writers."""
     task = SourceTask(uri, version, 1, key or source_key(uri, version, model_id), camera, start,
-                      4.0, True, ())
-    probs = np.full((2, len(SHADE.names)), 1 / len(SHADE.names))
-    w = sink.windows_table(task, np.arange(2), np.array([0.0, 2.0]), np.array([2.0, 4.0]),
-                           np.ones(2, bool), probs, classes=SHADE, model_id=model_id,
+                      2.0 * windows, True, ())
+    probs = np.full((windows, len(SHADE.names)), 1 / len(SHADE.names))
+    starts = 2.0 * np.arange(windows)
+    w = sink.windows_table(task, np.arange(windows), starts, starts + 2.0,
+                           np.ones(windows, bool), probs, classes=SHADE, model_id=model_id,
                            scan_id=scan_id)
     ev = events_from_windows(w, classes=SHADE)
     assert sink.write_source(out, task, w, ev, model_id=model_id, endpoint_url=endpoint_url)
@@ -140,3 +142,85 @@ def test_legacy_keys_count_as_finished(tmp_path: Path, model: tuple[str, str]) -
     changed = keyed_sources([storage.Source(uri, 2, "2-2")], model_id)
     stale = sink.find_superseded(out, changed, done, failed, model_id)
     assert [(s.key, s.version) for s in stale] == [(legacy, "1-1")]
+
+
+# ---------------------------------------------------------------------------------------------
+# queries at scale
+
+
+def _partitioned_out(out: str, model_id: str, *, endpoint_url: str | None = None,
+                     cameras: int = 3, days: int = 3, uri_pad: int = 0,
+                     windows: int = 2) -> list[SourceTask]:
+    """Two sources per (camera, day), written by the sink's writers; ``uri_pad`` lengthens
+    every source URI (a result that is large in memory from a small tree)."""
+    tasks = []
+    pad = "p" * uri_pad
+    for c in range(cameras):
+        for d in range(days):
+            for hour in (8, 20):
+                start = datetime(2026, 3, 1 + d, hour, tzinfo=UTC)
+                cam = f"cam{c:02d}"
+                uri = f"s3://archive/{pad}{cam}/{cam}_{start:%Y%m%dT%H%M%SZ}.mp4"
+                tasks.append(finished(out, uri, "v1", model_id, start, cam,
+                                      endpoint_url=endpoint_url, windows=windows))
+    return tasks
+
+
+def test_camera_day_query_lists_only_its_partitions(
+    s3_bucket: str, s3_endpoint: str, proxy: FaultyProxy
+) -> None:
+    """--camera and --since/--until walk date=/camera= folders one level at a time: no
+    listing reaches into another day's or camera's folder, and the rows are those of a
+    query over the whole tree with the same filters."""
+    from avrl_batch.query import QueryFilters, run_query
+
+    out = f"s3://{s3_bucket}/scans"
+    _partitioned_out(out, "m1", endpoint_url=s3_endpoint)
+    f = QueryFilters(cameras=("cam01",), since=datetime(2026, 3, 2, tzinfo=UTC),
+                     until=datetime(2026, 3, 3, tzinfo=UTC))
+    proxy.log.clear()
+    got = run_query(out, table="windows", filters=f, endpoint_url=proxy.url)
+    assert set(got["camera"].to_pylist()) == {"cam01"} and got.num_rows == 4
+    assert {t.date() for t in got["start_time"].to_pylist()} == {datetime(2026, 3, 2).date()}
+    prefixes = [r.query for r in proxy.log if r.method == "GET" and "list-type" in r.query]
+    windows = [q for q in prefixes if "prefix=scans/windows/" in q]
+    # windows/ (dates), the kept dates' folders (cameras), their cam01 folder
+    assert windows and all("camera=cam00" not in q and "camera=cam02" not in q for q in windows)
+    assert all("date=2026-03-03" not in q for q in windows)
+    # the date before --since is kept (a recording that starts there may reach into it)
+    assert any("date=2026-03-01/camera=cam01" in q for q in windows)
+    everything = run_query(out, table="windows", endpoint_url=s3_endpoint)
+    assert everything.num_rows == 36
+    want = [r for r in everything.to_pylist() if r["camera"] == "cam01"
+            and f.since <= r["start_time"] < f.until]
+    assert got.to_pylist() == want
+
+
+def test_query_streams_in_batches_and_cli_files_match(tmp_path: Path) -> None:
+    """stream_query yields the ordered rows batch by batch; `avrl query -o` writes json,
+    csv and parquet from the stream with the same rows as the whole-table result."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from avrl_batch.cli import main
+    from avrl_batch.query import run_query, stream_query, to_csv
+
+    out = str(tmp_path / "out")
+    _partitioned_out(out, "m1")
+    whole = run_query(out, table="windows")
+    with stream_query(out, table="windows", batch_rows=5) as result:
+        batches = list(result)
+    assert len(batches) > 1 and all(b.num_rows <= 5 for b in batches)
+    assert sum(b.num_rows for b in batches) == whole.num_rows == 36
+    assert [r for b in batches for r in b.to_pylist()] == whole.to_pylist()
+    for ext in ("jsonl", "csv", "parquet"):
+        dest = tmp_path / f"w.{ext}"
+        main(["query", out, "-t", "windows", "-o", str(dest)])
+        if ext == "jsonl":
+            rows = [json.loads(line) for line in dest.read_text().splitlines()]
+            assert [r["window_index"] for r in rows] == whole["window_index"].to_pylist()
+        elif ext == "csv":
+            assert dest.read_bytes() == to_csv(whole)
+        else:
+            assert pq.read_table(dest).equals(whole)
