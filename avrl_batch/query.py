@@ -4,8 +4,9 @@ How a query runs:
 
 1. **List** the Parquet files of each table through ``storage`` (local or S3; hidden temp
    files of unfinished writes are skipped); with camera or time filters only the
-   ``date=``/``camera=`` folders that can match are listed (``_list_partitions``). A windows object counts only once its source's
-   events object (the sink's completion marker, written last) exists.
+   ``date=``/``camera=`` folders that can match are listed (``_list_partitions``). A
+   windows object counts only once its source's events object (the sink's completion
+   marker, written last) exists.
 2. **Prune by partition** on the listed paths, before any file is opened: ``camera=C``
    must be one of ``--camera`` (or its path-safe form, ``scan.naming.safe_component``);
    ``date=D`` (the UTC date the *recording* started) must be before ``--until`` and at
@@ -18,9 +19,7 @@ How a query runs:
    the path only prunes, the ``camera`` column is what rows show and match (the path holds
    a path-safe form: ``Gate 3 (north)`` is ``camera=Gate_3_north``; the column keeps the
    real id).
-4. The rows stream out of DuckDB as Arrow record batches (``stream_query``,
-   ``QueryResult``), DuckDB held to a memory limit (its sort spills to a temporary folder).
-5. The filtered datasets are registered in DuckDB as the views ``events``, ``windows``
+4. The filtered datasets are registered in DuckDB as the views ``events``, ``windows``
    and ``errors`` (DuckDB scans them lazily with its own projection/filter pushdown), so
    ``--sql`` can join them. DuckDB's httpfs extension is not needed: S3 goes through
    pyarrow's S3 filesystem.
