@@ -3,8 +3,10 @@
 How a query runs:
 
 1. **List** the Parquet files of each table through ``storage`` (local or S3; hidden temp
-   files of unfinished writes are skipped). A windows object counts only once its source's
-   events object (the sink's completion marker, written last) exists.
+   files of unfinished writes are skipped); with camera or time filters only the
+   ``date=``/``camera=`` folders that can match are listed (``_list_partitions``). A
+   windows object counts only once its source's events object (the sink's completion
+   marker, written last) exists.
 2. **Prune by partition** on the listed paths, before any file is opened: ``camera=C``
    must be one of ``--camera`` (or its path-safe form, ``scan.naming.safe_component``);
    ``date=D`` (the UTC date the *recording* started) must be before ``--until`` and at
@@ -40,7 +42,7 @@ import base64
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -122,8 +124,13 @@ class OutputTree:
     scan_manifests: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, out: str, *, endpoint_url: str | None = None) -> OutputTree:
-        """List ``out``; StorageError if it holds no scan output at all."""
+    def open(
+        cls, out: str, *, endpoint_url: str | None = None, filters: QueryFilters | None = None
+    ) -> OutputTree:
+        """List ``out``; StorageError if it holds no scan output at all. With ``filters``
+        naming cameras or times, only the partitions that can hold matching rows are listed
+        (``date=`` folders first, then the kept dates' ``camera=`` folders): a camera-day
+        query on a large output lists a few folders, not the whole tree."""
         from avrl_batch import storage
 
         p = storage.parse_uri(out)
@@ -132,8 +139,9 @@ class OutputTree:
         tree = cls(out=out, endpoint_url=endpoint_url)
         for table in TABLES:
             base = storage.join(out, table)
+            prune = filters if table != "errors" and filters is not None else None
             found = []
-            for uri in storage.list_files(base, suffix=".parquet", endpoint_url=endpoint_url):
+            for uri in _list_partitions(base, prune, endpoint_url):
                 rel = uri[len(base) :].lstrip("/")
                 found.append((uri, _partition_values(rel)))
             tree.files[table] = found
@@ -161,28 +169,7 @@ class OutputTree:
         pruning only; see the module docstring)."""
         if table == "errors":
             return [uri for uri, _ in self.files[table]]
-        cams: set[str] = set()
-        if filters.cameras:
-            # the sink names a camera's partition with a path-safe form of the id
-            from avrl_batch.scan.naming import safe_component
-
-            cams = {*filters.cameras, *(safe_component(c) for c in filters.cameras)}
-        keep = []
-        for uri, parts in self.files[table]:
-            cam = parts.get("camera")
-            if cams and cam is not None and cam not in cams:
-                continue
-            d = parts.get("date")
-            if d is not None and _DATE_RE.match(d):
-                day = datetime.fromisoformat(d).replace(tzinfo=timezone.utc)
-                if filters.until is not None and day >= filters.until:
-                    continue
-                if filters.since is not None and day + timedelta(
-                    days=RECORDING_SPAN_DAYS + 1
-                ) <= filters.since:
-                    continue
-            keep.append(uri)
-        return keep
+        return [uri for uri, parts in self.files[table] if _may_match(parts, filters)]
 
     def dataset(self, table: str, filters: QueryFilters) -> ds.Dataset:
         """A pyarrow dataset of ``table`` over the pruned files, filtered by row."""
@@ -277,6 +264,66 @@ def manifest_problem(manifest: Any) -> str | None:
     return None
 
 
+def _partition_cameras(filters: QueryFilters) -> set[str]:
+    """The ``camera=`` values the cameras of ``filters`` can be filed under: the sink names a
+    camera's partition with a path-safe form of the id."""
+    from avrl_batch.scan.naming import safe_component
+
+    return {*filters.cameras, *(safe_component(c) for c in filters.cameras)}
+
+
+def _may_match(parts: dict[str, str], filters: QueryFilters) -> bool:
+    """Whether a file (or folder) with these partition values can hold rows matching
+    ``filters`` (see the module docstring)."""
+    cam = parts.get("camera")
+    if filters.cameras and cam is not None and cam not in _partition_cameras(filters):
+        return False
+    d = parts.get("date")
+    if d is not None and _DATE_RE.match(d):
+        day = datetime.fromisoformat(d).replace(tzinfo=timezone.utc)
+        if filters.until is not None and day >= filters.until:
+            return False
+        if filters.since is not None and day + timedelta(
+            days=RECORDING_SPAN_DAYS + 1
+        ) <= filters.since:
+            return False
+    return True
+
+
+def _list_partitions(
+    base: str, filters: QueryFilters | None, endpoint_url: str | None
+) -> list[str]:
+    """The Parquet files under a table's folder ``base``; with camera or time ``filters`` only
+    those of the ``date=``/``camera=`` folders that can hold matching rows, found one level at
+    a time (``storage.list_folders``)."""
+    from avrl_batch import storage
+
+    def files(uri: str) -> list[str]:
+        return storage.list_files(uri, suffix=".parquet", endpoint_url=endpoint_url)
+
+    if filters is None or not (filters.cameras or filters.since or filters.until):
+        return files(base)
+    found: list[str] = []
+    for date_dir in storage.list_folders(base, endpoint_url=endpoint_url):
+        if not _may_match(_partition_values(date_dir + "/"), filters):
+            continue
+        try:
+            day = storage.join(base, date_dir)
+        except StorageError:
+            continue  # a name join refuses is no partition the sink wrote
+        if not filters.cameras:
+            found += files(day)
+            continue
+        for cam_dir in storage.list_folders(day, endpoint_url=endpoint_url):
+            if not _may_match(_partition_values(date_dir + "/" + cam_dir + "/"), filters):
+                continue
+            try:
+                found += files(storage.join(day, cam_dir))
+            except StorageError:
+                continue
+    return sorted(found)
+
+
 def _partition_values(rel: str) -> dict[str, str]:
     """``date=2026-03-01/camera=cam01/x.parquet`` -> {"date": ..., "camera": ...}."""
     out = {}
@@ -339,6 +386,8 @@ def connect(
     *,
     model_id: str | None = None,
     note: Callable[[str], None] | None = None,
+    memory_limit: str | None = None,
+    spill_dir: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views ``events``, ``windows``, ``unreadable``,
     ``errors`` (filtered).
@@ -356,6 +405,12 @@ def connect(
     con = duckdb.connect()
     # times come back as UTC whatever the machine's zone (ICU is built into the wheel)
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    if memory_limit is not None:
+        # a sort or join larger than this spills to spill_dir: a query's memory is bounded
+        con.execute(f"SET memory_limit = {_sql_text(memory_limit)}")
+    if spill_dir is not None:
+        con.execute(f"SET temp_directory = {_sql_text(spill_dir)}")
     con.register("errors", tree.dataset("errors", filters))
     con.register("_every_window", tree.dataset("windows", QueryFilters()))
     shown = _shown_model(con, tree.out, model_id, note)
@@ -402,7 +457,61 @@ def _shown_model(
     return models[0] if models else None
 
 
-def run_query(
+# DuckDB's memory for one query (sorts and joins spill to a temporary folder beyond it) and
+# the rows per batch a result streams in
+DEFAULT_MEMORY_LIMIT = "1GB"
+BATCH_ROWS = 8192
+
+
+class QueryResult:
+    """The rows of a query as a stream of Arrow record batches (``schema``, iterate once),
+    read from DuckDB as they are produced; ``close()`` (or ``with``) ends the query and
+    removes its spill folder."""
+
+    def __init__(self, con: Any, reader: pa.RecordBatchReader, table: str | None,
+                 spill_dir: str) -> None:
+        self._con, self._reader, self._table, self._spill = con, reader, table, spill_dir
+        # a --sql result's batches may differ (an interval column is a duration or, when it
+        # counts months, text): writers take the first batch's schema
+        self.schema: pa.Schema = (
+            TABLES[table] if table else portable(reader.schema.empty_table()).schema
+        )
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        import duckdb
+        import pyarrow as pa
+
+        try:
+            for batch in self._reader:
+                if self._table is not None:
+                    yield batch.cast(TABLES[self._table])  # DuckDB drops NOT NULL flags
+                else:
+                    yield from portable(pa.Table.from_batches([batch])).to_batches()
+        except duckdb.Error as exc:  # e.g. Out of Memory: the one line says so
+            what = "--sql" if self._table is None else "query"
+            raise ConfigError(f"{what}: {_first_line(exc)} (see --memory-limit)") from None
+
+    def read_all(self) -> pa.Table:
+        import pyarrow as pa
+
+        batches = list(self)
+        return pa.Table.from_batches(batches, schema=batches[0].schema if batches else
+                                     self.schema)
+
+    def close(self) -> None:
+        import shutil
+
+        self._con.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
+
+    def __enter__(self) -> QueryResult:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stream_query(
     out: str,
     *,
     table: str = "events",
@@ -412,10 +521,16 @@ def run_query(
     endpoint_url: str | None = None,
     model_id: str | None = None,
     note: Callable[[str], None] | None = None,
-) -> pa.Table:
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    batch_rows: int = BATCH_ROWS,
+) -> QueryResult:
     """Rows of ``table`` matching ``filters`` (ordered, at most ``limit``), or the result
-    of ``sql`` over the filtered views (one model's newest versions: :func:`connect`).
-    ConfigError for SQL DuckDB rejects."""
+    of ``sql`` over the filtered views (one model's newest versions: :func:`connect`), as a
+    stream of record batches: only the partitions the filters can match are listed
+    (``OutputTree.open``), and DuckDB holds at most ``memory_limit`` (an ORDER BY over more
+    spills to a temporary folder). ConfigError for SQL DuckDB rejects."""
+    import tempfile
+
     import duckdb
 
     if table not in TABLES:
@@ -434,9 +549,17 @@ def run_query(
         )
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit must be >= 0 (got {limit})")
-    tree = OutputTree.open(out, endpoint_url=endpoint_url)
+    tree = OutputTree.open(out, endpoint_url=endpoint_url, filters=filters)
     tree.check_labels(filters.labels)
-    con = connect(tree, filters, model_id=model_id, note=note)
+    spill = tempfile.mkdtemp(prefix="avrl-query-")
+    try:
+        con = connect(tree, filters, model_id=model_id, note=note,
+                      memory_limit=memory_limit, spill_dir=spill)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(spill, ignore_errors=True)
+        raise
     if sql is not None:
         # `SELECT ...;` is how people end SQL; inside the LIMIT wrapper it is a syntax error
         sql = sql.strip().rstrip(";").rstrip()
@@ -445,14 +568,27 @@ def run_query(
         text = f"SELECT * FROM ({text}\n) LIMIT {int(limit)}"  # \n: a trailing -- comment
     try:
         result = con.sql(text)
-        data = result.to_arrow_table() if result is not None else None
+        reader = result.to_arrow_reader(batch_rows) if result is not None else None
     except duckdb.Error as exc:
+        _close_quietly(con, spill)
         raise ConfigError(f"--sql: {_first_line(exc)}") from None
-    if data is None:
+    if reader is None:
+        _close_quietly(con, spill)
         raise ConfigError("--sql must be a query that returns rows (SELECT ...)")
-    if sql is None:
-        return data.cast(TABLES[table])  # DuckDB drops the declared NOT NULL flags
-    return portable(data)
+    return QueryResult(con, reader, table if sql is None else None, spill)
+
+
+def _close_quietly(con: Any, spill: str) -> None:
+    import shutil
+
+    con.close()
+    shutil.rmtree(spill, ignore_errors=True)
+
+
+def run_query(out: str, **kwargs: Any) -> pa.Table:
+    """:func:`stream_query`'s rows as one table (for results that fit in memory)."""
+    with stream_query(out, **kwargs) as result:
+        return result.read_all()
 
 
 def portable(data: pa.Table) -> pa.Table:
@@ -533,7 +669,7 @@ def to_json_lines(data: pa.Table) -> str:
     return "".join(json.dumps(_py(row)) + "\n" for row in data.to_pylist())
 
 
-def to_csv(data: pa.Table) -> bytes:
+def to_csv(data: pa.Table, *, header: bool = True) -> bytes:
     """CSV; binary columns are dropped, lists and structs become JSON, times ISO 8601 UTC,
     durations seconds."""
     import pyarrow as pa
@@ -556,7 +692,8 @@ def to_csv(data: pa.Table) -> bytes:
         cols.append(col)
         names.append(name)
     buf = io.BytesIO()
-    pacsv.write_csv(pa.table(cols, names=names), buf)
+    pacsv.write_csv(pa.table(cols, names=names), buf,
+                    write_options=pacsv.WriteOptions(include_header=header))
     return buf.getvalue()
 
 
@@ -567,6 +704,42 @@ def to_parquet(data: pa.Table) -> bytes:
     buf = pa.BufferOutputStream()
     pq.write_table(data, buf)
     return buf.getvalue().to_pybytes()
+
+
+class RowWriter:
+    """Writes a result batch by batch to a binary file object: ``json`` (to_json_lines),
+    ``csv`` (to_csv, one header) or ``parquet`` (one file, a row group per batch, in the
+    schema of the first batch, else ``schema``). ``close()`` finishes the file (a Parquet
+    footer; an empty result is a valid empty file)."""
+
+    def __init__(self, fmt: str, sink: Any, schema: pa.Schema) -> None:
+        self.fmt, self.sink, self.schema, self.rows = fmt, sink, schema, 0
+        self._parquet: Any = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        import pyarrow as pa
+
+        data = pa.Table.from_batches([batch])
+        if self.fmt == "json":
+            self.sink.write(to_json_lines(data).encode())
+        elif self.fmt == "csv":
+            self.sink.write(to_csv(data, header=self.rows == 0))
+        else:
+            self._parquet_writer(batch.schema).write_table(data)
+        self.rows += batch.num_rows
+
+    def _parquet_writer(self, schema: pa.Schema) -> Any:
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self.sink, schema)
+        return self._parquet
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self._parquet_writer(self.schema).close()
+        elif self.fmt == "csv" and self.rows == 0:
+            self.sink.write(to_csv(self.schema.empty_table()))
 
 
 def rich_table(data: pa.Table, title: str | None = None) -> Any:

@@ -269,6 +269,34 @@ def list_files(
     )
 
 
+def list_folders(uri: str, *, endpoint_url: str | None = None) -> list[str]:
+    """Names of the folders directly under ``uri`` (sorted; hidden ones skipped): on S3 the
+    common prefixes of one delimited listing, so a partitioned tree is walked one level at a
+    time instead of listed whole. A missing folder or empty prefix gives ``[]``."""
+    p = parse_uri(uri)
+    if p.scheme == "file":
+        try:
+            with os.scandir(p.path) as entries:
+                names = [e.name for e in entries if e.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as err:
+            raise _error(f"cannot list {p.path}: {err.strerror}") from None
+    else:
+        prefix = _dir_prefix(p.key)
+        client = _s3(endpoint_url)
+        names = []
+        with _s3_errors(f"s3://{p.bucket}/{prefix}", endpoint_url):
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=p.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                names += [
+                    c["Prefix"][len(prefix):].rstrip("/") for c in page.get("CommonPrefixes", [])
+                ]
+    return sorted(n for n in names if n and not n.startswith("."))
+
+
 def _matches(rel: str, patterns: Sequence[str]) -> bool:
     rel_l = rel.lower()
     base = rel_l.rsplit("/", 1)[-1]

@@ -39,6 +39,7 @@ class Request:
     path: str  # "/bucket/key", percent-decoded, without the query
     headers: dict[str, str]  # lower-case names
     action: str = "forward"
+    query: str = ""  # the query string, percent-decoded (a listing's prefix=...)
 
     @property
     def ranged_get(self) -> bool:
@@ -301,4 +302,5 @@ def _without_header(head: bytes, name: str) -> bytes:
 
 def _request(head: bytes) -> Request:
     method, target, _ = head.decode("latin-1").split("\r\n", 1)[0].split(" ", 2)
-    return Request(method, unquote(urlsplit(target).path), _headers(head))
+    parts = urlsplit(target)
+    return Request(method, unquote(parts.path), _headers(head), query=unquote(parts.query))

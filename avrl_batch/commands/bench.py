@@ -363,3 +363,45 @@ def show_cmd(
             raise ConfigError(f"{path} is not a benchmark document written by --save") from exc
         typer.echo(f"\n{path.name}: {doc['bench']}, {doc['utc']}")
         _emit(doc, False, render(doc), None)
+
+
+@bench_app.command("archive")
+def archive_cmd(
+    sources: int = typer.Option(1000, "--sources", min=1, help="Recordings in the archive."),
+    cameras: int = typer.Option(100, "--cameras", min=1, help="Cameras they are spread over."),
+    work: Path = typer.Option(DEFAULT_WORK, "--work", help="The archive goes to WORK/archive-N."),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save"),
+) -> None:
+    """Bookkeeping and query costs of a finished archive of N recordings (generated outputs):
+    list + plan time, the no-op rerun (time, driver peak memory, storage calls) and query time
+    for one camera-day vs everything.
+
+    Example: avrl bench archive --sources 10000
+    """
+    from avrl_batch.bench import archive
+    from avrl_batch.bench.report import envelope, load_average
+
+    load = load_average()
+    info = archive.make_archive(work / f"archive-{sources}-{cameras}", sources, cameras)
+    plan = archive.plan_time(info)
+    rerun = archive.noop_rerun(info)
+    query = archive.query_times(info)
+    doc = envelope("archive", {"archive": info, "plan": plan, "noop_rerun": rerun,
+                               "query": query}, load_before=load)
+    q = query
+    lines = [
+        f"archive: {sources} sources, {cameras} cameras, {info['days']} days "
+        f"(generated in {info['generate_s']} s)",
+        f"list + plan: {plan['list_plan_s']} s (listing the sources {plan['list_s']} s); "
+        f"{plan['skipped']} finished, {plan['todo']} to do",
+        f"no-op rerun: {rerun['wall_s']} s, driver peak {rerun['driver_peak_rss_mb']} MiB, "
+        f"storage calls {rerun['storage_calls']}",
+    ]
+    for table in ("events", "windows"):
+        one, every = q["camera_day"][table], q["all"][table]
+        lines.append(
+            f"query {table}: one camera-day {one['s']} s ({one['rows']} rows), everything "
+            f"{every['s']} s ({every['rows']} rows): {every['s'] / max(one['s'], 1e-3):.1f}x"
+        )
+    _emit(doc, as_json, lines, save)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import typer
 
@@ -14,6 +15,8 @@ from avrl_batch.commands.options import EndpointUrl
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from avrl_batch.query import QueryResult
 
 FORMATS = ("table", "json", "csv", "parquet")
 _EXT_FORMAT = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv",
@@ -69,6 +72,10 @@ def query(
     model_id: str | None = typer.Option(
         None, "--model", help="the model id whose results to show (default: the newest scan's)"
     ),
+    memory_limit: str = typer.Option(
+        "1GB", help="DuckDB's memory for the query; a larger sort spills to a temporary "
+        "folder (rows stream out as they come, so the result may be larger than this)"
+    ),
 ) -> None:
     """Query the events, windows, unreadable spans or errors of a scan with filters or your
     own SQL (DuckDB).
@@ -85,7 +92,7 @@ def query(
       JOIN windows w ON w.source_uri = e.source_uri AND w.start_s >= e.start_s AND
       w.end_s <= e.end_s GROUP BY e.label"
     """
-    from avrl_batch.query import QueryFilters, parse_time, run_query
+    from avrl_batch.query import QueryFilters, parse_time, stream_query
 
     fmt = _output_format(fmt, output)
     filters = QueryFilters(
@@ -96,15 +103,16 @@ def query(
         min_score=min_score,
         anomalies_only=anomalies_only,
     )
-    data = run_query(
+    with stream_query(
         out, table=table, filters=filters, sql=sql, limit=limit, endpoint_url=endpoint_url,
         model_id=model_id, note=lambda line: typer.echo(f"note: {line}", err=True),
-    )
-    what = "rows" if sql else table
-    if fmt == "table":
-        _print_table(data, output, what, filters.is_empty)
-    else:
-        _write_rows(data, fmt, output, what)
+        memory_limit=memory_limit,
+    ) as result:
+        what = "rows" if sql else table
+        if fmt == "table":
+            _print_table(result, output, what, filters.is_empty)
+        else:
+            _write_rows(result, fmt, output, what)
 
 
 def _output_format(fmt: str | None, output: Path | None) -> str:
@@ -123,39 +131,79 @@ def _output_format(fmt: str | None, output: Path | None) -> str:
     return fmt
 
 
-def _print_table(data: pa.Table, output: Path | None, what: str, unfiltered: bool) -> None:
+def _print_table(result: QueryResult, output: Path | None, what: str, unfiltered: bool) -> None:
+    """A terminal table, one per TABLE_ROWS rows as they stream (a result of any size is
+    never held whole); the last line counts the rows."""
+    import pyarrow as pa
     from rich.console import Console
 
     from avrl_batch.query import rich_table
 
+    sink = open(output, "w") if output is not None else None  # noqa: SIM115 - closed below
+    console = Console(file=sink, width=200) if sink is not None else Console()
+    n = 0
+    try:
+        for rows in _chunks(result, TABLE_ROWS):
+            console.print(rich_table(pa.Table.from_batches(rows)))
+            n += sum(b.num_rows for b in rows)
+        if sink is None:
+            if n == 0:
+                console.print(f"no {what} match" + ("" if unfiltered else " these filters"))
+            else:
+                console.print(f"{n} {what}")
+    except OSError as exc:
+        raise _unwritable(output, exc) from None
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+TABLE_ROWS = 1000  # rows per printed table
+
+
+def _chunks(result: QueryResult, rows: int) -> Iterator[list[pa.RecordBatch]]:
+    """The result's batches grouped into lists of about ``rows`` rows."""
+    group: list[pa.RecordBatch] = []
+    size = 0
+    for batch in result:
+        group.append(batch)
+        size += batch.num_rows
+        if size >= rows:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def _unwritable(output: Path | None, exc: OSError) -> Exception:
+    from avrl_batch.errors import StorageError
+
+    return StorageError(f"cannot write {output}: {exc.strerror or exc}; choose another file")
+
+
+def _write_rows(result: QueryResult, fmt: str, output: Path | None, what: str) -> None:
+    """json, csv or parquet to --output (with a count on stderr) or to stdout, batch by
+    batch as the rows stream out of DuckDB."""
+    from avrl_batch.query import RowWriter
+
+    try:
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        with (open(output, "wb") if output is not None else _stdout()) as sink:
+            writer = RowWriter(fmt, sink, result.schema)
+            for batch in result:
+                writer.write(batch)
+            writer.close()
+    except OSError as exc:
+        raise _unwritable(output, exc) from None
     if output is not None:
-        text = io.StringIO()
-        Console(file=text, width=200).print(rich_table(data))
-        _write_file(output, text.getvalue().encode())
-        return
-    console = Console()
-    if data.num_rows == 0:
-        console.print(f"no {what} match" + ("" if unfiltered else " these filters"))
-        return
-    console.print(rich_table(data, title=f"{data.num_rows} {what}"))
+        typer.echo(f"{writer.rows} {what} -> {output}", err=True)
 
 
-def _write_rows(data: pa.Table, fmt: str, output: Path | None, what: str) -> None:
-    """json, csv or parquet to --output (with a count on stderr) or to stdout."""
-    from avrl_batch.query import to_csv, to_json_lines, to_parquet
-
-    if fmt == "json":
-        payload = to_json_lines(data).encode()
-    elif fmt == "csv":
-        payload = to_csv(data)
-    else:
-        payload = to_parquet(data)
-    if output is not None:
-        _write_file(output, payload)
-        typer.echo(f"{data.num_rows} {what} -> {output}", err=True)
-    else:
-        sys.stdout.buffer.write(payload)
-        sys.stdout.flush()
+@contextlib.contextmanager
+def _stdout() -> Iterator[BinaryIO]:
+    yield sys.stdout.buffer
+    sys.stdout.flush()
 
 
 @app.command("report")

@@ -185,15 +185,45 @@ def printable_uri(uri: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+# digits of the two hashes in a key (source_key): the source id (URI and model) and the
+# result id (URI, version and model)
+SOURCE_ID_HEX = 16
+DIGEST_HEX = 20
+_KEY_RX = re.compile(
+    rf"^(?P<stem>.+)-(?P<source>[0-9a-f]{{{SOURCE_ID_HEX}}})-[0-9a-f]{{{DIGEST_HEX}}}$"
+)
+
+
 def source_key(uri: str, version: str, model_id: str) -> str:
-    """Deterministic object key of one (source, source version, model): a readable stem of the
-    file name plus a hash of all three, so reruns find the same names and a changed file or a
-    different model gets new ones. A name that is not valid UTF-8 is keyed by its escaped
-    spelling (``printable_uri``)."""
+    """Deterministic object key of one (source, source version, model):
+    ``<stem>-<source id>-<digest>``, a readable stem of the file name, 16 hex of
+    sha256(URI, model) and 20 hex of sha256(URI, version, model). Reruns find the same names
+    and a changed file or another model gets new ones; the source id tells, from a listing
+    alone, which keys are versions of one file under one model (``key_source_id``). A name
+    that is not valid UTF-8 is keyed by its escaped spelling (``printable_uri``)."""
     uri = printable_uri(uri)
-    digest = hashlib.sha256(f"{uri}\n{version}\n{model_id}".encode()).hexdigest()[:20]
+    source = hashlib.sha256(f"{uri}\n{model_id}".encode()).hexdigest()[:SOURCE_ID_HEX]
+    digest = hashlib.sha256(f"{uri}\n{version}\n{model_id}".encode()).hexdigest()[:DIGEST_HEX]
+    return f"{_key_stem(uri)}-{source}-{digest}"
+
+
+def legacy_source_key(uri: str, version: str, model_id: str) -> str:
+    """The key that outputs written before keys carried a source id have:
+    ``<stem>-<digest>`` (a scan adopts them as its own, ``sink.adopt_legacy``)."""
+    uri = printable_uri(uri)
+    digest = hashlib.sha256(f"{uri}\n{version}\n{model_id}".encode()).hexdigest()[:DIGEST_HEX]
+    return f"{_key_stem(uri)}-{digest}"
+
+
+def key_source_id(key: str) -> str | None:
+    """The source id of a key made by ``source_key``; None for any other name."""
+    m = _KEY_RX.match(key)
+    return m["source"] if m else None
+
+
+def _key_stem(uri: str) -> str:
     stem = _path_part(uri).rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return f"{safe_component(stem, max_len=60)}-{digest}"
+    return safe_component(stem, max_len=60)
 
 
 def date_partition(start_time: datetime | None) -> str:

@@ -335,6 +335,7 @@ def _split_finished(cfg: ScanConfig, sources: list[Any], model_id: str) -> tuple
     and with ``--rescan`` the objects of each key to remove once it is rewritten)."""
     done, failed = sink.finished_objects(cfg.out, endpoint_url=cfg.endpoint_url)
     keyed = keyed_sources(sources, model_id)
+    sink.adopt_legacy(keyed, done, failed, model_id)
     if cfg.rescan:  # nothing is done: every source is scanned again and its objects replaced
         todo, skipped = list(keyed), []
         replaces = {

@@ -374,8 +374,24 @@ class Superseded:
     uris: tuple[str, ...]  # windows, events and/or error objects, in deletion order
 
 
-def _key_stem(key: str) -> str:
-    return key.rsplit("-", 1)[0]  # source_key: "<file stem>-<digest>"
+def _legacy_stem(key: str) -> str:
+    return key.rsplit("-", 1)[0]  # legacy_source_key: "<file stem>-<digest>"
+
+
+def adopt_legacy(
+    keyed: list[tuple[Any, str]], done: dict[str, str], failed: dict[str, str], model_id: str
+) -> None:
+    """File the finished objects of a listed source under a legacy key (written before keys
+    carried a source id, ``naming.legacy_source_key``) under its current key, in place: the
+    source counts as finished and ``--rescan`` replaces those objects. A hash per listed
+    source, no read."""
+    from avrl_batch.scan.naming import legacy_source_key
+
+    for src, key in keyed:
+        old = legacy_source_key(src.uri, src.version, model_id)
+        for found in (done, failed):
+            if key not in found and old in found:
+                found[key] = found.pop(old)
 
 
 def find_superseded(
@@ -389,19 +405,32 @@ def find_superseded(
 ) -> list[Superseded]:
     """Older versions' objects of the listed sources ``keyed`` ((storage.Source, key) pairs).
 
-    Only finished keys with the same file stem as a listed source's current key are read (one
-    small object each: a changed file is rare), and only objects whose SOURCE_META names the
-    same URI and model are taken: objects of other files, of other models and objects written
-    before SOURCE_META existed are never touched.
+    The listing decides: a finished key that is not current and has the source id of a
+    listed source's key (``naming.key_source_id``: same URI, same model) is an older version
+    of it. Only those candidates are read (one small object each, and only for files that
+    changed: a rerun over unchanged files reads nothing), to take the old version from its
+    SOURCE_META and to confirm it names the same URI and model. Keys without a source id
+    (``naming.legacy_source_key``) are candidates when their file stem matches. Objects of
+    other files, of other models and objects without SOURCE_META are never touched.
     """
+    from avrl_batch.scan.naming import key_source_id
+
     current = {key for _, key in keyed}
-    candidates: dict[str, list[str]] = {}
+    by_source: dict[str, list[str]] = {}
+    by_stem: dict[str, list[str]] = {}  # legacy keys
     for key in sorted(set(done) | set(failed)):
-        if key not in current:
-            candidates.setdefault(_key_stem(key), []).append(key)
+        if key in current:
+            continue
+        sid = key_source_id(key)
+        if sid is not None:
+            by_source.setdefault(sid, []).append(key)
+        else:
+            by_stem.setdefault(_legacy_stem(key), []).append(key)
     found = []
     for src, key in keyed:
-        for old in candidates.get(_key_stem(key), ()):
+        sid = key_source_id(key)
+        olds = [*by_source.get(sid or "", ()), *by_stem.get(key.rsplit("-", 2)[0], ())]
+        for old in olds:
             marker = done.get(old) or failed[old]
             meta = source_meta(storage.read_bytes(marker, endpoint_url=endpoint_url))
             if not meta or meta.get("source_uri") != src.uri or meta.get("model_id") != model_id:
