@@ -36,11 +36,12 @@ KEYFRAME_BASE = ("key_diff_prev", "key_diff_next")
 AUDIO_BASE = (*(f"mel_band{b}" for b in range(AUDIO_BANDS)), "mel_loudest", "mel_spread",
               "mel_flux")
 # a window overlapping an anomaly for at least this share of its length is a positive
-POSITIVE_OVERLAP = 0.25
+POSITIVE_OVERLAP = 0.5
 DEFAULT_RECALL = 0.97
 DEFAULT_MARGIN_WINDOWS = 1  # windows decoded each side of a candidate
 CV_FOLDS = 4  # contiguous parts of each recording: out-of-fold scores set the threshold
-L2 = 1e-2
+L2 = 1e-1  # strong: few anomalies of each kind to learn from, it must not learn one kind
+Z_CLIP = 30.0
 
 
 def _with_context(names: Sequence[str]) -> tuple[str, ...]:
@@ -278,15 +279,18 @@ def _keyframe_stats(
 
 
 def _relative(raw: np.ndarray) -> np.ndarray:
-    """Each feature minus its median over the recording; missing values (a window without a
-    keyframe, audio that ended) are the median (0)."""
+    """Each feature as a robust z-score over the recording: minus its median, over its
+    median absolute deviation (the calm spread of that camera); missing values (a window
+    without a keyframe, audio that ended) are the median (0). Clipped to [-Z_CLIP, Z_CLIP]."""
     if not len(raw):
         return raw
     with np.errstate(all="ignore"):
         med = np.nanmedian(raw, axis=0)  # (F,) all-NaN columns give NaN
-    med = np.where(np.isfinite(med), med, 0.0)
-    rel = raw - med
-    return np.where(np.isfinite(rel), rel, 0.0)
+        med = np.where(np.isfinite(med), med, 0.0)
+        mad = np.nanmedian(np.abs(raw - med), axis=0) * 1.4826  # (F,): sigma of calm windows
+    mad = np.where(np.isfinite(mad) & (mad > 1e-6), mad, 1.0)
+    z = (raw - med) / mad
+    return np.clip(np.where(np.isfinite(z), z, 0.0), -Z_CLIP, Z_CLIP)
 
 
 def _context(x: np.ndarray) -> np.ndarray:
@@ -315,8 +319,8 @@ class ScreenHead:
     # on the held-out (out-of-fold) windows the threshold was set on:
     val_windows: int
     val_positives: int
-    val_recall: float  # share of positive windows at or above the threshold
-    val_pass_share: float  # share of all windows at or above it (what the full model sees)
+    val_recall: float  # share of positive windows among the candidates (margin included)
+    val_pass_share: float  # share of all windows that are candidates (what the model sees)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """(N, F) features -> (N,) probability that the window overlaps an anomaly."""
@@ -431,17 +435,29 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = L2) -> tuple[np.nd
     return w[:-1], float(w[-1]), mean, scale
 
 
-def threshold_for_recall(scores: np.ndarray, y: np.ndarray, recall: float) -> float:
-    """The largest threshold that keeps at least ``recall`` of the positive scores."""
-    pos = np.sort(scores[y > 0])
-    if not len(pos):
+def threshold_for_recall(
+    scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], recall: float, margin: int
+) -> float:
+    """The largest threshold at which the candidates (scores >= it, widened by ``margin``
+    windows: what a cascade scan decodes) still cover ``recall`` of the positive windows of
+    these recordings (per-recording (N,) scores and labels)."""
+    npos = sum(int((y > 0).sum()) for y in labels)
+    if not npos:
         return 0.0
-    k = int(math.floor((1.0 - recall) * len(pos) + 1e-9))  # positives allowed below
-    return float(pos[min(k, len(pos) - 1)])
+    levels = np.unique(np.concatenate([s[y > 0] for s, y in zip(scores, labels, strict=True)]))
+    for thr in levels[::-1]:  # from the highest: the first that covers enough is the largest
+        covered = sum(
+            int(candidates(s, float(thr), margin)[y > 0].sum())
+            for s, y in zip(scores, labels, strict=True)
+        )
+        if covered >= recall * npos - 1e-9:
+            return float(thr)
+    return float(levels[0])
 
 
 def train_head(
-    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], names: tuple[str, ...], recall: float
+    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], names: tuple[str, ...], recall: float,
+    margin: int,
 ) -> ScreenHead:
     """A head from per-recording (features, labels): out-of-fold scores over CV_FOLDS
     contiguous parts of every recording set the threshold; the weights are then fitted on
@@ -456,9 +472,12 @@ def train_head(
             continue
         w, b, m, s = fit_logistic(x_all[~test], y_all[~test])
         oof[test] = _sigmoid(((x_all[test] - m) / s) @ w + b)
-    thr = threshold_for_recall(oof, y_all, recall)
+    bounds = np.cumsum([0, *(len(y) for y in ys)])
+    per_rec = [oof[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    thr = threshold_for_recall(per_rec, ys, recall, margin)
     w, b, m, s = fit_logistic(x_all, y_all)
-    passed = oof >= thr
+    masks = [candidates(sc, thr, margin) for sc in per_rec]
+    passed = np.concatenate(masks) if masks else np.zeros(0, bool)
     npos = int((y_all > 0).sum())
     return ScreenHead(
         features=names,

@@ -74,9 +74,9 @@ def calibrate(
         target_recall=float(recall),
         margin_windows=int(margin_windows),
         positive_overlap=scr.POSITIVE_OVERLAP,
-        video=scr.train_head(video_x, video_y, scr.VIDEO_FEATURES, recall),
+        video=scr.train_head(video_x, video_y, scr.VIDEO_FEATURES, recall, margin_windows),
         av=(
-            scr.train_head(av_x, av_y, scr.AV_FEATURES, recall)
+            scr.train_head(av_x, av_y, scr.AV_FEATURES, recall, margin_windows)
             if av_y and sum(y.sum() for y in av_y) > 0
             else None
         ),
