@@ -124,6 +124,20 @@ def test_cascade_scan_covers_recordings_and_agrees_with_full(
         "video": screen.video.threshold, "av": screen.av.threshold
     }
 
+    # query and report tell the fully inferred windows from the screened-out ones
+    from avrl_batch.query import QueryFilters, run_query
+    from avrl_batch.report import build_report
+
+    out = str(tmp_path / "casc")
+    every = run_query(out, table="windows")
+    only = run_query(out, table="windows", filters=QueryFilters(inferred_only=True))
+    assert every.num_rows == sum(len(t) for t in cw.values())
+    assert only.num_rows == inferred_total and all(only["inferred"].to_pylist())
+    html = build_report(out).html
+    assert f"{inferred_total:,}</b>windows inferred (the rest screened out)" in html
+    assert "inferred, " in html and "screened out)" in html  # the recordings' timeline tips
+    assert "windows inferred" not in build_report(str(tmp_path / "full")).html
+
 
 def test_screen_threshold_comes_from_the_model_file(
     ray_local: None, footage: dict[str, Path], tmp_path: Path
