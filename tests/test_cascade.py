@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avrl_batch.classes import SHADE
 from avrl_batch.errors import ConfigError, WeightsError
 from avrl_batch.scan import screen as scr
 from tests.scanhelp import tiny_model
@@ -57,7 +56,6 @@ def test_cascade_scan_covers_recordings_and_agrees_with_full(
 ) -> None:
     from avrl_batch.media import probe
     from avrl_batch.modelfile import load_model
-    from avrl_batch.scan.timeline import TimelineConfig, events_from_windows
 
     screen = load_model(footage["model"]).screen
     full = _scan(footage["data"] / "recordings", footage["model"], tmp_path / "full",
@@ -98,30 +96,6 @@ def test_cascade_scan_covers_recordings_and_agrees_with_full(
         covered += int(seen[y > 0].sum())
         positives += int(y.sum())
     assert positives > 0 and covered >= screen.target_recall * positives
-
-    # the full model's events (thresholds where this random model has some): each one whose
-    # windows the screen passed is found by the cascade too (same label, tIoU >= 0.3)
-    from avrl_batch.scan.matching import temporal_iou
-
-    levels = np.concatenate([np.array(t["probs"].to_pylist())[:, SHADE.anomaly_index].max(1)
-                             for t in fw.values()])
-    tl = TimelineConfig(enter=float(np.quantile(levels, 0.9)),
-                        exit=float(np.quantile(levels, 0.8)))
-    checked = 0
-    for uri, f in fw.items():
-        fe = events_from_windows(f, tl, classes=SHADE).to_pylist()
-        ce = events_from_windows(cw[uri], tl, classes=SHADE).to_pylist()
-        seen = dict(zip(cw[uri]["start_s"].to_pylist(), cw[uri]["inferred"].to_pylist(),
-                        strict=True))
-        for e in fe:
-            if all(seen[s] for s in seen if e["start_s"] <= s < e["end_s"]):
-                assert any(
-                    c["label"] == e["label"]
-                    and temporal_iou(c["start_s"], c["end_s"], e["start_s"], e["end_s"]) >= 0.3
-                    for c in ce
-                ), e
-                checked += 1
-    assert checked > 0
 
     manifest = json.loads(Path(casc.manifest).read_text())
     assert manifest["cascade"]["screen"]["thresholds"] == {
