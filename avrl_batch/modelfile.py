@@ -6,10 +6,13 @@ reads it and never runs code from the file):
     {"format": "avrl-model", "version": 1, "model_id": "avrl-<preset>-<12 hex>",
      "config": ModelConfig.to_dict(), "class_names": [...], "normal_classes": [...],
      "mean": [...], "std": [...],
-     "state_dict": {name: tensor}, "meta": {JSON-like: training metrics, provenance}}
+     "state_dict": {name: tensor}, "meta": {JSON-like: training metrics, provenance},
+     "screen": {...}}  # optional: the cascade's calibrated screen (scan/screen.Screen)
 
 ``model_id`` is a content hash of config + weights: the same network always gets the same id,
-so scan outputs keyed by it are reproducible and a retrained model never collides.
+so scan outputs keyed by it are reproducible and a retrained model never collides. The screen
+(``avrl calibrate``) is not part of the id: it decides which windows the network sees, not what
+the network says about them; a scan's manifest records it.
 
 A model file is input, and its load costs at most a small multiple of its size: the archive
 must keep every entry stored, not compressed (``_check_archive``: torch would inflate a
@@ -47,6 +50,7 @@ class LoadedModel:
     cfg: ModelConfig
     model_id: str
     meta: dict[str, Any] = field(default_factory=dict)
+    screen: Any = None  # scan/screen.Screen, or None when the file has no screen
 
 
 def _first_line(exc: BaseException) -> str:
@@ -94,14 +98,27 @@ def _own_storages(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def model_to_bytes(
-    model: torch.nn.Module, cfg: ModelConfig, meta: dict[str, Any] | None = None
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    meta: dict[str, Any] | None = None,
+    screen: dict[str, Any] | None = None,
 ) -> bytes:
     """Serialise ``model`` (any device; DDP-wrapped is fine) with its config into file bytes."""
-    return _serialise(model, cfg, meta)[0]
+    return _serialise(model, cfg, meta, screen)[0]
+
+
+def with_screen(data: bytes, screen: dict[str, Any], source: str = "<model bytes>") -> bytes:
+    """The model file ``data`` (checked) with ``screen`` (``Screen.to_dict()``) in it; the
+    model id stays the same."""
+    loaded = model_from_bytes(data, source=source)
+    return model_to_bytes(loaded.model, loaded.cfg, loaded.meta, screen)
 
 
 def _serialise(
-    model: torch.nn.Module, cfg: ModelConfig, meta: dict[str, Any] | None
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    meta: dict[str, Any] | None,
+    screen: dict[str, Any] | None = None,
 ) -> tuple[bytes, str]:
     inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
     inner = getattr(inner, "_orig_mod", inner)  # and torch.compile
@@ -122,6 +139,9 @@ def _serialise(
         "state_dict": state,
         "meta": meta_plain,
     }
+    if screen is not None:
+        _checked_screen(json.loads(json.dumps(screen)), "<screen>")
+        payload["screen"] = json.loads(json.dumps(screen))
     buf = io.BytesIO()
     torch.save(payload, buf)
     return buf.getvalue(), payload["model_id"]
@@ -272,11 +292,27 @@ def model_from_bytes(
             f"{source}: content does not match its model id "
             f"{payload.get('model_id')!r:.80} (file altered or corrupt)"
         )
+    screen = _checked_screen(payload["screen"], source) if "screen" in payload else None
     model.eval()
     meta = payload.get("meta")
     return LoadedModel(
-        model=model, cfg=cfg, model_id=model_id, meta=dict(meta) if isinstance(meta, dict) else {}
+        model=model, cfg=cfg, model_id=model_id, meta=dict(meta) if isinstance(meta, dict) else {},
+        screen=screen,
     )
+
+
+def _checked_screen(d: Any, source: str) -> Any:
+    """The file's screen, every field checked (types, lengths, finite numbers, this
+    version's features), or one WeightsError line."""
+    from avrl_batch.scan.screen import Screen
+
+    try:
+        return Screen.from_dict(d)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise WeightsError(
+            f"{source}: the model file's screen is invalid ({_first_line(exc)}); run "
+            "`avrl calibrate` again"
+        ) from exc
 
 
 def save_model(
@@ -284,9 +320,10 @@ def save_model(
     model: torch.nn.Module,
     cfg: ModelConfig,
     meta: dict[str, Any] | None = None,
+    screen: dict[str, Any] | None = None,
 ) -> str:
     """Write a model file atomically (temp + fsync + rename); returns its model id."""
-    data, model_id = _serialise(model, cfg, meta)
+    data, model_id = _serialise(model, cfg, meta, screen)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

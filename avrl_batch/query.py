@@ -26,7 +26,8 @@ How a query runs:
 
 Filter meaning: ``--since``/``--until`` keep rows with ``since <= start_time < until``
 (rows with an unknown start time are dropped when either is given); ``--min-score`` is on
-``peak_score`` for events and ``score`` for windows; ``--anomalies-only`` keeps windows
+``peak_score`` for events and ``score`` for windows; ``--inferred-only`` drops the windows a
+cascade scan's screen passed over (``inferred`` false); ``--anomalies-only`` keeps windows
 whose top class is an anomaly (events are always anomalies). ``--label`` must be a class of
 a model that scanned into OUT (the scan manifests record each model's classes).
 ``--camera unknown`` also matches rows with no camera id (the sink files them under
@@ -86,6 +87,8 @@ class QueryFilters:
     until: datetime | None = None  # UTC, exclusive
     min_score: float | None = None
     anomalies_only: bool = False
+    # windows: only those the full model inferred (a cascade scan's screened-out ones dropped)
+    inferred_only: bool = False
 
     def __post_init__(self) -> None:
         if self.since and self.until and self.since >= self.until:
@@ -372,6 +375,9 @@ def row_filter(table: str, filters: QueryFilters) -> ds.Expression | None:
         if table == "windows":
             terms.append(f("is_anomaly"))
         # every event is labelled with an anomaly class: nothing to filter
+    if filters.inferred_only and table == "windows":
+        # null: an object written before the column existed, every window of it inferred
+        terms.append(f("inferred").is_null() | f("inferred"))
     if not terms:
         return None
     expr = terms[0]

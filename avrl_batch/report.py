@@ -275,8 +275,11 @@ def _camera_timelines(
         spans = [
             {
                 "lane": 0, "x0": pos(c, "t0", "s0"), "x1": pos(c, "t1", "s1"), "colour": "#c9c9c9",
-                "tip": f"{_basename(c['source_uri'])}: {c['n_windows']} windows, "
-                f"{_fmt_dur(c['s1'] - c['s0'])}"
+                "tip": f"{_basename(c['source_uri'])}: {c['n_windows']} windows"
+                + (f" ({c['n_inferred']} inferred, {c['n_windows'] - c['n_inferred']} "
+                   "screened out)" if c.get("n_inferred", c["n_windows"]) < c["n_windows"]
+                   else "")
+                + f", {_fmt_dur(c['s1'] - c['s0'])}"
                 + ("" if c["has_audio"] else " (no audio)"),
             }
             for c in cov
@@ -391,7 +394,9 @@ def build_report(
     events = con.sql(f"SELECT * FROM events ORDER BY {ORDER_BY['events']}").to_arrow_table()
     coverage = con.sql(
         "SELECT camera, source_uri, min(start_s) AS s0, max(end_s) AS s1, min(start_time) AS t0,"
-        " max(end_time) AS t1, count(*) AS n_windows, bool_or(has_audio) AS has_audio "
+        " max(end_time) AS t1, count(*) AS n_windows, bool_or(has_audio) AS has_audio, "
+        # a cascade scan's screened-out windows (inferred false) were never seen by the model
+        " count(*) FILTER (WHERE inferred IS NOT FALSE) AS n_inferred "
         "FROM windows GROUP BY camera, source_uri ORDER BY camera, t0 NULLS LAST, source_uri"
     ).to_arrow_table().to_pylist()
     errors = con.sql(f"SELECT * FROM errors ORDER BY {ORDER_BY['errors']}").to_arrow_table()
@@ -508,6 +513,7 @@ def _head(scan: _Scan) -> list[str]:
     out, events, coverage, manifests = scan.out, scan.events, scan.coverage, scan.manifests
     footage_s = sum(c["s1"] - c["s0"] for c in coverage)
     n_windows = sum(c["n_windows"] for c in coverage)
+    n_inferred = sum(c.get("n_inferred", c["n_windows"]) for c in coverage)
     models = sorted({str(m.get("model_id")) for m in manifests if m.get("model_id")})
     models = models or sorted({e["model_id"] for e in events})
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -526,6 +532,10 @@ def _head(scan: _Scan) -> list[str]:
         (len(coverage), "recordings scanned"),
         (_fmt_dur(footage_s), "of footage"),
         (f"{n_windows:,}", "windows"),
+        *(
+            [(f"{n_inferred:,}", "windows inferred (the rest screened out)")]
+            if n_inferred < n_windows else []
+        ),
         (len(events), "events"),
         (len(scan.cameras), "cameras"),
         (len(scan.errors), "failed sources"),
@@ -562,7 +572,8 @@ def _timelines(scan: _Scan) -> list[str]:
                 known.add(e["source_uri"])
                 cov.append({"camera": e["camera"], "source_uri": e["source_uri"],
                             "s0": e["start_s"], "s1": e["end_s"], "t0": e["start_time"],
-                            "t1": e["end_time"], "n_windows": 0, "has_audio": True})
+                            "t1": e["end_time"], "n_windows": 0, "n_inferred": 0,
+                            "has_audio": True})
         h.extend(_camera_timelines(cam, cov, evs, colours, scan.unreadable))
     return h
 

@@ -37,6 +37,10 @@ WINDOWS = pa.schema(
         _required("is_anomaly", pa.bool_()),
         _required("has_audio", pa.bool_()),
         *_WRITTEN_BY,
+        # false: a cascade scan's screen passed the window over (label = the model's first
+        # normal class, score 0, probs all 0); the full model never saw it
+        _required("inferred", pa.bool_()),
+        pa.field("screen_score", pa.float32()),  # the cascade's screen score; null: no screen
     ]
 )
 

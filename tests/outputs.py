@@ -103,6 +103,8 @@ def window_row(
         "has_audio": has_audio,
         "model_id": model_id,
         "scan_id": scan_id,
+        "inferred": True,
+        "screen_score": None,
     }
 
 

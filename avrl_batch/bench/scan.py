@@ -168,8 +168,11 @@ def scan_once(
     workers: int,
     segment_s: float | None = None,
     batch_size: int | None = None,
+    cascade: bool = False,
+    keep_out: bool = False,
 ) -> dict[str, Any]:
-    """One scan of ``source`` on a fresh local Ray pinned to ``workers`` cores.
+    """One scan of ``source`` on a fresh local Ray pinned to ``workers`` cores (``cascade``:
+    ``avrl scan --cascade``; ``keep_out``: leave the output for the caller to read).
 
     Returns wall time (with and without starting Ray), footage, hours per hour and memory.
     """
@@ -185,6 +188,7 @@ def scan_once(
         out=str(out),
         segment_s=segment_s or DEFAULT_SEGMENT_S,
         batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        cascade=cascade,
     )
     # Ray runs its workers at nice 15 by default (to keep the raylet responsive). On a
     # dedicated node that changes nothing, but on a shared one it hands the scan's decode
@@ -203,7 +207,8 @@ def scan_once(
         summary = run_scan(cfg)
     wall = time.perf_counter() - t0
     driver_cpu = cpu_seconds() - c0
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep_out:
+        shutil.rmtree(out, ignore_errors=True)
     if summary.sources_failed:
         from avrl_batch.errors import AvrlError
 
@@ -224,6 +229,11 @@ def scan_once(
         "cpu_s": sampler.summary()["workers_cpu_s"] + driver_cpu,
         "hours_per_cpu_hour": summary.footage_s
         / max(sampler.summary()["workers_cpu_s"] + driver_cpu, 1e-9),
+        "driver_cpu_s": driver_cpu,
+        "workers_cpu_s": sampler.summary()["workers_cpu_s"],
+        "model_id": summary.model_id,
+        "sources": summary.sources.get("ok", []),
+        "cascade": summary.cascade,
     }
 
 

@@ -1,5 +1,5 @@
-"""`avrl bench decode|audio-end|damaged|model|load|scan|baseline|footage`: throughput, memory
-and damage figures.
+"""`avrl bench decode|audio-end|damaged|model|load|scan|cascade|baseline|footage`: throughput,
+memory and damage figures.
 
 Every figure is a median over --runs runs, carries the machine and its load, and ratios come
 from variants measured in the same invocation, interleaved run by run (avrl_batch/bench/).
@@ -310,6 +310,35 @@ def scan_cmd(
             f"{mem['ratio_decode_worker']}x (any worker: {mem['ratio_worker_max']}x)"
         )
     _emit(doc, as_json, lines, save)
+
+
+@bench_app.command("cascade")
+def cascade_cmd(
+    model: Path = typer.Argument(..., help="A trained model file (its screen is recalibrated)."),
+    work: Path = typer.Option(DEFAULT_WORK / "cascade", "--work",
+                              help="footage (made once), outputs"),
+    seed: int = typer.Option(0, "--seed", help="seed of the measured footage"),
+    calib_seed: int = typer.Option(1, "--calib-seed", help="seed of the calibration footage"),
+    recall: float = typer.Option(0.97, "--recall", help="the screen's target window recall"),
+    margin: int = typer.Option(1, "--margin", help="windows decoded each side of a candidate"),
+    workers: int = typer.Option(2, "--workers", min=1),
+    runs: int = typer.Option(1, "--runs", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save"),
+) -> None:
+    """Full scan vs `avrl scan --cascade` on the `cascade` synth footage (720p 25 fps, ~5 %
+    of the time in events, one camera without audio): footage per CPU-second, event recall
+    and precision against the ground truth, side by side in one run.
+
+    Example: avrl bench cascade run/model.avrl --json
+    """
+    from avrl_batch.bench import cascade
+
+    doc = cascade.bench_cascade(
+        model, work=work, seed=seed, calib_seed=calib_seed, recall=recall, margin=margin,
+        workers=workers, runs=runs,
+    )
+    _emit(doc, as_json, cascade.table(doc), save)
 
 
 @bench_app.command("baseline")

@@ -53,6 +53,10 @@ def query(
     anomalies_only: bool = typer.Option(
         False, "--anomalies-only", help="windows whose top class is an anomaly"
     ),
+    inferred_only: bool = typer.Option(
+        False, "--inferred-only", help="windows the full model saw (not those a --cascade "
+        "scan's screen passed over)"
+    ),
     table: str = typer.Option(
         "events", "--table", "-t",
         help="events, windows, unreadable (stretches that could not be decoded) or errors",
@@ -102,6 +106,7 @@ def query(
         until=parse_time(until, option="--until") if until else None,
         min_score=min_score,
         anomalies_only=anomalies_only,
+        inferred_only=inferred_only,
     )
     with stream_query(
         out, table=table, filters=filters, sql=sql, limit=limit, endpoint_url=endpoint_url,

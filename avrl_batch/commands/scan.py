@@ -76,6 +76,11 @@ def scan(
         "OUT (needed when --window, --stride, --camera-pattern or --timezone differ from "
         "theirs)"
     ),
+    cascade: bool = typer.Option(
+        False, "--cascade", help="screen every window cheaply (the model file's calibrated "
+        "screen: `avrl calibrate`) and decode and infer fully only the candidates; screened-out "
+        "windows stay in the windows table with inferred = false"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; scan nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
@@ -117,6 +122,7 @@ def scan(
         decode_timeout_s=decode_timeout,
         timeline=tl,
         rescan=rescan,
+        cascade=cascade,
     )
     if not dry_run:
         from avrl_batch.scan.sink import check_writable

@@ -12,7 +12,7 @@ from avrl_batch.cli import app
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write into (created if missing)."),
-    preset: str = typer.Option("ci", "--preset", help="ci | demo | bench | paper-size"),
+    preset: str = typer.Option("ci", "--preset", help="ci | demo | bench | paper-size | cascade"),
     seed: int = typer.Option(0, "--seed", help="Same preset + seed = identical files."),
     clips: bool = typer.Option(True, "--clips/--no-clips", help="Write the labelled clip set."),
     recordings: bool = typer.Option(

@@ -66,6 +66,10 @@ class SynthPreset:
     events_per_recording: int
     silent_minutes: float  # one more camera whose recording has no audio stream (0 = none)
     sample_rate: int
+    max_event_s: float = 20.0  # longest anomaly event of a recording (run, chase, fight, arrest)
+    # > 0: the recordings' sensor noise is drawn from this many noise frames made ahead, one
+    # picked at random per frame (0: fresh noise per frame, as the small presets have)
+    noise_bank: int = 0
 
 
 SYNTH_PRESETS: dict[str, SynthPreset] = {
@@ -80,6 +84,14 @@ SYNTH_PRESETS: dict[str, SynthPreset] = {
     "bench": SynthPreset("bench", 96, 96, 10, 2.0, 200, 20, 0.3, 3, 10.0, 12, 3.0, 16_000),
     # paper-like geometry (docs/design.md §2: 4 s windows), fewer clips
     "paper-size": SynthPreset("paper-size", 320, 240, 25, 4.0, 10, 5, 0.3, 2, 5.0, 6, 2.0, 48_000),
+    # `avrl bench cascade`: recordings only (no clips), 720p 25 fps, a keyframe every 2 s,
+    # sensor noise, ~5 % of the time inside events (2 events of <= 6 s per 3 minutes); two
+    # cameras with audio and one without. 3 minutes a camera: a 720p frame takes ~35 ms to
+    # make here, so a set is ~7 minutes to write on one core
+    "cascade": SynthPreset(
+        "cascade", 1280, 720, 25, 2.0, 0, 0, 0.0, 2, 3.0, 2, 3.0, 48_000, max_event_s=6.0,
+        noise_bank=25,
+    ),
 }
 
 
@@ -220,7 +232,9 @@ class PlannedEvent:
     seed: int
 
 
-def plan_recording(seed: int, duration_s: float, n_events: int, fps: int) -> list[PlannedEvent]:
+def plan_recording(
+    seed: int, duration_s: float, n_events: int, fps: int, max_event_s: float = 20.0
+) -> list[PlannedEvent]:
     """Anomaly events separated by normal stretches (some with a queue), in time order.
 
     Every anomaly class appears once before any repeats. Starts and ends lie on the frame grid.
@@ -235,7 +249,7 @@ def plan_recording(seed: int, duration_s: float, n_events: int, fps: int) -> lis
     for k in range(n_events):
         label = labels[k]
         long_ok = label in ("run", "chase", "fight", "arrest")
-        dur = rng.uniform(4.0, 20.0) if long_ok else rng.uniform(2.5, 4.5)
+        dur = rng.uniform(4.0, max(4.0, max_event_s)) if long_ok else rng.uniform(2.5, 4.5)
         dur = min(dur, slot - 2 * gap)
         if dur < 2.0:
             break  # recording too short for more events
@@ -300,7 +314,7 @@ def write_recording(
     Returns the planned episodes; the anomaly ones are the ground truth.
     ``progress`` is called with the seconds of footage written since the last call.
     """
-    events = plan_recording(seed, duration_s, n_events, preset.fps)
+    events = plan_recording(seed, duration_s, n_events, preset.fps, preset.max_event_s)
     cache = _EventCache(events, preset.fps, preset.sample_rate)
     frames = _recording_frames(preset, seed, duration_s, cache, progress)
     audio = _recording_audio(preset.sample_rate, seed, duration_s, cache) if with_audio else None
@@ -322,6 +336,10 @@ def _recording_frames(
     light = Lighting.draw(rng, dark=False)
     crowd = Passersby(rng, int(rng.integers(*PASSERSBY)), fps)
     noise_rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    shape = (preset.height, preset.width, 3)
+    bank = [
+        noise_rng.standard_normal(shape, dtype=np.float32) for _ in range(preset.noise_bank)
+    ]
     for i in range(int(round(duration_s * fps))):
         t = i / fps
         img = bg.copy()
@@ -333,7 +351,10 @@ def _recording_frames(
                 draw_tracks(img, ep.tracks, j)
         if progress is not None and i % fps == fps - 1:
             progress(1.0)
-        yield light.expose(noise_rng, img)
+        if bank:
+            yield light.expose_with(img, bank[int(noise_rng.integers(len(bank)))])
+        else:
+            yield light.expose(noise_rng, img)
 
 
 def _recording_audio(

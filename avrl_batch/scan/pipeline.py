@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -84,6 +84,8 @@ class ScanSummary:
     # every write (or old-version removal) that failed: what, uri, error_type, message. The
     # scan goes on; nothing failed is marked done, so the next run redoes it
     write_failures: list[dict[str, str]] = field(default_factory=list)
+    # --cascade: windows screened / inferred, screening CPU time, the screen's thresholds
+    cascade: dict[str, Any] = field(default_factory=dict)
     manifest: str | None = None
     manifest_error: str | None = None  # why the manifest could not be written (then None)
 
@@ -274,7 +276,10 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
             return summary
         if recorded is None or cfg.rescan:  # before any output: what the results are made of
             _record_settings(cfg, settings | {"rescanning": cfg.rescan}, summary)
-        _execute(cfg, plan, summary, model, _Ledger(summary, plan, t0, progress))
+        screened: dict[str, Any] = {}
+        if cfg.cascade:
+            plan, screened = _screen_plan(cfg, plan, model, summary)
+        _execute(cfg, plan, summary, model, _Ledger(summary, plan, t0, progress), screened)
     finally:
         if started_ray:
             import ray
@@ -301,6 +306,7 @@ class _ScanModel:
     data: bytes
     cfg: Any  # config.ModelConfig
     model_id: str
+    screen: Any = None  # scan/screen.Screen of the file (avrl calibrate), or None
 
     @classmethod
     def read(cls, cfg: ScanConfig) -> _ScanModel:
@@ -308,8 +314,13 @@ class _ScanModel:
 
         data = storage.read_bytes(cfg.model, endpoint_url=cfg.endpoint_url)
         loaded = model_from_bytes(data, source=cfg.model)
+        if cfg.cascade and loaded.screen is None:
+            raise ConfigError(
+                f"{cfg.model} has no screen for --cascade: make one with "
+                "`avrl calibrate MODEL INTERVALS --out MODEL_WITH_SCREEN`"
+            )
         # the driver keeps the id and config only; actors build their own copy of the model
-        return cls(data, loaded.cfg, loaded.model_id)
+        return cls(data, loaded.cfg, loaded.model_id, loaded.screen)
 
 
 def _list_sources(cfg: ScanConfig) -> list[Any]:
@@ -554,23 +565,69 @@ def _record_error(
     ledger.failed(err)
 
 
+def _screen_plan(
+    cfg: ScanConfig, plan: ScanPlan, model: _ScanModel, summary: ScanSummary
+) -> tuple[ScanPlan, dict[str, Any]]:
+    """--cascade: screen every source (one Ray task each, in the decoder process) and keep of
+    each only the segments of its candidate windows; a source that fails screening is a
+    failed source. Returns the new plan and the screen's verdicts by key."""
+    import ray
+
+    from avrl_batch.scan import cascade
+    from avrl_batch.scan.isolate import Isolation
+
+    task_fn = ray.remote(num_cpus=1, max_retries=cfg.probe_retries)(
+        cascade.screen_source_isolated
+    )
+    todo = [t for t in plan.todo if cascade.screenable(t)]
+    refs = [
+        task_fn.remote(
+            t, isolation=Isolation(timeout_s=cfg.decode_timeout_s), screen=model.screen,
+            window_s=plan.spec.window_s, stride_s=plan.spec.stride_s,
+            endpoint_url=cfg.endpoint_url,
+        )
+        for t in todo
+    ]
+    screened: dict[str, Any] = {}
+    tasks, failed = [], list(plan.failed)
+    for task, got in zip(todo, ray.get(refs), strict=True):
+        if isinstance(got, SourceError):
+            failed.append(got)
+            continue
+        screened[task.key] = got
+        tasks.append(cascade.replan(task, got, plan.spec.stride_s, cfg.segment_s))
+    # a source of unknown duration has no window grid to screen: the full model sees it all
+    tasks += [t for t in plan.todo if not cascade.screenable(t)]
+    new = replace(plan, todo=tasks, failed=failed)
+    summary.segments = len(new.segments)
+    summary.cascade = cascade.summary(screened, model.screen)
+    return new, screened
+
+
 def _execute(
-    cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, model: _ScanModel, ledger: _Ledger
+    cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, model: _ScanModel, ledger: _Ledger,
+    screened: dict[str, Any] | None = None,
 ) -> None:
     """Run the planned sources through Ray Data and write each as it finishes."""
     for err in plan.failed:
         _record_error(cfg, plan, ledger, err)
         ledger.finished += 1
     ledger.report()
-    if plan.todo:
-        classes = model.cfg.classes
+    screened = screened or {}
+    classes = model.cfg.classes
+    for task in plan.todo:
+        if not task.segments and task.key in screened:  # the screen passed every window over
+            _write_finished(cfg, plan, ledger, _nothing_inferred(task, plan, summary, classes),
+                            classes, screened)
+    if any(t.segments for t in plan.todo):
+        todo = [t for t in plan.todo if t.segments or t.key not in screened]
         assembler = SourceAssembler(
-            plan.todo, classes=classes, model_id=plan.model_id, scan_id=summary.scan_id
+            todo, classes=classes, model_id=plan.model_id, scan_id=summary.scan_id
         )
-        ds = _inference_dataset(cfg, plan, model.data, classes)
+        ds = _inference_dataset(cfg, replace(plan, todo=todo), model.data, classes)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for fin in assembler.add_batch(batch):
-                _write_finished(cfg, plan, ledger, fin, classes)
+                _write_finished(cfg, plan, ledger, fin, classes, screened)
         # The stream ended without some trailers (should not happen): report those sources,
         # but write no error object, so that a rerun scans them instead of skipping them.
         for task in assembler.unfinished():
@@ -592,10 +649,29 @@ def _execute(
     ledger.close()
 
 
+def _nothing_inferred(
+    task: SourceTask, plan: ScanPlan, summary: ScanSummary, classes: ClassSet
+) -> FinishedSource:
+    """A screened source with no candidate window: finished with no inferred window."""
+    import numpy as np
+
+    from avrl_batch.scan.sink import windows_table
+
+    empty = np.zeros(0)
+    table = windows_table(
+        task, empty.astype(np.int64), empty, empty, empty.astype(bool),
+        np.zeros((0, len(classes)), np.float32), classes=classes, model_id=plan.model_id,
+        scan_id=summary.scan_id,
+    )
+    return FinishedSource(task, windows=table)
+
+
 def _write_finished(
-    cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, fin: FinishedSource, classes: ClassSet
+    cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, fin: FinishedSource, classes: ClassSet,
+    screened: dict[str, Any] | None = None,
 ) -> None:
-    """One finished source: its error row, or its timeline and outputs."""
+    """One finished source: its error row, or its timeline and outputs (a cascade's windows
+    completed with the screened-out ones)."""
     ledger.finished += 1
     ledger.summary.footage_s += fin.task.duration_s or 0.0
     if fin.error is not None:
@@ -605,6 +681,14 @@ def _write_finished(
     windows = fin.windows
     assert windows is not None
     try:
+        if screened and fin.task.key in screened:
+            from avrl_batch.scan.cascade import complete_windows
+
+            windows = complete_windows(
+                windows, fin.task, screened[fin.task.key], classes=classes,
+                model_id=plan.model_id, scan_id=ledger.summary.scan_id,
+                unreadable=fin.unreadable,
+            )
         events = events_from_windows(
             windows, cfg.timeline, classes=classes, thumbnails=fin.thumbnails,
             version=fin.task.version,

@@ -69,6 +69,9 @@ class ScanConfig:
     # replace this model's results under OUT even when they were made with other window
     # settings (WINDOW_SETTINGS): every listed source is scanned again and rewritten
     rescan: bool = False
+    # screen every window with the model file's calibrated screen (scan/cascade.py) and run
+    # the full model only on the candidates and their margins
+    cascade: bool = False
 
     def __post_init__(self) -> None:
         for name in ("window_s", "stride_s"):

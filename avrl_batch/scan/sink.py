@@ -214,14 +214,24 @@ def windows_table(
     classes: ClassSet,
     model_id: str,
     scan_id: str,
+    inferred: np.ndarray | None = None,
+    screen_score: np.ndarray | None = None,
 ) -> pa.Table:
-    """One source's windows (WINDOWS schema), ordered by window index. ``probs`` is (N, C)."""
+    """One source's windows (WINDOWS schema), ordered by window index. ``probs`` is (N, C).
+
+    ``inferred`` (N,) bool: False marks a window a cascade's screen passed over (labelled
+    with the first normal class, score 0); None: all inferred. ``screen_score``: (N,) or None.
+    """
     order = np.argsort(window_index, kind="stable")
     wi, s, e = window_index[order], start_s[order], end_s[order]
     p = probs[order].astype(np.float32)  # (N, C)
     n, c = p.shape if p.ndim == 2 else (0, len(classes))
+    seen = np.ones(n, bool) if inferred is None else np.asarray(inferred, bool)[order]
     best = p.argmax(axis=1) if n else np.zeros(0, np.int64)
+    calm = next(i for i, name in enumerate(classes.names) if name in classes.normal)
+    best = np.where(seen, best, calm)
     labels = [classes.names[i] for i in best]
+    scores = np.where(seen, p[np.arange(n), best], 0.0) if n else np.zeros(0)
     return pa.Table.from_arrays(
         [
             pa.array([task.uri] * n, pa.string()),
@@ -232,7 +242,7 @@ def windows_table(
             _times(task.start_time, s),
             _times(task.start_time, e),
             pa.array(labels, pa.string()),
-            pa.array(p[np.arange(n), best] if n else [], pa.float32()),
+            pa.array(scores, pa.float32()),
             pa.ListArray.from_arrays(
                 pa.array(np.arange(0, n * c + 1, c, dtype=np.int32)),
                 pa.array(p.reshape(-1), pa.float32()),  # (N * C,) row-major: class order
@@ -241,6 +251,10 @@ def windows_table(
             pa.array(has_audio[order].astype(bool), pa.bool_()),
             pa.array([model_id] * n, pa.string()),
             pa.array([scan_id] * n, pa.string()),
+            pa.array(seen, pa.bool_()),
+            pa.nulls(n, pa.float32())
+            if screen_score is None
+            else pa.array(np.asarray(screen_score, np.float32)[order], pa.float32()),
         ],
         schema=WINDOWS,
     )

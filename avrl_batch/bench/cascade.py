@@ -1,0 +1,187 @@
+"""``avrl bench cascade``: the full scan and the cascade scan of the same footage, side by
+side in one run, against its ground truth.
+
+Footage: the ``cascade`` synth preset (720p 25 fps H.264, a keyframe every 2 s, sensor noise,
+~5 % of the time in events; two cameras with audio, one without) at ``seed``; the screen is
+calibrated on the same preset at another seed (``calib_seed``: other recordings, other events),
+so no figure is measured on the data the screen was fitted to. The cameras with audio and the
+silent camera are scanned separately (each full, then cascade, interleaved over ``runs``), so
+each has its own CPU figure.
+
+Figures: footage per CPU-second of each scan (CPU of every Ray worker and its decoder
+children, plus the driver), ``speedup_cpu`` = cascade / full of that; event recall and
+precision of each scan against the ground truth (temporal IoU 0.3); ``recall_vs_full`` =
+cascade recall / full recall; ``precision_vs_full`` = cascade precision − full precision.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from avrl_batch.bench.report import envelope, load_average, median
+
+GOAL = {"speedup_cpu": 3.0, "recall_vs_full": 0.95, "precision_drop_max": 0.05}
+GOAL_SILENT = {"speedup_cpu": 2.0, "recall_vs_full": 0.90, "precision_drop_max": 0.05}
+
+
+def ensure_footage(work: Path, seed: int) -> Path:
+    """The cascade preset's recordings and ground truth at ``seed`` under ``work`` (made once)."""
+    from avrl_batch.data.synth import generate
+
+    folder = work / f"footage-seed{seed}"
+    if not (folder / "ground_truth.parquet").exists():
+        generate(folder, preset="cascade", seed=seed, clips=False, recordings=True)
+    return folder
+
+
+def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, Path]:
+    """``audio``: a folder linking the recordings with audio; ``silent``: the one without."""
+    from avrl_batch.data.synth import get_preset, recording_plan
+
+    groups: dict[str, Path] = {}
+    for camera, uri, _, has_audio, _ in recording_plan(get_preset("cascade"), seed):
+        group = "audio" if has_audio else "silent"
+        dest = work / f"cams-seed{seed}-{group}" / camera
+        dest.mkdir(parents=True, exist_ok=True)
+        link = dest / Path(uri).name
+        if not link.exists():
+            link.symlink_to((footage / uri).resolve())
+        groups[group] = dest.parent
+    return groups
+
+
+def _match(out: Path, truth: Path, run: dict[str, Any]) -> dict[str, Any]:
+    from avrl_batch.scan.matching import match_output
+
+    return match_output(str(out), str(truth), model_id=run["model_id"], sources=run["sources"])
+
+
+def bench_cascade(
+    model: str | Path,
+    *,
+    work: str | Path = "/tmp/avrl-bench/cascade",
+    seed: int = 0,
+    calib_seed: int = 1,
+    recall: float = 0.97,
+    margin: int = 1,
+    workers: int = 2,
+    runs: int = 1,
+) -> dict[str, Any]:
+    """Calibrate ``model``'s screen, then scan the footage full and cascade; the figures."""
+    from avrl_batch.bench.scan import scan_once
+    from avrl_batch.train.calibrate import calibrate, summary
+
+    load0 = load_average()
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    footage = ensure_footage(work, seed)
+    calib = ensure_footage(work, calib_seed)
+    screened_model = work / "model-screen.avrl"
+    screen = calibrate(str(model), str(calib / "ground_truth.parquet"), str(screened_model),
+                       recall=recall, margin_windows=margin)
+    truth = footage / "ground_truth.parquet"
+    groups = _camera_folders(footage, work, seed)
+    figures: dict[str, Any] = {}
+    for group, folder in groups.items():
+        per: dict[str, list[dict[str, Any]]] = {"full": [], "cascade": []}
+        for _ in range(runs):
+            for variant in ("full", "cascade"):
+                out = work / f"out-{group}-{variant}"
+                r = scan_once(folder, screened_model, out, workers=workers,
+                              cascade=variant == "cascade", keep_out=True)
+                r["match"] = _match(out, truth, r)
+                shutil.rmtree(out, ignore_errors=True)
+                per[variant].append(r)
+        figures[group] = _compare(per)
+    doc: dict[str, Any] = {
+        "footage": {
+            "preset": "cascade", "seed": seed, "calibration_seed": calib_seed,
+            "event_share": _event_share(truth, seed),
+        },
+        "workers": workers,
+        "runs": runs,
+        "calibration": summary(screen),
+        **{k: figures["audio"][k] for k in ("speedup_cpu", "recall_vs_full",
+                                            "precision_vs_full")},
+        "cameras_with_audio": figures["audio"],
+        "silent": figures.get("silent"),
+        "goal": GOAL,
+        "goal_silent": GOAL_SILENT,
+    }
+    doc["goal_met"] = _met(figures["audio"], GOAL)
+    if figures.get("silent"):
+        doc["goal_silent_met"] = _met(figures["silent"], GOAL_SILENT)
+    return envelope("cascade", doc, load_before=load0)
+
+
+def _compare(per: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    def variant(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        m = rs[0]["match"]
+        return {
+            "footage_s": round(rs[0]["footage_s"], 1),
+            "windows": rs[0]["windows"],
+            "cpu_s": round(median([r["cpu_s"] for r in rs]), 2),
+            "cpu_s_runs": [round(r["cpu_s"], 2) for r in rs],
+            "driver_cpu_s": round(median([r["driver_cpu_s"] for r in rs]), 2),
+            "workers_cpu_s": round(median([r["workers_cpu_s"] for r in rs]), 2),
+            "scan_wall_s": round(median([r["scan_wall_s"] for r in rs]), 2),
+            "footage_s_per_cpu_s": round(rs[0]["footage_s"] / median([r["cpu_s"] for r in rs]),
+                                         3),
+            "recall": m["recall"], "precision": m["precision"],
+            "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
+            "cascade": rs[0]["cascade"] or None,
+        }
+
+    full, casc = variant(per["full"]), variant(per["cascade"])
+    return {
+        "full": full,
+        "cascade": casc,
+        "speedup_cpu": round(casc["footage_s_per_cpu_s"] / full["footage_s_per_cpu_s"], 3),
+        "recall_vs_full": (
+            round(casc["recall"] / full["recall"], 3) if full["tp"] else None
+        ),
+        "precision_vs_full": round(casc["precision"] - full["precision"], 3),
+    }
+
+
+def _met(f: dict[str, Any], goal: dict[str, float]) -> bool:
+    return bool(
+        f["speedup_cpu"] >= goal["speedup_cpu"]
+        and f["recall_vs_full"] is not None
+        and f["recall_vs_full"] >= goal["recall_vs_full"]
+        and f["precision_vs_full"] >= -goal["precision_drop_max"]
+    )
+
+
+def _event_share(truth: Path, seed: int) -> float:
+    import pyarrow.parquet as pq
+
+    from avrl_batch.data.synth import get_preset, recording_plan
+
+    gt = pq.read_table(truth).to_pylist()
+    total = sum(r[2] for r in recording_plan(get_preset("cascade"), seed))
+    return round(sum(r["end_s"] - r["start_s"] for r in gt) / total, 4)
+
+
+def table(doc: dict[str, Any]) -> list[str]:
+    from avrl_batch.bench.report import markdown_table
+
+    rows = []
+    for group in ("cameras_with_audio", "silent"):
+        f = doc.get(group)
+        if not f:
+            continue
+        for v in ("full", "cascade"):
+            x = f[v]
+            rows.append([group, v, f"{x['footage_s']:.0f}", f"{x['cpu_s']:.1f}",
+                         f"{x['footage_s_per_cpu_s']:.2f}", f"{x['recall']:.2f}",
+                         f"{x['precision']:.2f}"])
+        rows.append([group, "cascade / full", "", "", f"{f['speedup_cpu']:.2f}x",
+                     "n/a" if f["recall_vs_full"] is None else f"{f['recall_vs_full']:.2f}",
+                     f"{f['precision_vs_full']:+.2f}"])
+    return markdown_table(
+        ["cameras", "scan", "footage s", "CPU s", "footage s / CPU s", "recall", "precision"],
+        rows,
+    )

@@ -1,0 +1,52 @@
+"""``avrl calibrate``: train the cascade's screen and write it into a copy of a model file."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from avrl_batch.cli import app
+from avrl_batch.commands.options import EndpointUrl
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: str = typer.Argument(..., help="model file (local or s3://...)"),
+    data: str = typer.Argument(
+        ..., help="intervals of recordings: Parquet/CSV with uri|source_uri,label,start_s,end_s"
+    ),
+    out: str = typer.Option(..., "--out", help="where to write the model file with its screen"),
+    recall: float = typer.Option(
+        0.97, help="share of anomaly windows the screen must pass on held-out windows"
+    ),
+    margin: int = typer.Option(1, help="windows decoded fully each side of a candidate"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of lines"),
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Train the screening stage of `avrl scan --cascade` (a logistic regression over packet
+    sizes, keyframe differences and audio log-mel energy of every window) on labelled
+    recordings, with its threshold set for --recall on out-of-fold windows.
+
+    Example: avrl calibrate run/model.avrl data/ground_truth.parquet --out run/model-screen.avrl
+    """
+    from avrl_batch.train.calibrate import calibrate, summary
+
+    screen = calibrate(
+        model, data, out, recall=recall, margin_windows=margin, endpoint_url=endpoint_url,
+        progress=None if as_json else typer.echo,
+    )
+    doc = {"model_file": out, **summary(screen)}
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    for name, h in doc["heads"].items():
+        if h is None:
+            typer.echo(f"{name:5s} head: none (no recording with audio)")
+            continue
+        typer.echo(
+            f"{name:5s} head: threshold {h['threshold']:.4f}, held-out recall "
+            f"{h['val_recall']:.3f} of {h['val_positives']} anomaly windows, passes "
+            f"{h['val_pass_share']:.1%} of {h['val_windows']} windows"
+        )
+    typer.echo(f"wrote {out}")

@@ -1,0 +1,531 @@
+"""The cascade's screening stage (plain functions, no Ray): cheap features of every window of
+a recording, a logistic regression over them, and its threshold calibrated for a recall.
+
+Features come from one pass over the file that decodes no inter frame:
+
+- video, from demuxing alone: the bytes of the window's inter (P/B) packets — an encoder
+  spends bits where the picture changes, so this is a motion proxy — their mean, largest and
+  spread, and the keyframe's bytes;
+- video, keyframes only (``skip_frame="NONKEY"``, one I-frame per GOP): the mean absolute
+  difference of a 16-pixel-block grey thumbnail from the previous and the next keyframe;
+- audio (decode + resample to 16 kHz mono): log-mel energy in eight band groups, the
+  loudest 10 ms frame, the frames' spread and the spectral flux.
+
+Each feature is taken relative to the recording's own median (footage is calm most of the
+time, so the median is the calm level of that camera, whatever its resolution, bitrate or
+microphone gain), and each window also sees the larger of its two neighbours' values.
+A recording without audio is screened by the video-only head; one with audio by the
+audio-visual head. Each head's threshold is set on held-out windows for a target recall of
+the windows that overlap a labelled anomaly (:func:`calibrate`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+SCREEN_FORMAT = 1
+KEY_BLOCK = 16  # px: keyframe thumbnails are means over KEY_BLOCK x KEY_BLOCK blocks
+AUDIO_BANDS = 8  # groups of the 64 log-mel bands
+PACKET_BASE = ("inter_bytes", "inter_mean", "inter_max", "inter_spread", "key_bytes")
+KEYFRAME_BASE = ("key_diff_prev", "key_diff_next")
+AUDIO_BASE = (*(f"mel_band{b}" for b in range(AUDIO_BANDS)), "mel_loudest", "mel_spread",
+              "mel_flux")
+# a window overlapping an anomaly for at least this share of its length is a positive
+POSITIVE_OVERLAP = 0.5
+DEFAULT_RECALL = 0.97
+DEFAULT_MARGIN_WINDOWS = 1  # windows decoded each side of a candidate
+CV_FOLDS = 4  # contiguous parts of each recording: out-of-fold scores set the threshold
+L2 = 1e-1  # strong: few anomalies of each kind to learn from, it must not learn one kind
+Z_CLIP = 30.0
+
+
+def _with_context(names: Sequence[str]) -> tuple[str, ...]:
+    return (*names, *(f"{n}_nbr" for n in names))
+
+
+# the video-only head (cameras without audio) decodes keyframes; the audio-visual head
+# needs no decoded picture at all
+VIDEO_FEATURES = _with_context((*PACKET_BASE, *KEYFRAME_BASE))
+AV_FEATURES = _with_context((*PACKET_BASE, *AUDIO_BASE))
+
+
+def n_windows(duration_s: float, stride_s: float) -> int:
+    """Windows of a recording: one starts at each multiple of the stride before its end
+    (as ``media/video._plan_windows`` and ``plan.segment_ranges`` count them)."""
+    if not (duration_s > 0 and math.isfinite(duration_s)):
+        return 0
+    return max(1, math.ceil(duration_s / stride_s - 1e-9))
+
+
+@dataclass(frozen=True)
+class WindowFeatures:
+    """The screen's features of one recording's windows."""
+
+    start_s: np.ndarray  # float64 (N,)
+    end_s: np.ndarray  # float64 (N,)
+    video: np.ndarray | None  # float64 (N, len(VIDEO_FEATURES)); None: keyframes not decoded
+    av: np.ndarray | None  # float64 (N, len(AV_FEATURES)); None: the file has no audio
+
+    def __len__(self) -> int:
+        return len(self.start_s)
+
+
+class _AudioWindows:
+    """16 kHz mono audio in arrival order -> per-window raw audio features, streaming (the
+    buffer holds about one window of samples, whatever the file's length)."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        from avrl_batch.media import logmel
+
+        self.sr = logmel.SAMPLE_RATE
+        self.starts, self.ends = starts, ends
+        self.out = np.full((len(starts), len(AUDIO_BASE)), np.nan)
+        self.buf = np.zeros(0, np.float32)
+        self.buf_t0: float | None = None  # time of buf[0] on the video timeline
+        self.next = 0
+
+    def add(self, samples: np.ndarray, t: float | None) -> None:
+        if self.buf_t0 is None:
+            self.buf_t0 = t if t is not None else 0.0
+        self.buf = np.concatenate([self.buf, samples.astype(np.float32)])
+        self._drain(final=False)
+
+    def finish(self) -> np.ndarray:
+        self._drain(final=True)
+        return self.out
+
+    def _drain(self, *, final: bool) -> None:
+        if self.buf_t0 is None:
+            return
+        buf_end = self.buf_t0 + len(self.buf) / self.sr
+        while self.next < len(self.starts) and (final or self.ends[self.next] <= buf_end):
+            i = self.next
+            a = max(0, int(round((self.starts[i] - self.buf_t0) * self.sr)))
+            b = max(a, int(round((self.ends[i] - self.buf_t0) * self.sr)))
+            self.out[i] = _audio_stats(self.buf[a:b])
+            self.next += 1
+            # keep what the next window needs (windows may overlap: stride < window)
+            if self.next < len(self.starts):
+                keep = max(0, int((self.starts[self.next] - self.buf_t0) * self.sr))
+                if keep:
+                    self.buf = self.buf[keep:]
+                    self.buf_t0 += keep / self.sr
+
+
+def _audio_stats(wave: np.ndarray) -> np.ndarray:
+    """(len(AUDIO_BASE),): band-group energies, loudest frame, spread, flux of a span."""
+    from avrl_batch.media import logmel
+
+    mel = logmel.log_mel_spectrogram(wave)  # (F, 64)
+    if len(mel) < 2:
+        return np.full(len(AUDIO_BASE), np.nan)
+    bands = mel.reshape(len(mel), AUDIO_BANDS, -1).mean(axis=2)  # (F, 8)
+    frame_energy = mel.mean(axis=1)  # (F,)
+    flux = np.maximum(np.diff(mel, axis=0), 0).mean()
+    return np.array([*bands.mean(axis=0), frame_energy.max(), frame_energy.std(), flux])
+
+
+def _decimate(frame: Any, factor: int) -> np.ndarray:
+    """An audio frame -> mono float32 at its rate / ``factor`` (box filter)."""
+    x = frame.to_ndarray()  # (channels, n) planar, or (1, n * channels) packed
+    if not frame.format.is_planar:
+        x = x.reshape(-1, len(frame.layout.channels)).T
+    if x.dtype.kind in "iu":
+        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max)
+    mono = x.mean(axis=0, dtype=np.float32)  # (n,)
+    n = (len(mono) // factor) * factor
+    return mono[:n].reshape(-1, factor).mean(axis=1)
+
+
+def _thumb(frame: Any) -> np.ndarray:
+    """Grey block means of a decoded keyframe: float32 (H/KEY_BLOCK, W/KEY_BLOCK)."""
+    plane = frame.planes[0]  # the luma plane, read in place (no pixel-format conversion)
+    y = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+    h, w = (y.shape[0] // KEY_BLOCK) * KEY_BLOCK, (y.shape[1] // KEY_BLOCK) * KEY_BLOCK
+    blocks = y[:h, :w].reshape(h // KEY_BLOCK, KEY_BLOCK, w // KEY_BLOCK, KEY_BLOCK)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def window_features(
+    src: Any, duration_s: float, window_s: float, stride_s: float, *,
+    keyframes: bool | None = None, caps: Any = None,
+) -> WindowFeatures:
+    """The screen's features of every window of ``src`` (a path or file object; the windows
+    of a scan with this window and stride), in one pass that decodes keyframes and audio only.
+
+    ``keyframes``: decode the keyframes (the video-only head's features); None: only when the
+    file has no audio stream (what a scan needs)."""
+    import av
+
+    from avrl_batch.media.errors import source_name, wrap_errors
+    from avrl_batch.media.probe import MediaCaps, inspect, open_container, time_origin
+
+    n = n_windows(duration_s, stride_s)
+    starts = np.arange(n, dtype=np.float64) * stride_s  # (N,)
+    ends = np.minimum(starts + window_s, duration_s)  # (N,)
+    name = source_name(src)
+    pkt_t: list[float] = []
+    pkt_bytes: list[int] = []
+    pkt_key: list[bool] = []
+    key_t: list[float] = []
+    key_img: list[np.ndarray] = []
+    with wrap_errors(name, stage="screening"):
+        container = open_container(src, name)
+        try:
+            inspect(container, name, caps or MediaCaps())
+            vs = container.streams.video[0]
+            vs.codec_context.skip_frame = "NONKEY"
+            origin = time_origin(container, vs)
+            astream = container.streams.audio[0] if container.streams.audio else None
+            audio = _AudioWindows(starts, ends) if astream is not None else None
+            decode_keys = astream is None if keyframes is None else keyframes
+            rate = astream.codec_context.sample_rate if astream is not None else 0
+            # 48 or 32 kHz: a box filter and every 3rd / 2nd sample (the features are band
+            # energies, not the model's input); other rates through FFmpeg's resampler
+            factor = rate // 16_000 if rate and rate % 16_000 == 0 else 0
+            resampler = (
+                av.AudioResampler(format="flt", layout="mono", rate=16_000)
+                if audio is not None and not factor
+                else None
+            )
+            streams = [vs] + ([astream] if astream is not None else [])
+            for packet in container.demux(*streams):
+                if packet.stream.type == "video":
+                    if packet.pts is None or packet.time_base is None:
+                        continue  # the demuxer's flush packet
+                    pkt_t.append(float(packet.pts * packet.time_base) - origin)
+                    pkt_bytes.append(packet.size)
+                    pkt_key.append(bool(packet.is_keyframe))
+                    if decode_keys and packet.is_keyframe:  # only I-frames are decoded
+                        for frame in packet.decode():
+                            key_t.append(float(frame.time) - origin)
+                            key_img.append(_thumb(frame))
+                elif audio is not None:
+                    for frame in packet.decode():
+                        t = float(frame.time) - origin if frame.time is not None else None
+                        if resampler is None:
+                            audio.add(_decimate(frame, factor), t)
+                        else:
+                            for out in resampler.resample(frame):
+                                audio.add(out.to_ndarray().reshape(-1), t)
+            if decode_keys:
+                for frame in vs.codec_context.decode(None):  # frames still in the decoder
+                    key_t.append(float(frame.time) - origin)
+                    key_img.append(_thumb(frame))
+        finally:
+            container.close()
+    packets = _packet_stats(
+        starts, ends, np.array(pkt_t), np.array(pkt_bytes, np.float64), np.array(pkt_key, bool)
+    )
+    video = None
+    if decode_keys:
+        keys = _keyframe_stats(starts, ends, np.array(key_t), key_img)
+        video = _context(_relative(np.concatenate([packets, keys], axis=1)))
+    av_rel = None
+    if audio is not None:
+        av_rel = _context(_relative(np.concatenate([packets, audio.finish()], axis=1)))
+    return WindowFeatures(starts, ends, video, av_rel)
+
+
+def _packet_stats(
+    starts: np.ndarray, ends: np.ndarray, pkt_t: np.ndarray, pkt_bytes: np.ndarray,
+    pkt_key: np.ndarray,
+) -> np.ndarray:
+    """(N, len(PACKET_BASE)) raw packet features (log bytes) of each window."""
+    out = np.full((len(starts), len(PACKET_BASE)), np.nan)
+    if not len(pkt_t):
+        return out
+    sort = np.argsort(pkt_t, kind="stable")  # decode order -> presentation order
+    pkt_t, pkt_bytes, pkt_key = pkt_t[sort], pkt_bytes[sort], pkt_key[sort]
+    lo = np.searchsorted(pkt_t, starts, side="left")
+    hi = np.searchsorted(pkt_t, ends, side="left")
+    for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+        inter = pkt_bytes[a:b][~pkt_key[a:b]]
+        key = pkt_bytes[a:b][pkt_key[a:b]]
+        if len(inter):
+            li = np.log1p(inter)
+            out[i, 0:4] = (np.log1p(inter.sum()), li.mean(), li.max(), li.std())
+        if len(key):
+            out[i, 4] = np.log1p(key.mean())
+    return out
+
+
+def _keyframe_stats(
+    starts: np.ndarray, ends: np.ndarray, key_t: np.ndarray, key_img: list[np.ndarray]
+) -> np.ndarray:
+    """(N, len(KEYFRAME_BASE)): log thumbnail difference of the window's first keyframe from
+    the previous and the next keyframe."""
+    out = np.full((len(starts), len(KEYFRAME_BASE)), np.nan)
+    order = np.argsort(key_t, kind="stable")
+    key_t = key_t[order]
+    imgs = [key_img[i] for i in order]
+    diffs = np.array(
+        [float(np.abs(imgs[i] - imgs[i - 1]).mean()) for i in range(1, len(imgs))]
+    )  # (K-1,): diffs[i-1] between keyframes i-1 and i
+    klo = np.searchsorted(key_t, starts, side="left")
+    for i in range(len(starts)):
+        k = int(klo[i])  # the first keyframe in (or after) the window
+        if k < len(key_t) and key_t[k] < ends[i]:
+            if 1 <= k <= len(diffs):
+                out[i, 0] = np.log1p(diffs[k - 1])
+            if k < len(diffs):
+                out[i, 1] = np.log1p(diffs[k])
+    return out
+
+
+def _relative(raw: np.ndarray) -> np.ndarray:
+    """Each feature as a robust z-score over the recording: minus its median, over its
+    median absolute deviation (the calm spread of that camera); missing values (a window
+    without a keyframe, audio that ended) are the median (0). Clipped to [-Z_CLIP, Z_CLIP]."""
+    if not len(raw):
+        return raw
+    with np.errstate(all="ignore"):
+        med = np.nanmedian(raw, axis=0)  # (F,) all-NaN columns give NaN
+        med = np.where(np.isfinite(med), med, 0.0)
+        mad = np.nanmedian(np.abs(raw - med), axis=0) * 1.4826  # (F,): sigma of calm windows
+    mad = np.where(np.isfinite(mad) & (mad > 1e-6), mad, 1.0)
+    z = (raw - med) / mad
+    return np.clip(np.where(np.isfinite(z), z, 0.0), -Z_CLIP, Z_CLIP)
+
+
+def _context(x: np.ndarray) -> np.ndarray:
+    """(N, F) -> (N, 2F): each window's features and the larger of its neighbours'."""
+    if not len(x):
+        return np.zeros((0, 2 * x.shape[1]))
+    prev = np.vstack([x[:1], x[:-1]])
+    nxt = np.vstack([x[1:], x[-1:]])
+    return np.concatenate([x, np.maximum(prev, nxt)], axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# the classifier
+
+
+@dataclass(frozen=True)
+class ScreenHead:
+    """One logistic regression over standardised features, and its calibrated threshold."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float  # a window is a candidate when its score is >= this
+    # on the held-out (out-of-fold) windows the threshold was set on:
+    val_windows: int
+    val_positives: int
+    val_recall: float  # share of positive windows among the candidates (margin included)
+    val_pass_share: float  # share of all windows that are candidates (what the model sees)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """(N, F) features -> (N,) probability that the window overlaps an anomaly."""
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return _sigmoid(z @ np.asarray(self.weights) + self.bias)
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What ``avrl calibrate`` writes into a model file (``screen``) and a cascade scan reads."""
+
+    format: int
+    window_s: float  # the windows it was trained on (the model's)
+    target_recall: float
+    margin_windows: int
+    positive_overlap: float
+    video: ScreenHead  # recordings without audio
+    av: ScreenHead | None  # recordings with audio; None when the data had none
+    trained_on: str  # the intervals table
+    recordings: int
+    windows: int
+    positives: int
+
+    def scores(self, feats: WindowFeatures) -> tuple[str, np.ndarray]:
+        """(head used, (N,) screen scores): the audio-visual head where the file has audio."""
+        if feats.av is not None and self.av is not None:
+            return "av", self.av.score(feats.av)
+        if feats.video is None:
+            raise ValueError("the video-only head needs the keyframe features")
+        return "video", self.video.score(feats.video)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Screen:
+        """A screen from a model file's ``screen`` entry; ValueError naming what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError("screen is not a mapping")
+        want = {f for f in cls.__dataclass_fields__}
+        if set(d) != want:
+            raise ValueError(f"screen fields differ: {sorted(set(d) ^ want)}")
+        if d["format"] != SCREEN_FORMAT:
+            raise ValueError(f"screen format {d['format']!r:.20} is not {SCREEN_FORMAT}")
+        for k in ("window_s", "target_recall", "positive_overlap"):
+            _finite(d[k], k)
+        if not (0 < d["target_recall"] <= 1):
+            raise ValueError("screen target_recall must lie in (0, 1]")
+        for k in ("margin_windows", "recordings", "windows", "positives"):
+            if not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 <= d[k] < 10**9:
+                raise ValueError(f"screen {k} must be a count")
+        if not isinstance(d["trained_on"], str):
+            raise ValueError("screen trained_on must be a string")
+        video = _head(d["video"], VIDEO_FEATURES, "video")
+        av_head = None if d["av"] is None else _head(d["av"], AV_FEATURES, "av")
+        return cls(**{**d, "video": video, "av": av_head})
+
+
+def _finite(v: Any, what: str) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise ValueError(f"screen {what} must be a finite number")
+    return float(v)
+
+
+def _head(d: Any, names: tuple[str, ...], what: str) -> ScreenHead:
+    if not isinstance(d, dict) or set(d) != set(ScreenHead.__dataclass_fields__):
+        raise ValueError(f"screen {what} head fields differ from ScreenHead's")
+    if tuple(d["features"]) != names:
+        raise ValueError(f"screen {what} head features are not this version's")
+    vec = {}
+    for k in ("mean", "scale", "weights"):
+        if not isinstance(d[k], (list, tuple)) or len(d[k]) != len(names):
+            raise ValueError(f"screen {what} {k} must have {len(names)} values")
+        vec[k] = tuple(_finite(v, f"{what} {k}") for v in d[k])
+    if min(vec["scale"]) <= 0:
+        raise ValueError(f"screen {what} scale must be positive")
+    for k in ("bias", "threshold", "val_recall", "val_pass_share"):
+        _finite(d[k], f"{what} {k}")
+    for k in ("val_windows", "val_positives"):
+        if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0:
+            raise ValueError(f"screen {what} {k} must be a count")
+    return ScreenHead(**{**d, "features": names, **vec})
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = L2) -> tuple[np.ndarray, float,
+                                                                            np.ndarray, np.ndarray]:
+    """Class-balanced L2 logistic regression by Newton's method on standardised features.
+
+    Returns (weights (F,), bias, mean (F,), scale (F,))."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])  # (N, F+1): bias column last
+    pos = max(int(y.sum()), 1)
+    neg = max(len(y) - int(y.sum()), 1)
+    sw = np.where(y > 0, len(y) / (2 * pos), len(y) / (2 * neg))  # (N,) balanced weights
+    w = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2 * len(y))
+    reg[-1] = 0.0  # no penalty on the bias
+    for _ in range(50):
+        p = _sigmoid(z @ w)
+        grad = z.T @ (sw * (p - y)) + reg * w
+        hess = (z * (sw * p * (1 - p))[:, None]).T @ z + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w[:-1], float(w[-1]), mean, scale
+
+
+def threshold_for_recall(
+    scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], recall: float, margin: int
+) -> float:
+    """The largest threshold at which the candidates (scores >= it, widened by ``margin``
+    windows: what a cascade scan decodes) still cover ``recall`` of the positive windows of
+    these recordings (per-recording (N,) scores and labels)."""
+    npos = sum(int((y > 0).sum()) for y in labels)
+    if not npos:
+        return 0.0
+    levels = np.unique(np.concatenate([s[y > 0] for s, y in zip(scores, labels, strict=True)]))
+    for thr in levels[::-1]:  # from the highest: the first that covers enough is the largest
+        covered = sum(
+            int(candidates(s, float(thr), margin)[y > 0].sum())
+            for s, y in zip(scores, labels, strict=True)
+        )
+        if covered >= recall * npos - 1e-9:
+            return float(thr)
+    return float(levels[0])
+
+
+def train_head(
+    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], names: tuple[str, ...], recall: float,
+    margin: int,
+) -> ScreenHead:
+    """A head from per-recording (features, labels): out-of-fold scores over CV_FOLDS
+    contiguous parts of every recording set the threshold; the weights are then fitted on
+    all of them."""
+    folds = [np.minimum((np.arange(len(y)) * CV_FOLDS) // max(len(y), 1), CV_FOLDS - 1)
+             for y in ys]
+    x_all, y_all, f_all = np.vstack(xs), np.concatenate(ys), np.concatenate(folds)
+    oof = np.zeros(len(y_all))
+    for f in range(CV_FOLDS):
+        test = f_all == f
+        if not test.any() or not (y_all[~test] > 0).any():
+            continue
+        w, b, m, s = fit_logistic(x_all[~test], y_all[~test])
+        oof[test] = _sigmoid(((x_all[test] - m) / s) @ w + b)
+    bounds = np.cumsum([0, *(len(y) for y in ys)])
+    per_rec = [oof[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    thr = threshold_for_recall(per_rec, ys, recall, margin)
+    w, b, m, s = fit_logistic(x_all, y_all)
+    masks = [candidates(sc, thr, margin) for sc in per_rec]
+    passed = np.concatenate(masks) if masks else np.zeros(0, bool)
+    npos = int((y_all > 0).sum())
+    return ScreenHead(
+        features=names,
+        mean=tuple(map(float, m)),
+        scale=tuple(map(float, s)),
+        weights=tuple(map(float, w)),
+        bias=b,
+        threshold=thr,
+        val_windows=len(y_all),
+        val_positives=npos,
+        val_recall=float(passed[y_all > 0].mean()) if npos else 0.0,
+        val_pass_share=float(passed.mean()) if len(passed) else 0.0,
+    )
+
+
+def window_labels(
+    starts: np.ndarray, ends: np.ndarray, intervals: Iterable[tuple[float, float]]
+) -> np.ndarray:
+    """(N,) 1.0 where a window overlaps the anomaly intervals for >= POSITIVE_OVERLAP of it."""
+    overlap = np.zeros(len(starts))
+    for a, b in intervals:
+        overlap += np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0, None)
+    length = np.maximum(ends - starts, 1e-9)
+    return (overlap / length >= POSITIVE_OVERLAP).astype(np.float64)
+
+
+def candidates(scores: np.ndarray, threshold: float, margin: int) -> np.ndarray:
+    """(N,) bool: windows scored at or above the threshold, widened by ``margin`` windows
+    each side (an event's first and last windows score lower than its middle)."""
+    hit = scores >= threshold
+    out = hit.copy()
+    for k in range(1, margin + 1):
+        out[k:] |= hit[:-k]
+        out[:-k] |= hit[k:]
+    return out
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Index ranges ``[first, last]`` of the True runs of ``mask``."""
+    out = []
+    i, n = 0, len(mask)
+    while i < n:
+        if mask[i]:
+            j = i
+            while j + 1 < n and mask[j + 1]:
+                j += 1
+            out.append((i, j))
+            i = j + 1
+        else:
+            i += 1
+    return out

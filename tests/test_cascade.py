@@ -1,0 +1,180 @@
+"""The cascade scan: a screen calibrated from labelled recordings, screened-out windows kept in
+the windows table, the full model run only on candidates (real PyAV media, real local Ray)."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from avrl_batch.errors import ConfigError, WeightsError
+from avrl_batch.scan import screen as scr
+from tests.scanhelp import tiny_model
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The `ci` synth recordings (two cameras with audio, one without) and a model file
+    whose screen was calibrated on their ground truth."""
+    from avrl_batch.data.synth import generate
+    from avrl_batch.train.calibrate import calibrate
+
+    root = tmp_path_factory.mktemp("cascade")
+    generate(root / "data", preset="ci", seed=0, clips=False, recordings=True)
+    plain = root / "model.avrl"
+    tiny_model(plain)
+    screened = root / "model-screen.avrl"
+    calibrate(str(plain), str(root / "data" / "ground_truth.parquet"), str(screened),
+              recall=0.97, margin_windows=1)
+    return {"root": root, "data": root / "data", "plain": plain, "model": screened}
+
+
+def _windows(out: Path) -> dict[str, pa.Table]:
+    from avrl_batch.schema import WINDOWS
+
+    tables = [pq.read_table(f, schema=WINDOWS, partitioning=None)
+              for f in glob.glob(str(out / "windows" / "**" / "*.parquet"), recursive=True)]
+    by = {}
+    for t in tables:
+        by[t["source_uri"][0].as_py()] = t.sort_by("window_index")
+    return by
+
+
+def _scan(src: Path, model: Path, out: Path, *, cascade: bool):
+    from avrl_batch.scan import ScanConfig, run_scan
+
+    return run_scan(ScanConfig(source=str(src), model=str(model), out=str(out), cascade=cascade))
+
+
+def test_cascade_scan_covers_recordings_and_agrees_with_full(
+    ray_local: None, footage: dict[str, Path], tmp_path: Path
+) -> None:
+    from avrl_batch.media import probe
+    from avrl_batch.modelfile import load_model
+
+    screen = load_model(footage["model"]).screen
+    full = _scan(footage["data"] / "recordings", footage["model"], tmp_path / "full",
+                 cascade=False)
+    casc = _scan(footage["data"] / "recordings", footage["model"], tmp_path / "casc",
+                 cascade=True)
+    assert full.sources_ok == casc.sources_ok == 3 and not casc.errors
+    fw, cw = _windows(tmp_path / "full"), _windows(tmp_path / "casc")
+    assert set(fw) == set(cw)
+    inferred_total = 0
+    for uri, c in cw.items():
+        f = fw[uri]
+        # coverage: every window of the recording, with the full scan's spans
+        n = scr.n_windows(probe(uri).duration_s, 2.0)
+        assert c["window_index"].to_pylist() == list(range(n)) == f["window_index"].to_pylist()
+        assert np.allclose(c["start_s"].to_numpy(), f["start_s"].to_numpy())
+        assert np.allclose(c["end_s"].to_numpy(), f["end_s"].to_numpy())
+        assert c["screen_score"].null_count == 0 and f["screen_score"].null_count == n
+        assert all(f["inferred"].to_pylist())
+        seen = np.array(c["inferred"].to_pylist())
+        inferred_total += int(seen.sum())
+        # a window the cascade inferred got exactly the full scan's probabilities
+        cp, fp = np.array(c["probs"].to_pylist()), np.array(f["probs"].to_pylist())
+        assert np.allclose(cp[seen], fp[seen], atol=1e-4)
+        # a screened-out one is calm: the first normal class, score 0, no probability
+        assert set(np.array(c["label"].to_pylist())[~seen]) <= {"normal1"}
+        assert not cp[~seen].any() and not np.array(c["is_anomaly"].to_pylist())[~seen].any()
+    assert 0 < inferred_total < sum(len(t) for t in cw.values())  # it screened something out
+    assert casc.cascade["windows_inferred"] == inferred_total
+
+    # ground truth: the candidates hold the calibrated recall of anomaly windows
+    gt = pq.read_table(footage["data"] / "ground_truth.parquet").to_pylist()
+    covered = positives = 0
+    for uri, c in cw.items():
+        spans = [(r["start_s"], r["end_s"]) for r in gt if uri.endswith(r["source_uri"])]
+        y = scr.window_labels(c["start_s"].to_numpy(), c["end_s"].to_numpy(), spans)
+        seen = np.array(c["inferred"].to_pylist())
+        covered += int(seen[y > 0].sum())
+        positives += int(y.sum())
+    assert positives > 0 and covered >= screen.target_recall * positives
+
+    manifest = json.loads(Path(casc.manifest).read_text())
+    assert manifest["cascade"]["screen"]["thresholds"] == {
+        "video": screen.video.threshold, "av": screen.av.threshold
+    }
+
+    # query and report tell the fully inferred windows from the screened-out ones
+    from avrl_batch.query import QueryFilters, run_query
+    from avrl_batch.report import build_report
+
+    out = str(tmp_path / "casc")
+    every = run_query(out, table="windows")
+    only = run_query(out, table="windows", filters=QueryFilters(inferred_only=True))
+    assert every.num_rows == sum(len(t) for t in cw.values())
+    assert only.num_rows == inferred_total and all(only["inferred"].to_pylist())
+    html = build_report(out).html
+    assert f"{inferred_total:,}</b>windows inferred (the rest screened out)" in html
+    assert "inferred, " in html and "screened out)" in html  # the recordings' timeline tips
+    assert "windows inferred" not in build_report(str(tmp_path / "full")).html
+
+
+def test_screen_threshold_comes_from_the_model_file(
+    ray_local: None, footage: dict[str, Path], tmp_path: Path
+) -> None:
+    from avrl_batch.modelfile import load_model, with_screen
+
+    data = footage["model"].read_bytes()
+    base = load_model(footage["model"]).screen.to_dict()
+    src = footage["data"] / "recordings" / "cam01"
+    for thr, expect in ((2.0, "none"), (0.0, "all")):  # scores lie in [0, 1]
+        d = json.loads(json.dumps(base))
+        d["video"]["threshold"] = d["av"]["threshold"] = thr
+        model = tmp_path / f"model-{thr}.avrl"
+        model.write_bytes(with_screen(data, d))
+        s = _scan(src, model, tmp_path / f"out-{thr}", cascade=True)
+        (table,) = _windows(tmp_path / f"out-{thr}").values()
+        seen = table["inferred"].to_pylist()
+        assert len(seen) == s.windows == s.cascade["windows_screened"] > 0
+        assert all(seen) if expect == "all" else not any(seen)
+        assert s.cascade["screen"]["thresholds"]["av"] == thr
+
+
+def test_model_file_screen_is_checked(footage: dict[str, Path], tmp_path: Path) -> None:
+    from avrl_batch.modelfile import load_model, model_from_bytes, with_screen
+    from avrl_batch.scan import ScanConfig, run_scan
+
+    data = footage["model"].read_bytes()
+    good = load_model(footage["model"]).screen.to_dict()
+    for broken in (
+        lambda d: d["av"]["weights"].__setitem__(0, float("nan")),
+        lambda d: d["video"]["features"].pop(),
+        lambda d: d.pop("target_recall"),
+        lambda d: d.__setitem__("format", 99),
+    ):
+        d = json.loads(json.dumps(good))
+        broken(d)
+        with pytest.raises(WeightsError, match="screen"):
+            with_screen(data, d)
+    # a file carrying a bad screen is refused on load too (not only when written)
+    import io
+
+    import torch
+
+    payload = torch.load(io.BytesIO(data), weights_only=True)
+    payload["screen"]["threshold_extra"] = 1
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with pytest.raises(WeightsError, match="screen is invalid"):
+        model_from_bytes(buf.getvalue())
+    with pytest.raises(ConfigError, match="avrl calibrate"):
+        run_scan(ScanConfig(source=str(footage["data"] / "recordings"),
+                            model=str(footage["plain"]), out=str(tmp_path / "o"), cascade=True))
+
+
+def test_threshold_for_recall_counts_the_margin() -> None:
+    scores = [np.array([0.1, 0.9, 0.2, 0.1, 0.1, 0.3, 0.1])]
+    labels = [np.array([0, 1, 1, 0, 0, 1, 0], float)]
+    # margin 1: 0.9 alone covers windows 0-2 (two positives of three); 0.3 adds window 5
+    assert scr.threshold_for_recall(scores, labels, 0.6, 1) == 0.9
+    assert scr.threshold_for_recall(scores, labels, 1.0, 1) == 0.3
+    assert scr.threshold_for_recall(scores, labels, 1.0, 0) == 0.2
+    assert scr.runs(scr.candidates(scores[0], 0.3, 1)) == [(0, 2), (4, 6)]
