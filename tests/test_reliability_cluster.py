@@ -13,6 +13,7 @@ errors, duplicates.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 from badmedia import Fault, decoder_faults_env
+from conftest import FIGURES_ENV
 from scanhelp import check_outputs, recording, tiny_model
 
 from avrl_batch.scan import ScanConfig, ScanSummary, run_scan
@@ -242,9 +244,12 @@ def test_training_survives_repeated_worker_node_loss(
         return result, time.monotonic() - t0
 
     base_epochs: list[float] = []
-    # the same training without failures, for the figure
-    _, base_s = run("base", lambda row: base_epochs.append(
-        round(time.monotonic() - t_start[0], 1)))
+    base_s: float | None = None
+    if os.environ.get(FIGURES_ENV):
+        # the same training without failures, only for the recorded figure: it asserts
+        # nothing, and it is the suite's longest step
+        _, base_s = run("base", lambda row: base_epochs.append(
+            round(time.monotonic() - t_start[0], 1)))
     result, faulty_s = run("faulty", on_epoch)
     assert len(kills) == 2
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # type: ignore[attr-defined]
@@ -258,8 +263,10 @@ def test_training_survives_repeated_worker_node_loss(
     figures({
         "inputs": {"train_clips": load_prepared(data).n_clips("train"), "epochs": 3,
                    "train_workers": 2},
-        "without_failures": {"runtime_s": round(base_s, 1), "kills": 0, "restarts": 0,
-                             "epoch_ends_at_s": base_epochs},
+        # measured only when $AVRL_FIGURES_DIR is set
+        "without_failures": None if base_s is None else {
+            "runtime_s": round(base_s, 1), "kills": 0, "restarts": 0,
+            "epoch_ends_at_s": base_epochs},
         "with_failures": {
             "runtime_s": round(faulty_s, 1),
             "kills": len(kills),  # worker nodes hosting a Ray Train worker, no grace
