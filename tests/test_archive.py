@@ -224,3 +224,72 @@ def test_query_streams_in_batches_and_cli_files_match(tmp_path: Path) -> None:
             assert dest.read_bytes() == to_csv(whole)
         else:
             assert pq.read_table(dest).equals(whole)
+
+
+def test_writer_pool_bounds_its_queue_and_accounts_in_the_driver_thread() -> None:
+    """At most 2 × threads sources wait to be written; each result is accounted for once,
+    in the submitting thread; draining accounts for all of them."""
+    import threading
+    import time
+
+    from avrl_batch.scan.pipeline import _Writers
+
+    driver, accounted, waiting = threading.get_ident(), [], []
+    with _Writers(2) as writers:
+        for i in range(12):
+            writers.submit(lambda i=i: (time.sleep(0.02), i)[1],
+                           lambda i: accounted.append((i, threading.get_ident())))
+            waiting.append(len(writers.pending))
+    assert max(waiting) <= 4
+    assert sorted(i for i, _ in accounted) == list(range(12))
+    assert {t for _, t in accounted} == {driver}
+    inline: list[int] = []
+    with _Writers(0) as writers:  # 0: written by the driver, accounted at once
+        writers.submit(lambda: 7, inline.append)
+        assert inline == [7]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_writer_pool_writes_every_source_once(
+    where: str, tmp_path: Path, s3_bucket: str, s3_endpoint: str
+) -> None:
+    """Finished sources written through the scan's writer pool (the bench's path: a model
+    that costs nothing): every source is finished exactly once, all its windows readable."""
+    from avrl_batch.bench.finalise import WINDOWS_PER_SOURCE, finalise_once, finished_sources
+    from avrl_batch.query import run_query
+
+    endpoint = s3_endpoint if where == "s3" else None
+    out = f"s3://{s3_bucket}/out" if where == "s3" else str(tmp_path / "out")
+    fins = finished_sources(40, cameras=4)
+    r = finalise_once(fins, out, writers=4, endpoint_url=endpoint)
+    assert r["sources_per_s"] > 0
+    done, failed = sink.finished_keys(out, endpoint_url=endpoint)
+    assert done == {f.task.key for f in fins} and not failed
+    windows = run_query(out, table="windows", endpoint_url=endpoint)
+    assert windows.num_rows == 40 * WINDOWS_PER_SOURCE
+    assert len({(w["source_uri"], w["window_index"]) for w in windows.to_pylist()}) == \
+        windows.num_rows
+
+
+def test_writer_pool_reports_failed_writes_and_goes_on(tmp_path: Path) -> None:
+    """Writes that fail in the writer threads (OUT is a file) are write failures, one per
+    source, with no error object; the scan's accounting goes on to the last source."""
+    from avrl_batch.bench.finalise import MODEL_ID, WINDOW_S, finished_sources
+    from avrl_batch.scan import pipeline
+    from avrl_batch.scan.plan import ScanPlan, WindowSpec
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    fins = finished_sources(6)
+    cfg = ScanConfig(source="/archive", model="m.avrl", out=str(blocker), writers=3)
+    plan = ScanPlan(todo=[f.task for f in fins], failed=[], skipped=[],
+                    spec=WindowSpec(WINDOW_S, WINDOW_S, 1, 1, 1), model_id=MODEL_ID)
+    summary = pipeline.ScanSummary(scan_id="s", model_id=MODEL_ID, out=str(blocker),
+                                   dry_run=False, sources_listed=6)
+    ledger = pipeline._Ledger(summary, plan, 0.0, None)
+    with pipeline._Writers(cfg.writers) as writers:
+        for fin in fins:
+            pipeline._write_finished(cfg, plan, ledger, fin, SHADE, {}, writers)
+    assert ledger.finished == 6 and summary.sources_failed == 6 and summary.sources_ok == 0
+    assert len(summary.write_failures) == 6
+    assert {e["stage"] for e in summary.errors} == {"write"}

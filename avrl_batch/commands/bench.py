@@ -1,5 +1,5 @@
-"""`avrl bench decode|audio-end|damaged|model|load|scan|cascade|baseline|footage`: throughput,
-memory and damage figures.
+"""`avrl bench decode|audio-end|damaged|model|load|scan|cascade|baseline|footage|archive|
+finalise`: throughput, memory, damage and bookkeeping figures.
 
 Every figure is a median over --runs runs, carries the machine and its load, and ratios come
 from variants measured in the same invocation, interleaved run by run (avrl_batch/bench/).
@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from avrl_batch.cli import app
+from avrl_batch.commands.options import EndpointUrl
 
 bench_app = typer.Typer(
     help=(
@@ -27,15 +28,16 @@ app.add_typer(bench_app, name="bench")
 DEFAULT_WORK = Path("/tmp/avrl-bench")
 
 
-def _ints(text: str, what: str) -> tuple[int, ...]:
+def _ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
     from avrl_batch.errors import ConfigError
 
     try:
         vals = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         vals = ()
-    if not vals or min(vals) < 1:
-        raise ConfigError(f"{what} must be positive integers separated by commas, got {text!r}")
+    if not vals or min(vals) < minimum:
+        kind = "positive integers" if minimum == 1 else f"integers of at least {minimum}"
+        raise ConfigError(f"{what} must be {kind} separated by commas, got {text!r}")
     return vals
 
 
@@ -374,7 +376,7 @@ def show_cmd(
 
     Example: avrl bench show /tmp/avrl-bench/results/*.json
     """
-    from avrl_batch.bench import baseline, decode, load, model, scan
+    from avrl_batch.bench import baseline, cascade, decode, finalise, load, model, scan
     from avrl_batch.errors import ConfigError
 
     tables = {
@@ -383,6 +385,8 @@ def show_cmd(
         "load": load.table,
         "scan": scan.table,
         "baseline": baseline.table,
+        "cascade": cascade.table,
+        "finalise": finalise.table,
     }
     for path in documents:
         try:
@@ -434,3 +438,29 @@ def archive_cmd(
             f"{every['s']} s ({every['rows']} rows): {every['s'] / max(one['s'], 1e-3):.1f}x"
         )
     _emit(doc, as_json, lines, save)
+
+
+@bench_app.command("finalise")
+def finalise_cmd(
+    out: str = typer.Option(str(DEFAULT_WORK / "finalise"), "--out",
+                            help="where the outputs go (a folder or s3://bucket/prefix)"),
+    sources: int = typer.Option(2000, "--sources", min=1),
+    writers: str = typer.Option("0,8", "--writers",
+                                help="writer-thread counts to compare (0: the driver writes)"),
+    runs: int = typer.Option(1, "--runs", min=1),
+    endpoint_url: EndpointUrl = None,
+    as_json: bool = typer.Option(False, "--json"),
+    save: Path = typer.Option(None, "--save"),
+) -> None:
+    """Finished sources the scan's driver writes per second (timeline, windows and events
+    objects, ledger), from a model that costs nothing, for each writer-thread count.
+
+    Example: avrl bench finalise --out s3://bench/finalise --endpoint-url http://127.0.0.1:5000
+    """
+    from avrl_batch.bench import finalise
+
+    doc = finalise.bench_finalise(
+        out, sources=sources, writers=_ints(writers, "--writers", minimum=0), runs=runs,
+        endpoint_url=endpoint_url,
+    )
+    _emit(doc, as_json, finalise.table(doc), save)

@@ -41,6 +41,10 @@ def scan(
     ),
     gpus_per_actor: float = typer.Option(1.0, help="GPUs per inference actor (GPU clusters)"),
     batch_size: int = typer.Option(16, help="windows per inference batch"),
+    writers: int = typer.Option(
+        8, help="threads writing finished sources' outputs during the scan (0: the driver "
+        "writes them one by one)"
+    ),
     address: str | None = typer.Option(
         None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
     ),
@@ -115,6 +119,7 @@ def scan(
         actors=actors,
         gpus_per_actor=gpus_per_actor,
         batch_size=batch_size,
+        writers=writers,
         address=address,
         dry_run=dry_run,
         camera_pattern=camera_pattern,

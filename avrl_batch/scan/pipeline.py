@@ -436,7 +436,8 @@ def _remove_superseded(
 
 
 def _write_failed(summary: ScanSummary, what: str, uri: str, exc: BaseException) -> SourceError:
-    """Record a failed write in the summary; the failure as a ``write`` SourceError."""
+    """Record a failed write in the summary; the failure as a ``write`` SourceError. Safe in
+    a writer thread: it only appends to a list (atomic under the GIL)."""
     kind, msg = error_of(exc)
     summary.write_failures.append(
         {"what": what, "uri": uri, "error_type": kind, "message": msg}
@@ -526,6 +527,16 @@ class _Ledger:
         self.by_label.update(events["label"].to_pylist())
         self.ok_uris.append(uri)
 
+    def account(self, written: _Written, footage_s: float) -> None:
+        """One source written (or failed), in the driver thread."""
+        self.finished += 1
+        self.summary.footage_s += footage_s
+        if written.error is not None:
+            self.failed(written.error)
+        else:
+            self.ok(written.uri, written.windows, written.events, written.unreadable)
+        self.report()
+
     def close(self) -> None:
         """The summary's totals, once every source is accounted for."""
         s = self.summary
@@ -536,33 +547,34 @@ class _Ledger:
         self.report()
 
 
-def _record_error(
-    cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, err: SourceError, *, persist: bool = True
-) -> None:
-    """Count a failed source; save its error object unless the failure was of storage or
-    the machine (or ``persist`` is off): then a rerun retries the source. An error object
-    that cannot be written is a write failure: the source is reported with both reasons
-    and, having no error object, is tried again by the next run."""
-    if persist and not err.transient:
-        try:
-            sink.write_error(
-                cfg.out,
-                err,
-                ledger.summary.scan_id,
-                version=plan.versions.get(err.key, ""),
-                model_id=plan.model_id,
-                endpoint_url=cfg.endpoint_url,
-                replace=cfg.rescan,
-            )
-            _remove_replaced(cfg, plan, ledger.summary, err.key, {sink.error_uri(cfg.out, err.key)})
-        except Exception as exc:  # noqa: BLE001 - one error row, not the whole scan
-            failed = _write_failed(ledger.summary, "error row", err.uri, exc)
-            err = SourceError(
-                err.uri, err.key, "write", failed.error_type,
-                f"its error row ({err.stage}: {err.error_type}: {err.message}) could not be "
-                f"written: {failed.message}",
-            )
-    ledger.failed(err)
+def _persist_error(
+    cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, err: SourceError
+) -> SourceError:
+    """Save a failed source's error object unless the failure was of storage or the machine:
+    then a rerun retries the source. Returns the failure to report: ``err``, or, when its
+    error object cannot be written, a write failure with both reasons (the source, having no
+    error object, is tried again by the next run). Safe in a writer thread."""
+    if err.transient:
+        return err
+    try:
+        sink.write_error(
+            cfg.out,
+            err,
+            summary.scan_id,
+            version=plan.versions.get(err.key, ""),
+            model_id=plan.model_id,
+            endpoint_url=cfg.endpoint_url,
+            replace=cfg.rescan,
+        )
+        _remove_replaced(cfg, plan, summary, err.key, {sink.error_uri(cfg.out, err.key)})
+    except Exception as exc:  # noqa: BLE001 - one error row, not the whole scan
+        failed = _write_failed(summary, "error row", err.uri, exc)
+        return SourceError(
+            err.uri, err.key, "write", failed.error_type,
+            f"its error row ({err.stage}: {err.error_type}: {err.message}) could not be "
+            f"written: {failed.message}",
+        )
+    return err
 
 
 def _screen_plan(
@@ -608,45 +620,115 @@ def _execute(
     cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, model: _ScanModel, ledger: _Ledger,
     screened: dict[str, Any] | None = None,
 ) -> None:
-    """Run the planned sources through Ray Data and write each as it finishes."""
-    for err in plan.failed:
-        _record_error(cfg, plan, ledger, err)
-        ledger.finished += 1
-    ledger.report()
-    screened = screened or {}
-    classes = model.cfg.classes
-    for task in plan.todo:
-        if not task.segments and task.key in screened:  # the screen passed every window over
-            _write_finished(cfg, plan, ledger, _nothing_inferred(task, plan, summary, classes),
-                            classes, screened)
-    if any(t.segments for t in plan.todo):
-        todo = [t for t in plan.todo if t.segments or t.key not in screened]
-        assembler = SourceAssembler(
-            todo, classes=classes, model_id=plan.model_id, scan_id=summary.scan_id
-        )
-        ds = _inference_dataset(cfg, replace(plan, todo=todo), model.data, classes)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for fin in assembler.add_batch(batch):
-                _write_finished(cfg, plan, ledger, fin, classes, screened)
-        # The stream ended without some trailers (should not happen): report those sources,
-        # but write no error object, so that a rerun scans them instead of skipping them.
-        for task in assembler.unfinished():
-            ledger.finished += 1
-            incomplete = SourceError(
-                task.uri,
-                task.key,
-                "decode",
-                "Incomplete",
-                "the pipeline ended before every segment reported; rerun the scan",
+    """Run the planned sources through Ray Data; each finished source is written by the
+    writer pool while the stream goes on."""
+    with _Writers(cfg.writers) as writers:
+        for err in plan.failed:
+            writers.submit(
+                lambda err=err: _Written(error=_persist_error(cfg, plan, summary, err)),
+                lambda w: ledger.account(w, 0.0),
             )
-            _record_error(cfg, plan, ledger, incomplete, persist=False)
-        summary.infer_nodes = dict(assembler.node_windows)
-        summary.decode_nodes = dict(assembler.node_segments)
-        summary.peak_rss_mb = {
-            "decode": round(assembler.peak_rss["decode"], 1),
-            "infer": round(assembler.peak_rss["infer"], 1),
-        }
+        ledger.report()
+        screened = screened or {}
+        classes = model.cfg.classes
+        for task in plan.todo:
+            if not task.segments and task.key in screened:  # the screen passed every window over
+                fin = _nothing_inferred(task, plan, summary, classes)
+                _write_finished(cfg, plan, ledger, fin, classes, screened, writers)
+        if any(t.segments for t in plan.todo):
+            todo = [t for t in plan.todo if t.segments or t.key not in screened]
+            assembler = SourceAssembler(
+                todo, classes=classes, model_id=plan.model_id, scan_id=summary.scan_id
+            )
+            ds = _inference_dataset(cfg, replace(plan, todo=todo), model.data, classes)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for fin in assembler.add_batch(batch):
+                    _write_finished(cfg, plan, ledger, fin, classes, screened, writers)
+                writers.collect()
+            writers.drain()
+            # The stream ended without some trailers (should not happen): report those
+            # sources, but write no error object, so that a rerun scans them instead of
+            # skipping them.
+            for task in assembler.unfinished():
+                incomplete = SourceError(
+                    task.uri,
+                    task.key,
+                    "decode",
+                    "Incomplete",
+                    "the pipeline ended before every segment reported; rerun the scan",
+                )
+                ledger.account(_Written(error=incomplete), 0.0)
+            summary.infer_nodes = dict(assembler.node_windows)
+            summary.decode_nodes = dict(assembler.node_segments)
+            summary.peak_rss_mb = {
+                "decode": round(assembler.peak_rss["decode"], 1),
+                "infer": round(assembler.peak_rss["infer"], 1),
+            }
     ledger.close()
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What writing one source came to: its tables (written), or the failure to report."""
+
+    uri: str = ""
+    windows: Any = None
+    events: Any = None
+    unreadable: Any = None
+    error: SourceError | None = None
+
+
+class _Writers:
+    """Writes finished sources off the driver's critical path: ``threads`` writer threads
+    (0: the driver writes each source itself), at most ``2 × threads`` sources in flight, so
+    the driver holds a bounded number of finished sources. Each source's objects are written
+    in order by one thread (the exactly-once protocol of sink.write_source is per source); the
+    result of each is accounted for in the driver thread (``collect``), in completion order."""
+
+    def __init__(self, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avrl-writer")
+            if threads > 0 else None
+        )
+        self.limit = 2 * threads
+        self.pending: dict[Any, Callable[[Any], None]] = {}
+
+    def submit(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """Run ``work`` in a writer thread; ``then(result)`` in this thread once it is done."""
+        if self.pool is None:
+            then(work())
+            return
+        while len(self.pending) >= self.limit:
+            self.collect(block=True)
+        self.pending[self.pool.submit(work)] = then
+        self.collect()
+
+    def collect(self, *, block: bool = False) -> None:
+        """Account for the writes that are done (``block``: wait for at least one)."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if not self.pending:
+            return
+        done, _ = wait(self.pending, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for fut in done:
+            self.pending.pop(fut)(fut.result())
+
+    def drain(self) -> None:
+        while self.pending:
+            self.collect(block=True)
+
+    def __enter__(self) -> _Writers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # on an error the writes in flight still end (each object is written atomically),
+        # but are not accounted for: the run is failing, and a rerun redoes what is unmarked
+        if exc[0] is None:
+            self.drain()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _nothing_inferred(
@@ -668,25 +750,32 @@ def _nothing_inferred(
 
 def _write_finished(
     cfg: ScanConfig, plan: ScanPlan, ledger: _Ledger, fin: FinishedSource, classes: ClassSet,
-    screened: dict[str, Any] | None = None,
+    screened: dict[str, Any], writers: _Writers,
 ) -> None:
-    """One finished source: its error row, or its timeline and outputs (a cascade's windows
-    completed with the screened-out ones)."""
-    ledger.finished += 1
-    ledger.summary.footage_s += fin.task.duration_s or 0.0
+    """Hand one finished source to the writers; it is accounted for when written."""
+    writers.submit(
+        lambda: _finalise(cfg, plan, ledger.summary, fin, classes, screened),
+        lambda written: ledger.account(written, fin.task.duration_s or 0.0),
+    )
+
+
+def _finalise(
+    cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, fin: FinishedSource,
+    classes: ClassSet, screened: dict[str, Any],
+) -> _Written:
+    """One finished source (in a writer thread): its error row, or its timeline and outputs
+    (a cascade's windows completed with the screened-out ones)."""
     if fin.error is not None:
-        _record_error(cfg, plan, ledger, fin.error)
-        ledger.report()
-        return
+        return _Written(error=_persist_error(cfg, plan, summary, fin.error))
     windows = fin.windows
     assert windows is not None
     try:
-        if screened and fin.task.key in screened:
+        if fin.task.key in screened:
             from avrl_batch.scan.cascade import complete_windows
 
             windows = complete_windows(
                 windows, fin.task, screened[fin.task.key], classes=classes,
-                model_id=plan.model_id, scan_id=ledger.summary.scan_id,
+                model_id=plan.model_id, scan_id=summary.scan_id,
                 unreadable=fin.unreadable,
             )
         events = events_from_windows(
@@ -700,21 +789,17 @@ def _write_finished(
     except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
         # Reported, but no error object: a failed write (storage down, denied) is not a
         # property of the recording, so a rerun should try it again.
-        failed = _write_failed(ledger.summary, "outputs", fin.task.uri, exc)
-        failure = SourceError(
+        failed = _write_failed(summary, "outputs", fin.task.uri, exc)
+        return _Written(error=SourceError(
             fin.task.uri, fin.task.key, "write", failed.error_type, failed.message
-        )
-        _record_error(cfg, plan, ledger, failure, persist=False)
-        ledger.report()
-        return
+        ))
     written = {
         sink.windows_uri(cfg.out, fin.task),
         sink.events_uri(cfg.out, fin.task),
         sink.unreadable_uri(cfg.out, fin.task),  # written, or a leftover removed
     }
-    _remove_replaced(cfg, plan, ledger.summary, fin.task.key, written)
-    ledger.ok(fin.task.uri, windows, events, fin.unreadable)
-    ledger.report()
+    _remove_replaced(cfg, plan, summary, fin.task.key, written)
+    return _Written(fin.task.uri, windows, events, fin.unreadable)
 
 
 def _inference_dataset(

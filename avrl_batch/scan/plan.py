@@ -72,6 +72,9 @@ class ScanConfig:
     # screen every window with the model file's calibrated screen (scan/cascade.py) and run
     # the full model only on the candidates and their margins
     cascade: bool = False
+    # threads that write finished sources' outputs while the stream goes on (0: the driver
+    # writes each itself); at most twice as many finished sources wait to be written
+    writers: int = 8
 
     def __post_init__(self) -> None:
         for name in ("window_s", "stride_s"):
@@ -89,6 +92,8 @@ class ScanConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.writers < 0:
+            raise ConfigError(f"--writers must be 0 or more, got {self.writers}")
         if self.actors is not None and self.actors < 1:
             raise ConfigError(f"--actors must be at least 1, got {self.actors}")
         if not self.gpus_per_actor > 0:
