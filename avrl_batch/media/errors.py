@@ -64,6 +64,13 @@ def source_name(src: Any) -> str:
     return f"<{type(src).__name__}>"
 
 
+def corrupt_data(source: str, stage: str, exc: Exception) -> DecodeFailed:
+    """The error of a packet the demuxer or decoder rejected: corrupt data, whichever error
+    code FFmpeg chose for it (InvalidDataError, or EPERM/EINVAL from some decoders)."""
+    why = getattr(exc, "strerror", None) or type(exc).__name__
+    return DecodeFailed(source, f"corrupt data while {stage} ({why}); re-encode or skip the file")
+
+
 @contextlib.contextmanager
 def wrap_errors(source: str, *, stage: str = "decoding") -> Iterator[None]:
     """Turn any exception except MediaError into a MediaError subclass naming ``source``."""
@@ -78,9 +85,7 @@ def wrap_errors(source: str, *, stage: str = "decoding") -> Iterator[None]:
             source, f"the file is cut short: its data ends in the middle of {stage}; re-copy it"
         ) from exc
     except av.error.InvalidDataError as exc:
-        raise DecodeFailed(
-            source, f"corrupt data while {stage} ({exc.strerror}); re-encode or skip the file"
-        ) from exc
+        raise corrupt_data(source, stage, exc) from exc
     except av.error.DecoderNotFoundError as exc:
         raise DecodeFailed(source, f"no decoder for this codec ({exc.strerror})") from exc
     except av.error.FFmpegError as exc:

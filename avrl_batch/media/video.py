@@ -31,7 +31,13 @@ import numpy as np
 
 from avrl_batch.media import logmel
 from avrl_batch.media.audio import RESAMPLE_MARGIN_S, AudioBuffer
-from avrl_batch.media.errors import ExceedsCaps, Truncated, source_name, wrap_errors
+from avrl_batch.media.errors import (
+    ExceedsCaps,
+    Truncated,
+    corrupt_data,
+    source_name,
+    wrap_errors,
+)
 from avrl_batch.media.probe import (
     MediaCaps,
     Source,
@@ -385,8 +391,10 @@ class _SegmentScan:
         try:
             aframes = list(packet.decode())
         except av.error.FFmpegError as exc:
-            if self.damage.out is None or isinstance(exc, av.error.EOFError):
+            if isinstance(exc, av.error.EOFError):
                 raise
+            if self.damage.out is None:  # strict decoding: a rejected packet ends it
+                raise corrupt_data(self.damage.name, "decoding", exc) from exc
             # a rejected audio packet: silence in its place keeps the later audio in sync
             # (a window left with little audio is judged by coverage like any other)
             dur = packet.duration * packet.time_base if packet.duration and packet.time_base else 0
@@ -532,8 +540,12 @@ class _Damage:
         if self.out is None:
             if exc is None:
                 return  # strict decoding takes a concealed frame as it always did
-            with wrap_errors(self.name, stage=what):
-                raise exc
+            import av
+
+            if isinstance(exc, av.error.EOFError):
+                with wrap_errors(self.name, stage=what):
+                    raise exc
+            raise corrupt_data(self.name, what, exc) from exc
         if exc is not None:
             self.errors += 1
             self.first = self.first or getattr(exc, "strerror", None) or type(exc).__name__
