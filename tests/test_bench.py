@@ -151,6 +151,25 @@ def test_load_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert "| tiny | bytes |" in capsys.readouterr().out
 
 
+def test_finalise_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["bench", "finalise", "--sources", "20", "--writers", "0,3", "--out", str(out)]
+    doc = run_json(capsys, [*argv, "--json", "--save", str(tmp_path / "fin.json")])
+    check_envelope(doc, "finalise")
+    assert doc["sources"] == 20 and set(doc["writers"]) == {"0", "3"}
+    assert all(f["sources_per_s"] > 0 and f["s"] > 0 for f in doc["writers"].values())
+    # each run wrote all 20 sources into its own folder
+    runs = sorted(out.iterdir())
+    assert len(runs) == 2
+    assert all(len(list((r / "events").rglob("*.parquet"))) == 20 for r in runs)
+    capsys.readouterr()
+    main(["bench", "show", str(tmp_path / "fin.json")])
+    assert "| 3 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*argv[:4], "--writers=-1", "--out", str(out)])
+    assert "error: --writers must be integers of at least 0" in capsys.readouterr().err
+
+
 def test_an_mjpeg_file_is_windowed_over_its_video(tmp_path: Path) -> None:
     """An intact MJPEG/MKV recording whose audio runs past its video (Matroska declares
     2.021 s from the audio) is windowed over the video's 2.0 s: one 2-s window, decoded to
