@@ -178,3 +178,33 @@ def test_threshold_for_recall_counts_the_margin() -> None:
     assert scr.threshold_for_recall(scores, labels, 1.0, 1) == 0.3
     assert scr.threshold_for_recall(scores, labels, 1.0, 0) == 0.2
     assert scr.runs(scr.candidates(scores[0], 0.3, 1)) == [(0, 2), (4, 6)]
+
+
+def test_bench_cascade_truth_follows_the_linked_recordings(tmp_path: Path) -> None:
+    """`avrl bench cascade` scans folders of links to the footage: each group's ground truth
+    names the links (what the scan lists), every event of the footage lands in exactly one
+    group, and matching a scan that listed other files is refused, not a recall of 1.0."""
+    from avrl_batch.bench import cascade
+    from avrl_batch.data.synth import get_preset, recording_plan
+
+    footage = tmp_path / "footage"
+    plan = recording_plan(get_preset("cascade"), 0)
+    rows = []
+    for camera, uri, _, _, _ in plan:
+        (footage / uri).parent.mkdir(parents=True, exist_ok=True)
+        (footage / uri).write_bytes(b"x")
+        rows.append({"source_uri": uri, "camera": camera, "label": "fight",
+                     "start_s": 10.0, "end_s": 14.0})
+    pq.write_table(pa.Table.from_pylist(rows), footage / "ground_truth.parquet")
+    groups = cascade._camera_folders(footage, tmp_path / "work", 0)
+    assert set(groups) == {"audio", "silent"}
+    seen = []
+    for folder, truth in groups.values():
+        uris = pq.read_table(truth)["source_uri"].to_pylist()
+        assert uris and all(u.startswith(str(folder) + "/") and Path(u).is_symlink()
+                            for u in uris)
+        seen += uris
+    assert len(seen) == len(rows) == len(set(seen))
+    with pytest.raises(RuntimeError, match="no ground-truth event"):
+        cascade._match(tmp_path / "no-out", groups["audio"][1],
+                       {"model_id": "m", "sources": ["/elsewhere/a.mp4"]})

@@ -36,11 +36,17 @@ def ensure_footage(work: Path, seed: int) -> Path:
     return folder
 
 
-def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, Path]:
-    """``audio``: a folder linking the recordings with audio; ``silent``: the one without."""
-    from avrl_batch.data.synth import get_preset, recording_plan
+def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, tuple[Path, Path]]:
+    """``audio``: a folder linking the recordings with audio; ``silent``: the one without;
+    each with its ground truth under the linked URIs (what the scan lists)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    groups: dict[str, Path] = {}
+    from avrl_batch.data.synth import get_preset, recording_plan
+    from avrl_batch.scan.matching import truth_events
+
+    folders: dict[str, Path] = {}
+    links: dict[str, str] = {}  # the recording's canonical URI -> the link's
     for camera, uri, _, has_audio, _ in recording_plan(get_preset("cascade"), seed):
         group = "audio" if has_audio else "silent"
         dest = work / f"cams-seed{seed}-{group}" / camera
@@ -48,14 +54,30 @@ def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, Path]:
         link = dest / Path(uri).name
         if not link.exists():
             link.symlink_to((footage / uri).resolve())
-        groups[group] = dest.parent
+        folders[group] = dest.parent
+        links[str((footage / uri).resolve())] = str(link.absolute())
+    gt = truth_events(str(footage / "ground_truth.parquet"), None, sources=list(links))
+    groups = {}
+    for group, folder in folders.items():
+        mine = [links[u] if links[u].startswith(str(folder.absolute()) + "/") else None
+                for u in gt["source_uri"].to_pylist()]
+        keep = [i for i, u in enumerate(mine) if u is not None]
+        table = gt.take(keep)
+        table = table.set_column(table.schema.get_field_index("source_uri"), "source_uri",
+                                 pa.array([mine[i] for i in keep], pa.string()))
+        truth = work / f"truth-seed{seed}-{group}.parquet"
+        pq.write_table(table, truth)
+        groups[group] = (folder, truth)
     return groups
 
 
 def _match(out: Path, truth: Path, run: dict[str, Any]) -> dict[str, Any]:
     from avrl_batch.scan.matching import match_output
 
-    return match_output(str(out), str(truth), model_id=run["model_id"], sources=run["sources"])
+    m = match_output(str(out), str(truth), model_id=run["model_id"], sources=run["sources"])
+    if m["tp"] + m["fn"] == 0:  # recall would read 1.0 over nothing
+        raise RuntimeError(f"no ground-truth event of {truth} is on the scanned sources")
+    return m
 
 
 def bench_cascade(
@@ -81,10 +103,9 @@ def bench_cascade(
     screened_model = work / "model-screen.avrl"
     screen = calibrate(str(model), str(calib / "ground_truth.parquet"), str(screened_model),
                        recall=recall, margin_windows=margin)
-    truth = footage / "ground_truth.parquet"
     groups = _camera_folders(footage, work, seed)
     figures: dict[str, Any] = {}
-    for group, folder in groups.items():
+    for group, (folder, truth) in groups.items():
         per: dict[str, list[dict[str, Any]]] = {"full": [], "cascade": []}
         for _ in range(runs):
             for variant in ("full", "cascade"):
@@ -98,7 +119,7 @@ def bench_cascade(
     doc: dict[str, Any] = {
         "footage": {
             "preset": "cascade", "seed": seed, "calibration_seed": calib_seed,
-            "event_share": _event_share(truth, seed),
+            "event_share": _event_share(footage / "ground_truth.parquet", seed),
         },
         "workers": workers,
         "runs": runs,
