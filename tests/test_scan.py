@@ -280,6 +280,39 @@ def test_sink_rewrites_a_crash_leftover_and_never_clobbers_a_finished_key(tmp_pa
     assert pq.read_table(sink.windows_uri(out, task)).num_rows == 10
 
 
+def test_a_dead_runs_spans_leftover_is_removed_only_where_the_listing_found_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run died after writing a key's windows and unreadable objects: the next scan's
+    listing finds the leftover and the source, written without spans, removes it; a key with
+    no listed leftover is written without a delete call."""
+    from dataclasses import replace
+
+    from avrl_batch.scan import pipeline
+
+    out = str(tmp_path / "out")
+    task, fresh = _task(), replace(_task(), key=_task().key + "b")
+    w = sink.windows_table(task, np.arange(2), np.array([0.0, 2.0]), np.array([2.0, 4.0]),
+                           np.ones(2, bool), np.full((2, len(SHADE.names)), 0.1),
+                           classes=SHADE, model_id="m", scan_id="s")
+    ev = events_from_windows(w, classes=SHADE)
+    spans = sink.unreadable_table(task, [(1.0, 1.5, "DecodeFailed", "corrupt data")],
+                                  model_id="m", scan_id="s")
+    storage.write_atomic(sink.windows_uri(out, task), sink.parquet_bytes(w))
+    storage.write_atomic(sink.unreadable_uri(out, task), sink.parquet_bytes(spans))
+    listed = pipeline._spans_listed(ScanConfig(source=str(tmp_path), model="m", out=out))
+    assert listed == {sink.unreadable_uri(out, task)}
+    deleted: list[str] = []
+    real_delete = storage.delete
+    monkeypatch.setattr(storage, "delete", lambda uri, **k: (deleted.append(uri),
+                                                             real_delete(uri, **k)))
+    assert sink.write_source(out, task, w, ev, spans_listed=listed)
+    assert sink.write_source(out, fresh, w, ev, spans_listed=listed)
+    assert deleted == [sink.unreadable_uri(out, task)]
+    assert not os.path.exists(sink.unreadable_uri(out, task))
+    assert sink.finished_keys(out) == ({task.key, fresh.key}, set())
+
+
 def test_superseded_versions_found_and_removed_on_s3(s3_bucket: str, s3_endpoint: str) -> None:
     """find_superseded / remove_superseded on S3 keys (no Ray): the old version's windows and
     events objects are found from its events object's source metadata and removed once the

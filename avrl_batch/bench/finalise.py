@@ -60,7 +60,7 @@ def finalise_once(fins: list[Any], out: str, writers: int,
                      endpoint_url=endpoint_url)
     spec = WindowSpec(WINDOW_S, WINDOW_S, 1, 1, 1)
     plan = ScanPlan(todo=[f.task for f in fins], failed=[], skipped=[], spec=spec,
-                    model_id=MODEL_ID)
+                    model_id=MODEL_ID, spans_listed=pipeline._spans_listed(cfg))
     summary = pipeline.ScanSummary(scan_id="bench", model_id=MODEL_ID, out=out, dry_run=False,
                                    sources_listed=len(fins))
     t0 = time.monotonic()

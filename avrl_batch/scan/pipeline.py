@@ -259,6 +259,7 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
             model_id=model.model_id,
             versions={key: src.version for src, key in keyed},
             replaces=replaces,
+            spans_listed=_spans_listed(cfg) if todo and not cfg.dry_run else None,
         )
         summary = ScanSummary(
             scan_id=cfg.scan_id or scan_id_now(started),
@@ -361,6 +362,15 @@ def _split_finished(cfg: ScanConfig, sources: list[Any], model_id: str) -> tuple
         cfg.out, keyed, done, failed, model_id, endpoint_url=cfg.endpoint_url
     )
     return keyed, todo, skipped, stale, replaces
+
+
+def _spans_listed(cfg: ScanConfig) -> frozenset[str] | None:
+    """The unreadable-spans objects under OUT (None when the listing fails: then every
+    source written without spans removes a possible leftover itself)."""
+    try:
+        return sink.unreadable_objects(cfg.out, endpoint_url=cfg.endpoint_url)
+    except Exception:  # noqa: BLE001 - only an optimisation is lost
+        return None
 
 
 def _not_rewritten(error: dict[str, str]) -> bool:
@@ -785,6 +795,7 @@ def _finalise(
         sink.write_source(
             cfg.out, fin.task, windows, events, model_id=plan.model_id,
             endpoint_url=cfg.endpoint_url, replace=cfg.rescan, unreadable=fin.unreadable,
+            spans_listed=plan.spans_listed,
         )
     except Exception as exc:  # noqa: BLE001 - one source, not the whole scan
         # Reported, but no error object: a failed write (storage down, denied) is not a

@@ -211,6 +211,9 @@ class ScanPlan:
     versions: dict[str, str] = field(default_factory=dict)  # key -> the listed source version
     # --rescan: key -> its earlier objects, removed once the key's new outcome is written
     replaces: dict[str, list[str]] = field(default_factory=dict)
+    # the unreadable-spans objects OUT held when the scan began (None: not listed): a source
+    # written without spans removes only a listed one (a dead run's leftover)
+    spans_listed: frozenset[str] | None = None
 
     @property
     def segments(self) -> list[Segment]:

@@ -158,6 +158,14 @@ def finished_objects(
     return objects("events"), objects("errors")
 
 
+def unreadable_objects(out: str, *, endpoint_url: str | None = None) -> frozenset[str]:
+    """The URIs of every unreadable-spans object under ``out`` (one listing): the leftovers a
+    source's write must remove when it has no spans itself (write_source)."""
+    return frozenset(storage.list_files(
+        storage.join(out, "unreadable"), suffix=PARQUET_SUFFIX, endpoint_url=endpoint_url
+    ))
+
+
 def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
     """(keys with an events object, keys with an error object) under ``out``."""
     done, failed = finished_objects(out, endpoint_url=endpoint_url)
@@ -319,12 +327,14 @@ def write_source(
     endpoint_url: str | None = None,
     replace: bool = False,
     unreadable: pa.Table | None = None,
+    spans_listed: frozenset[str] | None = None,
 ) -> bool:
     """Windows first (replacing a dead run's leftover), then the unreadable spans (an object
-    only when there are any; else a leftover is removed), then events, the completion
-    marker, only if absent (``replace``: each object replaced whole, for ``--rescan``).
-    Returns False when another scan had already completed this key. Every object carries
-    SOURCE_META (the task's URI and version, ``model_id``)."""
+    only when there are any; else a leftover is removed: one listed in ``spans_listed``, the
+    unreadable objects the scan's listing found, or, when that is None, whatever is there),
+    then events, the completion marker, only if absent (``replace``: each object replaced
+    whole, for ``--rescan``). Returns False when another scan had already completed this key.
+    Every object carries SOURCE_META (the task's URI and version, ``model_id``)."""
     if windows.schema != WINDOWS or events.schema != EVENTS:
         raise ValueError("windows/events tables must have the WINDOWS/EVENTS schemas")
     if unreadable is not None and unreadable.schema != UNREADABLE:
@@ -339,7 +349,7 @@ def write_source(
     if unreadable is not None and unreadable.num_rows:
         unreadable = with_source_meta(unreadable, task.uri, task.version, model_id)
         storage.write_atomic(spans_uri, parquet_bytes(unreadable), endpoint_url=endpoint_url)
-    else:
+    elif spans_listed is None or spans_uri in spans_listed:
         storage.delete(spans_uri, endpoint_url=endpoint_url)
     return storage.write_atomic(
         marker, parquet_bytes(events), if_absent=not replace, endpoint_url=endpoint_url
