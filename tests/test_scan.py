@@ -101,6 +101,23 @@ def test_segments_are_window_aligned_and_cover_every_window_once(
     assert segment_ranges(0.0, stride, segment) == [(0.0, 0.0)]  # one (empty) segment
 
 
+def test_short_sources_share_decode_tasks_and_long_segments_keep_their_own() -> None:
+    """pack_segments: consecutive segments up to the target footage seconds (and the count
+    cap) share a decode task; every segment is in exactly one pack, in order; a segment as
+    long as the target, or of unknown length, is a pack of its own."""
+    from avrl_batch.scan.pipeline import pack_segments
+
+    short = [Segment(f"k{i}", f"/a/{i}.mp4", 0, 1, 0.0, 2.0) for i in range(100)]
+    packs = pack_segments(short, 10.0)
+    assert [len(p) for p in packs] == [5] * 20
+    assert [s for p in packs for s in p] == short
+    assert [len(p) for p in pack_segments(short, 1000.0, max_segments=64)] == [64, 36]
+    long = [Segment("L", "/a/L.mp4", i, 3, 300.0 * i, 300.0 * (i + 1)) for i in range(3)]
+    unknown = Segment("U", "/a/U.mkv", 0, 1, 0.0, math.inf)
+    packs = pack_segments([*long, short[0], unknown, short[1]], 300.0)
+    assert [len(p) for p in packs] == [1, 1, 1, 1, 1, 1]
+
+
 def test_decode_by_segments_equals_one_pass(tmp_path: Path) -> None:
     """Windows decoded segment by segment are exactly the windows of one pass over the file:
     the same indices, none twice, the same frames (a window near a seam is decoded whole)."""

@@ -341,6 +341,23 @@ def bench_scan(
     return envelope("scan", doc, load_before=load0)
 
 
+def overhead_per_source(doc: dict[str, Any], n: int) -> dict[str, Any]:
+    """``--many N``: the last two results are N short files and one file as long as all of
+    them; the difference per file, by scan wall time and by CPU time, at the most workers."""
+    many, one = doc["results"][-2], doc["results"][-1]
+    w = max(many["by_workers"], key=int)
+    a, b = many["by_workers"][w], one["by_workers"][w]
+    return {
+        "sources": n,
+        "workers": int(w),
+        "wall_ms_per_source": round((a["scan_wall_s"] - b["scan_wall_s"]) / n * 1000, 2),
+        "cpu_ms_per_source": round((a["cpu_s"] - b["cpu_s"]) / n * 1000, 2),
+        "many": {"scan_wall_s": a["scan_wall_s"], "cpu_s": a["cpu_s"], "windows": a["windows"]},
+        "one": {"scan_wall_s": b["scan_wall_s"], "cpu_s": b["cpu_s"], "windows": b["windows"]},
+        "target_ms": 10.0,
+    }
+
+
 def _mem(agg: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "footage_s",

@@ -274,6 +274,10 @@ def scan_cmd(
         "--memory",
         help="Scan a 5-minute and a 60-minute low-resolution recording (peak memory figure).",
     ),
+    many: int = typer.Option(
+        0, "--many", min=0, help="Also scan N 2-s 96p files and one 96p file as long as all "
+        "of them: the scan's overhead per source (the difference, per file)."
+    ),
     work: Path = typer.Option(DEFAULT_WORK, "--work"),
     as_json: bool = typer.Option(False, "--json"),
     save: Path = typer.Option(None, "--save"),
@@ -281,12 +285,16 @@ def scan_cmd(
     """End-to-end scan hours of footage per hour with 1 and 2 workers, and peak worker memory.
 
     Example: avrl bench scan --memory --workers 2 --runs 3
+    Example: avrl bench scan --many 2000 --preset tiny --workers 2 --runs 1
     """
     from avrl_batch.bench import scan
 
     srcs: list[Path] = list(sources or [])
     if memory:
         srcs += [_footage(work, "h264-96p", 300.0), _footage(work, "h264-96p", 3600.0)]
+    if many:
+        srcs += [_copies(work, _footage(work, "h264-96p", 2.0), many),
+                 _footage(work, "h264-96p", 2.0 * many)]
     if not srcs:
         srcs = [_copies(work, _footage(work, "h264-720p", 60.0), 3)]
     doc = scan.bench_scan(
@@ -298,7 +306,15 @@ def scan_cmd(
         segment_s=segment,
         batch_size=batch_size,
     )
+    if many:
+        doc["many_short"] = scan.overhead_per_source(doc, many)
     lines = scan.table(doc)
+    if many:
+        o = doc["many_short"]
+        lines.append(
+            f"{many} 2-s files vs one {2 * many:g}-s file ({o['workers']} workers): overhead "
+            f"{o['wall_ms_per_source']} ms wall, {o['cpu_ms_per_source']} CPU-ms per source"
+        )
     for r in doc["results"]:
         if "scaling" in r:
             lines.append(

@@ -13,6 +13,7 @@ the driver is bounded by the sources in flight, not by the archive.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ from avrl_batch.scan.plan import (
 from avrl_batch.scan.timeline import events_from_windows
 
 ProgressFn = Callable[[dict[str, Any]], None]
+PROBE_PACK = 32  # most sources one probe task opens
 
 
 @dataclass
@@ -132,44 +134,75 @@ def private_local_ray(num_cpus: int) -> Iterator[None]:
 def _decode_rows(
     row: dict[str, Any], spec: Any, endpoint_url: str | None, timeout_s: float
 ) -> Any:
-    """flat_map UDF: one segment -> its window rows + trailer, tagged with the decode node.
+    """flat_map UDF: one pack of segments (``row["segments"]``, JSON) -> each segment's window
+    rows + trailer, in order, tagged with the decode node.
 
     Decoding runs in this worker's decoder process (scan/isolate.py): a file that crashes
     or hangs FFmpeg becomes the segment's error trailer instead of killing the worker, which
-    Ray Data would retry without end."""
+    Ray Data would retry without end. A retried pack yields its rows again; the assembler
+    counts each once."""
+    import json
+
     import ray
 
     from avrl_batch.scan.decode import decode_segment_isolated
     from avrl_batch.scan.isolate import Isolation
 
     node = ray.get_runtime_context().get_node_id()
-    for out in decode_segment_isolated(
-        row, spec, endpoint_url=endpoint_url, isolation=Isolation(timeout_s=timeout_s)
-    ):
-        out["decode_node"] = node
-        # peak RSS so far (the decoder process's, or this worker's if larger), on the
-        # trailer: memory per task must not grow with the file, and the summary shows it
-        decoder_rss = out.pop("decoder_rss_mb", 0.0)
-        out["rss_mb"] = max(peak_rss_mb(), decoder_rss) if out["kind"] != "window" else 0.0
-        yield out
+    for seg in json.loads(row["segments"]):
+        for out in decode_segment_isolated(
+            seg, spec, endpoint_url=endpoint_url, isolation=Isolation(timeout_s=timeout_s)
+        ):
+            out["decode_node"] = node
+            # peak RSS so far (the decoder process's, or this worker's if larger), on the
+            # trailer: memory per task must not grow with the file, and the summary shows it
+            decoder_rss = out.pop("decoder_rss_mb", 0.0)
+            out["rss_mb"] = max(peak_rss_mb(), decoder_rss) if out["kind"] != "window" else 0.0
+            yield out
+
+
+def pack_segments(segments: list[Any], target_s: float, max_segments: int = 64) -> list[list[Any]]:
+    """Consecutive segments in packs of at most ``target_s`` footage seconds (and
+    ``max_segments``): one decode task each, so that many short sources share a task's fixed
+    cost, while a segment of a long recording (``--segment`` s) stays a task of its own."""
+    packs: list[list[Any]] = []
+    seconds = 0.0
+    for seg in segments:
+        length = seg.end_s - seg.start_s if math.isfinite(seg.end_s) else target_s
+        if packs and seconds + length <= target_s and len(packs[-1]) < max_segments:
+            packs[-1].append(seg)
+            seconds += length
+        else:
+            packs.append([seg])
+            seconds = length
+    return packs
+
+
+def _pack_target_s(cfg: ScanConfig, footage_s: float) -> float:
+    """Footage seconds a decode pack holds: up to ``--segment``, but small enough that every
+    decode CPU of the cluster gets about four packs."""
+    per_node, nodes = _cpu_per_node()
+    return max(1e-9, min(cfg.segment_s, footage_s / (4 * per_node * nodes)))
 
 
 def _probe_all(
     todo: list[tuple[Any, str]], cfg: ScanConfig, stride_s: float
 ) -> list[SourceTask | SourceError]:
+    """Probe every source, in Ray tasks of up to PROBE_PACK sources (about four tasks a CPU
+    of the cluster): results in the order of ``todo``."""
     import ray
 
     from avrl_batch.scan.isolate import Isolation
-    from avrl_batch.scan.plan import probe_source_isolated
+    from avrl_batch.scan.plan import probe_sources_isolated
 
     # probing opens the file with FFmpeg too: in the decoder process, under the time limit
-    task = ray.remote(num_cpus=1, max_retries=cfg.probe_retries)(probe_source_isolated)
+    task = ray.remote(num_cpus=1, max_retries=cfg.probe_retries)(probe_sources_isolated)
+    per_node, nodes = _cpu_per_node()
+    size = max(1, min(PROBE_PACK, math.ceil(len(todo) / (4 * per_node * nodes))))
+    items = [(src.uri, src.version, src.size, key) for src, key in todo]
     refs = [
         task.remote(
-            src.uri,
-            src.version,
-            src.size,
-            key,
+            items[i:i + size],
             isolation=Isolation(timeout_s=cfg.decode_timeout_s),
             stride_s=stride_s,
             segment_s=cfg.segment_s,
@@ -177,9 +210,9 @@ def _probe_all(
             timezone=cfg.timezone,
             endpoint_url=cfg.endpoint_url,
         )
-        for src, key in todo
+        for i in range(0, len(items), size)
     ]
-    return ray.get(refs)
+    return [probed for pack in ray.get(refs) for probed in pack]
 
 
 def _cpu_per_node() -> tuple[int, int]:
@@ -824,11 +857,14 @@ def _inference_dataset(
 
     anomaly_index = classes.anomaly_index
     n_actors, actor_resources, threads = _pool(cfg)
-    segments = [s.to_row() for s in plan.segments]
+    import json
+
+    packs = pack_segments(plan.segments, _pack_target_s(cfg, plan.footage_s))
+    items = [{"segments": json.dumps([s.to_row() for s in p])} for p in packs]
     model_ref = ray.put(model_bytes)
     return (
-        # one block per segment: each decode task owns one segment (bounded memory)
-        ray.data.from_items(segments, override_num_blocks=len(segments))
+        # one block per pack: each decode task owns one pack of segments (bounded memory)
+        ray.data.from_items(items, override_num_blocks=len(items))
         .flat_map(
             _decode_rows,
             fn_kwargs={

@@ -398,6 +398,14 @@ def probe_source_isolated(
         return SourceError(uri, key, "probe", error_type, message)
 
 
+def probe_sources_isolated(
+    items: Sequence[tuple[str, str, int, str]], **kwargs: Any
+) -> list[SourceTask | SourceError]:
+    """:func:`probe_source_isolated` of each (uri, version, size, key), one after another in
+    this worker's decoder process (one Ray task probes a pack of sources)."""
+    return [probe_source_isolated(*item, **kwargs) for item in items]
+
+
 def split_misnamed(
     todo: Sequence[tuple[Any, str]],
 ) -> tuple[list[tuple[Any, str]], list[SourceError]]:
