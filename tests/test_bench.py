@@ -170,6 +170,23 @@ def test_finalise_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     assert "error: --writers must be integers of at least 0" in capsys.readouterr().err
 
 
+def test_overhead_per_source_is_the_difference_per_file() -> None:
+    """`bench scan --many N`: the last two results (N short files, one long file) give the
+    overhead per source at the most workers."""
+    from avrl_batch.bench.scan import overhead_per_source
+
+    def res(wall: float, cpu: float) -> dict:
+        return {w: {"scan_wall_s": wall / int(w), "cpu_s": cpu, "windows": 100}
+                for w in ("1", "2")}
+
+    doc = {"results": [{"by_workers": res(1.0, 1.0)}, {"by_workers": res(30.0, 50.0)},
+                       {"by_workers": res(10.0, 20.0)}]}
+    o = overhead_per_source(doc, 1000)
+    assert o["workers"] == 2
+    assert o["wall_ms_per_source"] == pytest.approx(10.0)
+    assert o["cpu_ms_per_source"] == pytest.approx(30.0)
+
+
 def test_an_mjpeg_file_is_windowed_over_its_video(tmp_path: Path) -> None:
     """An intact MJPEG/MKV recording whose audio runs past its video (Matroska declares
     2.021 s from the audio) is windowed over the video's 2.0 s: one 2-s window, decoded to
