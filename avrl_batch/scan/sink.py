@@ -14,9 +14,9 @@ Layout (DESIGN.md §4)::
 iff its events object exists, so it is written last, with ``if_absent`` (of two racing
 scans exactly one wins). The windows and unreadable objects go first, replacing any
 leftover of a run that died before the marker (a source without unreadable spans removes
-such a leftover), so a rerun never leaves two files or rows for one key. Plain functions
-and classes: no Ray. Collecting a source's windows from the predictor's batches is
-assemble.py's part.
+such a leftover, where the scan's listing found one), so a rerun never leaves two files or
+rows for one key. Plain functions and classes: no Ray. Collecting a source's windows from
+the predictor's batches is assemble.py's part.
 """
 
 from __future__ import annotations
