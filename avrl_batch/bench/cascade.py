@@ -46,7 +46,7 @@ def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, tuple[Pat
     from avrl_batch.scan.matching import truth_events
 
     folders: dict[str, Path] = {}
-    links: dict[str, str] = {}  # the recording's canonical URI -> the link's
+    links: dict[str, tuple[str, str]] = {}  # a recording's canonical URI -> (group, link)
     for camera, uri, _, has_audio, _ in recording_plan(get_preset("cascade"), seed):
         group = "audio" if has_audio else "silent"
         dest = work / f"cams-seed{seed}-{group}" / camera
@@ -55,16 +55,15 @@ def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, tuple[Pat
         if not link.exists():
             link.symlink_to((footage / uri).resolve())
         folders[group] = dest.parent
-        links[str((footage / uri).resolve())] = str(link.absolute())
+        links[str((footage / uri).resolve())] = (group, str(link.absolute()))
     gt = truth_events(str(footage / "ground_truth.parquet"), None, sources=list(links))
+    rows = [links[u] for u in gt["source_uri"].to_pylist()]
     groups = {}
     for group, folder in folders.items():
-        mine = [links[u] if links[u].startswith(str(folder.absolute()) + "/") else None
-                for u in gt["source_uri"].to_pylist()]
-        keep = [i for i, u in enumerate(mine) if u is not None]
+        keep = [i for i, (g, _) in enumerate(rows) if g == group]
         table = gt.take(keep)
         table = table.set_column(table.schema.get_field_index("source_uri"), "source_uri",
-                                 pa.array([mine[i] for i in keep], pa.string()))
+                                 pa.array([rows[i][1] for i in keep], pa.string()))
         truth = work / f"truth-seed{seed}-{group}.parquet"
         pq.write_table(table, truth)
         groups[group] = (folder, truth)

@@ -849,7 +849,10 @@ def _finalise(
 def _inference_dataset(
     cfg: ScanConfig, plan: ScanPlan, model_bytes: bytes, classes: ClassSet
 ) -> Any:
-    """segments -> flat_map(decode, CPU tasks) -> map_batches(Predictor, actor pool)."""
+    """packs of segments -> flat_map(decode, CPU tasks) -> map_batches(Predictor, actor
+    pool)."""
+    import json
+
     import ray
     import ray.data
 
@@ -857,8 +860,6 @@ def _inference_dataset(
 
     anomaly_index = classes.anomaly_index
     n_actors, actor_resources, threads = _pool(cfg)
-    import json
-
     packs = pack_segments(plan.segments, _pack_target_s(cfg, plan.footage_s))
     items = [{"segments": json.dumps([s.to_row() for s in p])} for p in packs]
     model_ref = ray.put(model_bytes)

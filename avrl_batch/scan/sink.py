@@ -148,22 +148,21 @@ def finished_objects(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """({key: events object URI}, {key: error object URI}) under ``out``: one listing of each
     prefix instead of one existence check per source."""
-
-    def objects(prefix: str) -> dict[str, str]:
-        uris = storage.list_files(
-            storage.join(out, prefix), suffix=PARQUET_SUFFIX, endpoint_url=endpoint_url
-        )
-        return {u.rsplit("/", 1)[-1][: -len(PARQUET_SUFFIX)]: u for u in uris}
-
-    return objects("events"), objects("errors")
+    return _objects(out, "events", endpoint_url), _objects(out, "errors", endpoint_url)
 
 
 def unreadable_objects(out: str, *, endpoint_url: str | None = None) -> frozenset[str]:
     """The URIs of every unreadable-spans object under ``out`` (one listing): the leftovers a
     source's write must remove when it has no spans itself (write_source)."""
-    return frozenset(storage.list_files(
-        storage.join(out, "unreadable"), suffix=PARQUET_SUFFIX, endpoint_url=endpoint_url
-    ))
+    return frozenset(_objects(out, "unreadable", endpoint_url).values())
+
+
+def _objects(out: str, table: str, endpoint_url: str | None) -> dict[str, str]:
+    """{key: object URI} of one table's objects under ``out`` (one recursive listing)."""
+    uris = storage.list_files(
+        storage.join(out, table), suffix=PARQUET_SUFFIX, endpoint_url=endpoint_url
+    )
+    return {u.rsplit("/", 1)[-1][: -len(PARQUET_SUFFIX)]: u for u in uris}
 
 
 def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
