@@ -95,6 +95,7 @@ def plan_clips(out: str, *, endpoint_url: str | None = None) -> tuple[str, list[
     import pyarrow.parquet as pq
 
     from avrl_batch.query import OutputTree
+    from avrl_batch.scan.compact import identity, visible_rows
     from avrl_batch.scan.sink import source_meta
 
     tree = OutputTree.open(out, endpoint_url=endpoint_url)
@@ -110,6 +111,19 @@ def plan_clips(out: str, *, endpoint_url: str | None = None) -> tuple[str, list[
                 event_id=row["event_id"],
                 source_uri=row["source_uri"],
                 version=str(meta.get("version") or ""),
+                start_s=float(row["start_s"]),
+                end_s=float(row["end_s"]),
+                uri=clip_uri(tree.out, date, camera, row["event_id"]),
+            ))
+    for c in tree.compacted.get("events", []):  # compacted sources: versions from the file
+        events, versions = visible_rows(c, "events", endpoint_url=endpoint_url)
+        date, camera = c.parts.get("date", "unknown"), c.parts.get("camera", "unknown")
+        for row in events.select(["event_id", "source_uri", "start_s", "end_s", "model_id",
+                                  "scan_id"]).to_pylist():
+            jobs.append(ClipJob(
+                event_id=row["event_id"],
+                source_uri=row["source_uri"],
+                version=versions[identity(row["source_uri"], row["model_id"], row["scan_id"])],
                 start_s=float(row["start_s"]),
                 end_s=float(row["end_s"]),
                 uri=clip_uri(tree.out, date, camera, row["event_id"]),

@@ -52,6 +52,8 @@ from urllib.parse import unquote
 
 from avrl_batch.classes import ClassSet
 from avrl_batch.errors import ConfigError, StorageError
+from avrl_batch.scan.compact import Compacted, identity_expr, visible
+from avrl_batch.scan.sink import MARKERS
 from avrl_batch.schema import TABLES
 
 if TYPE_CHECKING:
@@ -124,13 +126,17 @@ class OutputTree:
     out: str
     endpoint_url: str | None = None
     files: dict[str, list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
+    # each table's compacted files that count (scan/compact.py), with the rows to hide
+    compacted: dict[str, list[Compacted]] = field(default_factory=dict)
     scan_manifests: list[str] = field(default_factory=list)
 
     @classmethod
     def open(
-        cls, out: str, *, endpoint_url: str | None = None, filters: QueryFilters | None = None
+        cls, out: str, *, endpoint_url: str | None = None, filters: QueryFilters | None = None,
+        require: bool = True,
     ) -> OutputTree:
-        """List ``out``; StorageError if it holds no scan output at all. With ``filters``
+        """List ``out``; StorageError if it holds no scan output at all (unless not
+        ``require``: then the tree is empty). With ``filters``
         naming cameras or times, only the partitions that can hold matching rows are listed
         (``date=`` folders first, then the kept dates' ``camera=`` folders): a camera-day
         query on a large output lists a few folders, not the whole tree."""
@@ -140,14 +146,26 @@ class OutputTree:
         # one spelling for the root, the one list_files answers in (local: absolute path)
         out = p.path if p.scheme == "file" else out.rstrip("/")
         tree = cls(out=out, endpoint_url=endpoint_url)
+        prune = filters if filters is not None else None
+        marked = {
+            uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+            for uri in _list_partitions(storage.join(out, MARKERS), prune, endpoint_url)
+        }
         for table in TABLES:
             base = storage.join(out, table)
-            prune = filters if table != "errors" and filters is not None else None
             found = []
-            for uri in _list_partitions(base, prune, endpoint_url):
+            for uri in _list_partitions(base, prune if table != "errors" else None,
+                                        endpoint_url):
                 rel = uri[len(base) :].lstrip("/")
                 found.append((uri, _partition_values(rel)))
-            tree.files[table] = found
+            if table == "errors":
+                tree.files[table] = found
+                continue
+            # a compacted source's rows come from its partition's newest compacted files
+            # (its per-source objects, if any are left, are ignored); see scan/compact.py
+            tree.files[table], tree.compacted[table] = visible(
+                found, base, marked, endpoint_url=endpoint_url
+            )
         # the sink writes a source's events object last, as its completion marker: windows
         # and unreadable spans without it belong to a source still being written (or a
         # killed run) -> not shown
@@ -160,7 +178,8 @@ class OutputTree:
         tree.scan_manifests = storage.list_files(
             storage.join(out, "_scans"), suffix=".json", endpoint_url=endpoint_url
         )
-        if not any(tree.files.values()) and not tree.scan_manifests:
+        if require and not any(tree.files.values()) and not any(tree.compacted.values()) \
+                and not tree.scan_manifests:
             raise StorageError(
                 f"no scan output under {out}: run `avrl scan SOURCE --model MODEL --out {out}` "
                 "first (or check the path / --endpoint-url)"
@@ -172,25 +191,53 @@ class OutputTree:
         pruning only; see the module docstring)."""
         if table == "errors":
             return [uri for uri, _ in self.files[table]]
-        return [uri for uri, parts in self.files[table] if _may_match(parts, filters)]
+        return [uri for uri, parts in self.files[table] if _may_match(parts, filters)] + [
+            c.uri for c in self._pruned_compacted(table, filters)
+        ]
 
-    def dataset(self, table: str, filters: QueryFilters) -> ds.Dataset:
-        """A pyarrow dataset of ``table`` over the pruned files, filtered by row."""
+    def _pruned_compacted(self, table: str, filters: QueryFilters) -> list[Compacted]:
+        return [c for c in self.compacted.get(table, []) if _may_match(c.parts, filters)]
+
+    def datasets(self, table: str, filters: QueryFilters) -> list[ds.Dataset]:
+        """pyarrow datasets of ``table``'s rows matching ``filters``: one over the pruned
+        per-source files and, when the output is compacted, one over the pruned compacted
+        files less the rows of the sources hidden there (no compaction marker)."""
         import pyarrow.dataset as pads
 
         from avrl_batch import storage
 
         schema = TABLES[table]
-        uris = self.pruned_files(table, filters)
-        if not uris:
+        small = [uri for uri, parts in self.files[table]
+                 if table == "errors" or _may_match(parts, filters)]
+        compacted = self._pruned_compacted(table, filters)
+        expr = row_filter(table, filters)
+        fs = None
+        found = []
+        for uris, hidden in ((small, []), ([c.uri for c in compacted],
+                                           [h for c in compacted for h in c.hidden])):
+            if not uris:
+                continue
+            if fs is None:
+                fs, _ = storage.filesystem(self.out, endpoint_url=self.endpoint_url)
+            data = pads.dataset([_fs_path(u) for u in uris], schema=schema, format="parquet",
+                                filesystem=fs)
+            keep = expr
+            if hidden:
+                shown = ~identity_expr().isin(sorted(set(hidden)))
+                keep = shown if keep is None else keep & shown
+            found.append(data if keep is None else data.filter(keep))
+        if not found:
             import pyarrow as pa
 
-            return pads.dataset(pa.table({f.name: [] for f in schema}, schema=schema))
-        fs, _ = storage.filesystem(self.out, endpoint_url=self.endpoint_url)
-        paths = [_fs_path(u) for u in uris]
-        data = pads.dataset(paths, schema=schema, format="parquet", filesystem=fs)
-        expr = row_filter(table, filters)
-        return data if expr is None else data.filter(expr)
+            found.append(pads.dataset(pa.table({f.name: [] for f in schema}, schema=schema)))
+        return found
+
+    def read_table(self, table: str, filters: QueryFilters) -> pa.Table:
+        """Every row of ``table`` matching ``filters`` (all versions and models; the views of
+        :func:`connect` apply the newest-version and one-model rules) as one table."""
+        import pyarrow as pa
+
+        return pa.concat_tables([d.to_table() for d in self.datasets(table, filters)])
 
     def manifests(self, skipped: list[str] | None = None) -> list[dict[str, Any]]:
         """The scan manifests (``_scans/*.json``), oldest name first. One that cannot be read,
@@ -417,21 +464,34 @@ def connect(
         con.execute(f"SET memory_limit = {_sql_text(memory_limit)}")
     if spill_dir is not None:
         con.execute(f"SET temp_directory = {_sql_text(spill_dir)}")
-    con.register("errors", tree.dataset("errors", filters))
-    con.register("_every_window", tree.dataset("windows", QueryFilters()))
+    _register(con, "errors", tree.datasets("errors", filters))
+    _register(con, "_every_window", tree.datasets("windows", QueryFilters()))
     shown = _shown_model(con, tree.out, model_id, note)
     con.execute(
         "CREATE VIEW _newest AS SELECT source_uri, max(scan_id) AS scan_id FROM _every_window "
         f"WHERE model_id = {_sql_text(shown)} GROUP BY source_uri"
     )
     for table in ("events", "windows", "unreadable"):
-        con.register(f"_{table}_rows", tree.dataset(table, filters))
+        _register(con, f"_{table}_rows", tree.datasets(table, filters))
         con.execute(
             f"CREATE VIEW {table} AS SELECT t.* FROM _{table}_rows t SEMI JOIN _newest n "
             "ON t.source_uri = n.source_uri AND t.scan_id = n.scan_id "
             f"WHERE t.model_id = {_sql_text(shown)}"
         )
     return con
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, datasets: list[ds.Dataset]) -> None:
+    """``name`` as a view over ``datasets`` (per-source and compacted files), one after the
+    other."""
+    if len(datasets) == 1:
+        con.register(name, datasets[0])
+        return
+    parts = []
+    for i, data in enumerate(datasets):
+        con.register(f"{name}_{i}", data)
+        parts.append(f"SELECT * FROM {name}_{i}")
+    con.execute(f"CREATE VIEW {name} AS " + " UNION ALL ".join(parts))
 
 
 def _sql_text(value: str | None) -> str:

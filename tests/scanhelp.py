@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avrl_batch import storage
+from avrl_batch.classes import SHADE
 from avrl_batch.media.encode import encode_av
+from avrl_batch.scan import sink
+from avrl_batch.scan.naming import source_key
+from avrl_batch.scan.plan import SourceTask
+from avrl_batch.scan.timeline import events_from_windows
 from avrl_batch.schema import ERRORS, EVENTS, UNREADABLE, WINDOWS
 
 FPS = 5
@@ -174,3 +181,40 @@ def kill_scan_when(proc: subprocess.Popen, out: Path, done: int, timeout_s: floa
         if proc.poll() is None:
             proc.kill()
     return completed_sources(out)
+
+
+def finished(out: str, uri: str, version: str, model_id: str, start: datetime | None,
+             camera: str | None, *, endpoint_url: str | None = None,
+             scan_id: str = "20260301T000000Z-aaaaaa", key: str | None = None,
+             windows: int = 2, spans: list[tuple[float, float, str, str]] | None = None,
+             anomaly: tuple[int, int] | None = None) -> SourceTask:
+    """Write one finished source (2-s windows, its events, and its unreadable ``spans`` when
+    given) with the sink's own writers; windows ``anomaly`` = (first, last) are a fight."""
+    task = SourceTask(uri, version, 1, key or source_key(uri, version, model_id), camera, start,
+                      2.0 * windows, True, ())
+    probs = np.full((windows, len(SHADE.names)), 1 / len(SHADE.names))
+    if anomaly is not None:
+        probs[anomaly[0]: anomaly[1] + 1] = 0.01
+        probs[anomaly[0]: anomaly[1] + 1, SHADE.names.index("fight")] = 0.9
+    starts = 2.0 * np.arange(windows)
+    w = sink.windows_table(task, np.arange(windows), starts, starts + 2.0,
+                           np.ones(windows, bool), probs, classes=SHADE, model_id=model_id,
+                           scan_id=scan_id)
+    ev = events_from_windows(w, classes=SHADE)
+    lost = None if spans is None else sink.unreadable_table(task, spans, model_id=model_id,
+                                                            scan_id=scan_id)
+    assert sink.write_source(out, task, w, ev, model_id=model_id, endpoint_url=endpoint_url,
+                             unreadable=lost)
+    return task
+
+
+def camera_days(cameras: int, days: int, pad: str = "") -> Iterator[tuple[int, int, str, str,
+                                                                      datetime]]:
+    """(camera index, day index, camera, URI, start) of two recordings a camera-day (08:00 and
+    20:00 UTC from 1 March 2026) under ``s3://archive/<pad><camera>/``."""
+    for c in range(cameras):
+        for d in range(days):
+            for hour in (8, 20):
+                start = datetime(2026, 3, 1 + d, hour, tzinfo=timezone.utc)
+                cam = f"cam{c:02d}"
+                yield c, d, cam, f"s3://archive/{pad}{cam}/{cam}_{start:%Y%m%dT%H%M%SZ}.mp4", start

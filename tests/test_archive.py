@@ -1,5 +1,6 @@
 """Archive scale: bookkeeping from listings (a no-op rerun reads no output object), queries
-that list only the partitions they need and stream their rows, compaction next to a scan.
+that list only the partitions they need and stream their rows, the writer pool (compaction:
+test_compact.py).
 
 Real parts: the moto S3 server behind the logging proxy (tests/s3proxy.py) counts every
 request a rerun makes; outputs are written by the scan sink's own writers.
@@ -12,17 +13,15 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 from s3proxy import FaultyProxy, Request
-from scanhelp import tiny_model
+from scanhelp import camera_days, finished, tiny_model
 
 from avrl_batch import storage
 from avrl_batch.classes import SHADE
 from avrl_batch.scan import ScanConfig, run_scan, sink
 from avrl_batch.scan.naming import key_source_id, legacy_source_key, source_key
 from avrl_batch.scan.plan import SourceTask, keyed_sources
-from avrl_batch.scan.timeline import events_from_windows
 
 UTC = timezone.utc
 
@@ -38,23 +37,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     path = tmp_path_factory.mktemp("model") / "tiny.avrl"
     model_id = tiny_model(path)
     return str(path), model_id
-
-
-def finished(out: str, uri: str, version: str, model_id: str, start: datetime | None,
-             camera: str | None, *, endpoint_url: str | None = None,
-             scan_id: str = "20260301T000000Z-aaaaaa", key: str | None = None,
-             windows: int = 2) -> SourceTask:
-    """Write one finished source (2-s windows, its events) with the sink's own writers."""
-    task = SourceTask(uri, version, 1, key or source_key(uri, version, model_id), camera, start,
-                      2.0 * windows, True, ())
-    probs = np.full((windows, len(SHADE.names)), 1 / len(SHADE.names))
-    starts = 2.0 * np.arange(windows)
-    w = sink.windows_table(task, np.arange(windows), starts, starts + 2.0,
-                           np.ones(windows, bool), probs, classes=SHADE, model_id=model_id,
-                           scan_id=scan_id)
-    ev = events_from_windows(w, classes=SHADE)
-    assert sink.write_source(out, task, w, ev, model_id=model_id, endpoint_url=endpoint_url)
-    return task
 
 
 def _object_gets(log: list[Request], bucket: str, prefix: str) -> list[str]:
@@ -153,17 +135,11 @@ def _partitioned_out(out: str, model_id: str, *, endpoint_url: str | None = None
                      windows: int = 2) -> list[SourceTask]:
     """Two sources per (camera, day), written by the sink's writers; ``uri_pad`` lengthens
     every source URI (a result that is large in memory from a small tree)."""
-    tasks = []
-    pad = "p" * uri_pad
-    for c in range(cameras):
-        for d in range(days):
-            for hour in (8, 20):
-                start = datetime(2026, 3, 1 + d, hour, tzinfo=UTC)
-                cam = f"cam{c:02d}"
-                uri = f"s3://archive/{pad}{cam}/{cam}_{start:%Y%m%dT%H%M%SZ}.mp4"
-                tasks.append(finished(out, uri, "v1", model_id, start, cam,
-                                      endpoint_url=endpoint_url, windows=windows))
-    return tasks
+    return [
+        finished(out, uri, "v1", model_id, start, cam, endpoint_url=endpoint_url,
+                 windows=windows)
+        for _, _, cam, uri, start in camera_days(cameras, days, "p" * uri_pad)
+    ]
 
 
 def test_camera_day_query_lists_only_its_partitions(

@@ -15,7 +15,9 @@ Measured on that archive:
 - the no-op rerun (``avrl scan`` in a fresh process, as a user runs it): wall time, driver peak
   memory, and the storage calls it made, by kind (counted in that process: lists of a folder
   tree, object reads, existence checks);
-- ``avrl query`` of events and of windows for one camera-day and for everything.
+- ``avrl query`` of events and of windows for one camera-day and for everything;
+- with ``--compact``: ``avrl compact`` of the output (time, files per partition before and
+  after), then the no-op rerun and the queries again, whose results must not change.
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ def make_archive(work: Path, n: int, cameras: int) -> dict[str, Any]:
     done = work / "archive.json"
     if done.exists():
         info = json.loads(done.read_text())
-        if info["sources"] == n and info["cameras"] == cameras:
+        if info["sources"] == n and info["cameras"] == cameras and not info.get("compacted"):
             return info
+        import shutil
+
+        for folder in ("rec", "out"):  # a compacted archive is made again: "before" is uncompacted
+            shutil.rmtree(work / folder, ignore_errors=True)
     model = work / "tiny.avrl"
     _tiny_model(model)
     loaded = model_from_bytes(model.read_bytes(), source=str(model))
@@ -173,7 +179,8 @@ def noop_rerun(info: dict[str, Any]) -> dict[str, Any]:
 
 def query_times(info: dict[str, Any]) -> dict[str, Any]:
     """`avrl query` times (in this process): one camera-day vs everything, events and
-    windows."""
+    windows, with a digest of each result (the same rows in the same order give the same
+    digest)."""
     from avrl_batch.query import QueryFilters, run_query
 
     day = FIRST_DAY + timedelta(days=max(0, info["days"] // 2))
@@ -182,7 +189,50 @@ def query_times(info: dict[str, Any]) -> dict[str, Any]:
     for table in ("events", "windows"):
         for what, filters in (("camera_day", one), ("all", QueryFilters())):
             t0 = time.monotonic()
-            rows = run_query(info["out"], table=table, filters=filters).num_rows
+            rows = run_query(info["out"], table=table, filters=filters)
             out.setdefault(what, {})[table] = {"s": round(time.monotonic() - t0, 2),
-                                               "rows": rows}
+                                               "rows": rows.num_rows, "digest": _digest(rows)}
     return out
+
+
+def _digest(rows: Any) -> str:
+    import hashlib
+
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    table = rows.combine_chunks()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
+
+
+def files_per_partition(out: str) -> dict[str, Any]:
+    """The most files in one (table, date, camera) partition, and all files, of the tables a
+    compaction rewrites."""
+    from collections import Counter
+
+    from avrl_batch import storage
+    from avrl_batch.scan.compact import COMPACTED_TABLES
+
+    per: Counter[tuple[str, ...]] = Counter()
+    for table in COMPACTED_TABLES:
+        base = storage.join(out, table)
+        for uri in storage.list_files(base, suffix=".parquet"):
+            per[(table, *storage.relative_parts(base, uri)[:-1])] += 1
+    return {"files": sum(per.values()), "max_per_partition": max(per.values(), default=0),
+            "partitions": len(per)}
+
+
+def compact_archive(info: dict[str, Any], work: Path) -> dict[str, Any]:
+    """`avrl compact` of the archive's output (in this process); the archive is made again by
+    the next run."""
+    from avrl_batch.scan.compact import compact
+
+    before = files_per_partition(info["out"])
+    info["compacted"] = True
+    (work / "archive.json").write_text(json.dumps(info))
+    summary = compact(info["out"])
+    return {"wall_s": summary.wall_s, "sources_compacted": summary.sources_compacted,
+            "mb_written": round(summary.bytes_written / 1e6, 1), "errors": summary.errors,
+            "before": before, "after": files_per_partition(info["out"])}

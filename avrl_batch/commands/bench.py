@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -419,12 +420,17 @@ def archive_cmd(
     sources: int = typer.Option(1000, "--sources", min=1, help="Recordings in the archive."),
     cameras: int = typer.Option(100, "--cameras", min=1, help="Cameras they are spread over."),
     work: Path = typer.Option(DEFAULT_WORK, "--work", help="The archive goes to WORK/archive-N."),
+    compact: bool = typer.Option(
+        True, "--compact/--no-compact",
+        help="then compact the output and measure the rerun and the queries again",
+    ),
     as_json: bool = typer.Option(False, "--json"),
     save: Path = typer.Option(None, "--save"),
 ) -> None:
     """Bookkeeping and query costs of a finished archive of N recordings (generated outputs):
     list + plan time, the no-op rerun (time, driver peak memory, storage calls) and query time
-    for one camera-day vs everything.
+    for one camera-day vs everything; with --compact (default) the same after `avrl compact`,
+    whose query results must be the same.
 
     Example: avrl bench archive --sources 10000
     """
@@ -432,28 +438,50 @@ def archive_cmd(
     from avrl_batch.bench.report import envelope, load_average
 
     load = load_average()
-    info = archive.make_archive(work / f"archive-{sources}-{cameras}", sources, cameras)
+    where = work / f"archive-{sources}-{cameras}"
+    info = archive.make_archive(where, sources, cameras)
     plan = archive.plan_time(info)
     rerun = archive.noop_rerun(info)
     query = archive.query_times(info)
-    doc = envelope("archive", {"archive": info, "plan": plan, "noop_rerun": rerun,
-                               "query": query}, load_before=load)
-    q = query
+    result: dict[str, Any] = {"archive": dict(info), "plan": plan, "noop_rerun": rerun,
+                              "query": query}
     lines = [
         f"archive: {sources} sources, {cameras} cameras, {info['days']} days "
         f"(generated in {info['generate_s']} s)",
         f"list + plan: {plan['list_plan_s']} s (listing the sources {plan['list_s']} s); "
         f"{plan['skipped']} finished, {plan['todo']} to do",
-        f"no-op rerun: {rerun['wall_s']} s, driver peak {rerun['driver_peak_rss_mb']} MiB, "
-        f"storage calls {rerun['storage_calls']}",
+        *_archive_lines("", rerun, query),
+    ]
+    if compact:
+        done = archive.compact_archive(info, where)
+        after = {"noop_rerun": archive.noop_rerun(info), "query": archive.query_times(info)}
+        same = all(after["query"][w][t]["digest"] == query[w][t]["digest"]
+                   for w in ("camera_day", "all") for t in ("events", "windows"))
+        result["compact"] = {**done, **after, "same_results": same}
+        lines += [
+            f"compact: {done['wall_s']} s, {done['sources_compacted']} sources, files "
+            f"{done['before']['files']} -> {done['after']['files']}, at most "
+            f"{done['before']['max_per_partition']} -> {done['after']['max_per_partition']} a "
+            f"partition; query results {'the same' if same else 'DIFFERENT'}",
+            *_archive_lines("after compaction: ", after["noop_rerun"], after["query"]),
+        ]
+    doc = envelope("archive", result, load_before=load)
+    _emit(doc, as_json, lines, save)
+
+
+def _archive_lines(prefix: str, rerun: dict[str, Any], q: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{prefix}no-op rerun: {rerun['wall_s']} s, driver peak {rerun['driver_peak_rss_mb']} "
+        f"MiB, storage calls {rerun['storage_calls']}",
     ]
     for table in ("events", "windows"):
         one, every = q["camera_day"][table], q["all"][table]
         lines.append(
-            f"query {table}: one camera-day {one['s']} s ({one['rows']} rows), everything "
-            f"{every['s']} s ({every['rows']} rows): {every['s'] / max(one['s'], 1e-3):.1f}x"
+            f"{prefix}query {table}: one camera-day {one['s']} s ({one['rows']} rows), "
+            f"everything {every['s']} s ({every['rows']} rows): "
+            f"{every['s'] / max(one['s'], 1e-3):.1f}x"
         )
-    _emit(doc, as_json, lines, save)
+    return lines
 
 
 @bench_app.command("finalise")

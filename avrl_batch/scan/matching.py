@@ -186,22 +186,13 @@ def _scan_events(
     out: str, endpoint_url: str | None, *, model_id: str, sources: list[str]
 ) -> pa.Table:
     """Every events object under ``out`` (EVENTS schema), kept to ``model_id`` on ``sources``."""
-    import io
-
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from avrl_batch import storage
-    from avrl_batch.schema import EVENTS
+    from avrl_batch.query import OutputTree, QueryFilters
 
-    files = storage.list_files(
-        storage.join(out, "events"), suffix=".parquet", endpoint_url=endpoint_url
-    )
-    tables = [
-        pq.read_table(io.BytesIO(storage.read_bytes(f, endpoint_url=endpoint_url)), schema=EVENTS)
-        for f in files
-    ]
-    pred = pa.concat_tables([EVENTS.empty_table(), *tables])
+    # per-source and compacted events objects alike (a compacted source's hidden rows left out)
+    tree = OutputTree.open(out, endpoint_url=endpoint_url, require=False)
+    pred = tree.read_table("events", QueryFilters())
     pred = pred.filter(pc.equal(pred["model_id"], model_id))
     return pred.filter(pc.is_in(pred["source_uri"], pa.array(sources, pa.string())))
 

@@ -275,6 +275,10 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
     recorded = sink.read_settings(cfg.out, model.model_id, endpoint_url=cfg.endpoint_url)
     if not cfg.rescan:  # never a silent skip of results made with other windows
         check_same_settings(cfg.out, recorded, settings)
+    elif not cfg.dry_run:  # a rescan rewrites objects a compaction may be moving
+        from avrl_batch.scan.compact import check_not_compacting
+
+        check_not_compacting(cfg.out, "avrl scan --rescan", endpoint_url=cfg.endpoint_url)
     sources = _list_sources(cfg)
     keyed, todo, skipped, stale, replaces = _split_finished(cfg, sources, model.model_id)
     todo, misnamed = split_misnamed(todo)

@@ -68,6 +68,9 @@ def retimeline(
     t0 = time.monotonic()
     started = datetime.now(timezone.utc)
     summary = RetimelineSummary(scan_id_now(started), out, asdict(timeline), model_id)
+    from avrl_batch.scan.compact import check_not_compacting
+
+    check_not_compacting(out, "avrl retimeline", endpoint_url=endpoint_url)
     done, _ = sink.finished_objects(out, endpoint_url=endpoint_url)
     classes = _model_classes(out, endpoint_url)
     by_label: Counter[str] = Counter()
@@ -124,6 +127,10 @@ def _retimeline_source(
         raise DataError(
             f"{events_uri}: no scan manifest of model {source_model} says its classes"
         )
+    markers = storage.join(out, sink.MARKERS)
+    if events_uri.startswith(markers + "/"):  # a compacted source
+        return _retimeline_compacted(out, events_uri, meta or {}, timeline,
+                                     classes[source_model], endpoint_url)
     old = pq.read_table(io.BytesIO(old_bytes))
     windows_uri = storage.join(out, "windows") + events_uri[len(storage.join(out, "events")) :]
     windows = pq.read_table(io.BytesIO(storage.read_bytes(windows_uri, endpoint_url=endpoint_url)))
@@ -137,6 +144,41 @@ def _retimeline_source(
             events, meta["source_uri"], meta["version"], meta["model_id"]
         )
     storage.write_atomic(events_uri, sink.parquet_bytes(events), endpoint_url=endpoint_url)
+    return events
+
+
+def _retimeline_compacted(
+    out: str,
+    marker: str,
+    meta: dict[str, str],
+    timeline: TimelineConfig,
+    classes: ClassSet,
+    endpoint_url: str | None,
+) -> pa.Table:
+    """A compacted source made per-source again with its new events: its windows and
+    unreadable rows and the new events written as its per-source objects (events last), then
+    its marker deleted, so a query shows the old events until the new ones are complete.
+    The next ``avrl compact`` takes it back."""
+    from avrl_batch.scan.compact import key_rows
+
+    rows = key_rows(out, marker, endpoint_url=endpoint_url)
+    events = events_from_windows(
+        rows["windows"], timeline, classes=classes,
+        thumbnails=_stored_thumbnails(rows["events"], rows["windows"]),
+        version=meta.get("version", ""),
+    )
+    rel = storage.relative_parts(storage.join(out, sink.MARKERS), marker)
+    tables = [("windows", rows["windows"]), ("unreadable", rows["unreadable"]),
+              ("events", events)]
+    for table, data in tables:
+        if table == "unreadable" and not data.num_rows:
+            continue
+        if meta:
+            data = sink.with_source_meta(data, meta["source_uri"], meta["version"],
+                                         meta["model_id"])
+        storage.write_atomic(storage.join(out, table, *rel), sink.parquet_bytes(data),
+                             endpoint_url=endpoint_url)
+    storage.delete(marker, endpoint_url=endpoint_url)
     return events
 
 

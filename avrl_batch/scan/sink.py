@@ -40,6 +40,7 @@ from avrl_batch.scan.plan import SourceError, SourceTask
 from avrl_batch.schema import ERRORS, EVENTS, UNREADABLE, WINDOWS
 
 PARQUET_SUFFIX = ".parquet"
+MARKERS = "_compacted"  # scan/compact.py: OUT/_compacted/date=D/camera=C/<key>.parquet
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,9 +147,15 @@ def check_writable(out: str, *, endpoint_url: str | None = None) -> None:
 def finished_objects(
     out: str, *, endpoint_url: str | None = None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """({key: events object URI}, {key: error object URI}) under ``out``: one listing of each
-    prefix instead of one existence check per source."""
-    return _objects(out, "events", endpoint_url), _objects(out, "errors", endpoint_url)
+    """({key: events object URI or compaction marker URI}, {key: error object URI}) under
+    ``out``: one listing of each prefix instead of one existence check per source. A
+    compacted source (``scan/compact.py``) is finished by its marker, named in place of a
+    per-source events object that may still be there."""
+    from avrl_batch.scan.compact import listed_markers
+
+    done = _objects(out, "events", endpoint_url)
+    done.update(listed_markers(out, endpoint_url=endpoint_url))
+    return done, _objects(out, "errors", endpoint_url)
 
 
 def unreadable_objects(out: str, *, endpoint_url: str | None = None) -> frozenset[str]:
@@ -158,11 +165,15 @@ def unreadable_objects(out: str, *, endpoint_url: str | None = None) -> frozense
 
 
 def _objects(out: str, table: str, endpoint_url: str | None) -> dict[str, str]:
-    """{key: object URI} of one table's objects under ``out`` (one recursive listing)."""
+    """{key: object URI} of one table's per-source objects under ``out`` (one recursive
+    listing; compacted files, which hold many sources, left out)."""
+    from avrl_batch.scan.compact import compacted_generation
+
     uris = storage.list_files(
         storage.join(out, table), suffix=PARQUET_SUFFIX, endpoint_url=endpoint_url
     )
-    return {u.rsplit("/", 1)[-1][: -len(PARQUET_SUFFIX)]: u for u in uris}
+    names = ((u.rsplit("/", 1)[-1], u) for u in uris)
+    return {n[: -len(PARQUET_SUFFIX)]: u for n, u in names if compacted_generation(n) is None}
 
 
 def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str], set[str]]:
@@ -472,17 +483,23 @@ def _superseded_objects(
     """What to delete of an old version, every name rebuilt through storage.join from the
     listed objects' paths below OUT: the windows and unreadable objects beside its events
     object (the unreadable one may not exist: deletes are idempotent), then the events
-    marker (last: until it is gone a rerun finds the rest), and its error object.
+    marker (last: until it is gone a rerun finds the rest), and its error object. For a
+    compacted source (``events_object`` is its compaction marker) the per-source names of
+    its partition, then the marker: its rows in the compacted files are hidden from then on.
     A listed name that join refuses (an S3 key with a ``..`` or ``%2e%2e`` segment) is no
     object this scan wrote: that version is left alone (empty result)."""
     uris: list[str] = []
     try:
         if events_object is not None:
-            rel = storage.relative_parts(storage.join(out, "events"), events_object)
+            markers = storage.join(out, MARKERS)
+            compacted = events_object.startswith(markers.rstrip("/") + "/")
+            rel = storage.relative_parts(markers if compacted else storage.join(out, "events"),
+                                         events_object)
             uris += [
                 storage.join(out, "windows", *rel),
                 storage.join(out, "unreadable", *rel),
                 storage.join(out, "events", *rel),
+                *([storage.join(out, MARKERS, *rel)] if compacted else []),
             ]
         if error_object is not None:
             rel = storage.relative_parts(storage.join(out, "errors"), error_object)

@@ -83,7 +83,7 @@ def tune(
     model_id = str(manifest["model_id"])
     classes = ClassSet.from_record(manifest)
     base = _scan_timeline(manifest)
-    windows = tree.dataset("windows", QueryFilters()).to_table()
+    windows = tree.read_table("windows", QueryFilters())
     windows = windows.filter(_is(windows, "model_id", model_id))
     sources = sorted(set(windows["source_uri"].to_pylist()))
     if not sources:
