@@ -262,7 +262,7 @@ def test_writer_pool_reports_failed_writes_and_goes_on(tmp_path: Path) -> None:
                     spec=WindowSpec(WINDOW_S, WINDOW_S, 1, 1, 1), model_id=MODEL_ID)
     summary = pipeline.ScanSummary(scan_id="s", model_id=MODEL_ID, out=str(blocker),
                                    dry_run=False, sources_listed=6)
-    ledger = pipeline._Ledger(summary, plan, 0.0, None)
+    ledger = pipeline._Ledger(summary, len(plan.todo), 0.0, None)
     with pipeline._Writers(cfg.writers) as writers:
         for fin in fins:
             pipeline._write_finished(cfg, plan, ledger, fin, SHADE, {}, writers)

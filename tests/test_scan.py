@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -303,7 +304,6 @@ def test_a_dead_runs_spans_leftover_is_removed_only_where_the_listing_found_one(
     """A run died after writing a key's windows and unreadable objects: the next scan's
     listing finds the leftover and the source, written without spans, removes it; a key with
     no listed leftover is written without a delete call."""
-    from dataclasses import replace
 
     from avrl_batch.scan import pipeline
 
@@ -518,6 +518,20 @@ def test_scan_local_folder_layout_rerun_and_missing_audio(
                               segment_s=20.0, dry_run=True))
     assert dry.plan["sources_todo"] == 4 and dry.plan["segments"] == 7
     assert not (tmp_out / "dry").exists()
+    # two sources a wave: the next wave is probed while one decodes (its first source is
+    # written before the last wave's probes are done); the same results, the same summary
+    waves = run_scan(replace(cfg, out=str(tmp_out / "waves"), wave=2))
+    assert (waves.sources_ok, waves.sources_failed, waves.segments) == (4, 1, 7)
+    assert waves.plan["waves"] == 3 and waves.plan["sources_todo"] == 4
+    assert waves.plan["sources_failed_probe"] == 1 and waves.plan["segments"] == 7
+    assert waves.plan["first_source_s"] < waves.plan["probes_done_s"]
+    again = check_outputs(str(tmp_out / "waves"), list(files.values()))
+    for name in ("a", "b_noaudio", "c_dayfolder", "d_noname"):
+        w, w0 = again[files[name]]["windows"], got[files[name]]["windows"]
+        assert w["window_index"].to_pylist() == w0["window_index"].to_pylist()
+        np.testing.assert_allclose(np.asarray(w["probs"].to_pylist()),
+                                   np.asarray(w0["probs"].to_pylist()), atol=1e-5)
+    assert s.plan["waves"] == 1
 
 
 @pytest.mark.slow

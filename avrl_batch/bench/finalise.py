@@ -64,7 +64,7 @@ def finalise_once(fins: list[Any], out: str, writers: int,
     summary = pipeline.ScanSummary(scan_id="bench", model_id=MODEL_ID, out=out, dry_run=False,
                                    sources_listed=len(fins))
     t0 = time.monotonic()
-    ledger = pipeline._Ledger(summary, plan, t0, None)
+    ledger = pipeline._Ledger(summary, len(plan.todo), t0, None)
     with pipeline._Writers(writers) as pool:
         for fin in fins:
             pipeline._write_finished(cfg, plan, ledger, fin, SHADE, {}, pool)

@@ -45,6 +45,10 @@ def scan(
         8, help="threads writing finished sources' outputs during the scan (0: the driver "
         "writes them one by one)"
     ),
+    wave: int = typer.Option(
+        2048, help="sources probed and planned at a time: the next wave is probed while this "
+        "one decodes, so decoding starts early and the driver holds two waves' plans"
+    ),
     address: str | None = typer.Option(
         None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
     ),
@@ -120,6 +124,7 @@ def scan(
         gpus_per_actor=gpus_per_actor,
         batch_size=batch_size,
         writers=writers,
+        wave=wave,
         address=address,
         dry_run=dry_run,
         camera_pattern=camera_pattern,

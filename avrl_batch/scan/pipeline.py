@@ -185,11 +185,9 @@ def _pack_target_s(cfg: ScanConfig, footage_s: float) -> float:
     return max(1e-9, min(cfg.segment_s, footage_s / (4 * per_node * nodes)))
 
 
-def _probe_all(
-    todo: list[tuple[Any, str]], cfg: ScanConfig, stride_s: float
-) -> list[SourceTask | SourceError]:
-    """Probe every source, in Ray tasks of up to PROBE_PACK sources (about four tasks a CPU
-    of the cluster): results in the order of ``todo``."""
+def _submit_probes(todo: list[tuple[Any, str]], cfg: ScanConfig, stride_s: float) -> list[Any]:
+    """Probe tasks for ``todo``, of up to PROBE_PACK sources each (about four tasks a CPU of
+    the cluster): their refs, in the order of ``todo``."""
     import ray
 
     from avrl_batch.scan.isolate import Isolation
@@ -200,7 +198,7 @@ def _probe_all(
     per_node, nodes = _cpu_per_node()
     size = max(1, min(PROBE_PACK, math.ceil(len(todo) / (4 * per_node * nodes))))
     items = [(src.uri, src.version, src.size, key) for src, key in todo]
-    refs = [
+    return [
         task.remote(
             items[i:i + size],
             isolation=Isolation(timeout_s=cfg.decode_timeout_s),
@@ -212,7 +210,42 @@ def _probe_all(
         )
         for i in range(0, len(items), size)
     ]
-    return [probed for pack in ray.get(refs) for probed in pack]
+
+
+@dataclass
+class _Wave:
+    todo: list[SourceTask]
+    failed: list[SourceError]
+
+
+class _Waves:
+    """The sources to scan, probed ``cfg.wave`` at a time: iterating yields each wave's
+    probed plan (tasks, probe failures), and submits the next wave's probes before yielding,
+    so that they run while this wave decodes. The driver holds two waves' SourceTasks."""
+
+    def __init__(self, todo: list[tuple[Any, str]], cfg: ScanConfig, stride_s: float,
+                 t0: float) -> None:
+        self.chunks = [todo[i:i + cfg.wave] for i in range(0, len(todo), cfg.wave)]
+        self.cfg, self.stride_s, self.t0 = cfg, stride_s, t0
+        self.probes_done_s = 0.0
+
+    def __iter__(self) -> Iterator[_Wave]:
+        if not self.chunks:  # nothing to probe (only misnamed sources, to be error rows)
+            yield _Wave([], [])
+            return
+        pending = _submit_probes(self.chunks[0], self.cfg, self.stride_s)
+        for i in range(len(self.chunks)):
+            import ray
+
+            probed = [p for pack in ray.get(pending) for p in pack]
+            self.probes_done_s = time.monotonic() - self.t0
+            if i + 1 < len(self.chunks):
+                pending = _submit_probes(self.chunks[i + 1], self.cfg, self.stride_s)
+            yield _Wave([p for p in probed if isinstance(p, SourceTask)],
+                        [p for p in probed if isinstance(p, SourceError)])
+
+    def summary(self) -> dict[str, Any]:
+        return {"waves": len(self.chunks), "probes_done_s": round(self.probes_done_s, 3)}
 
 
 def _cpu_per_node() -> tuple[int, int]:
@@ -287,10 +320,9 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
     started_ray = _ensure_ray(cfg.address) if todo else False
     try:
         quiet_ray_data()
-        probed = _probe_all(todo, cfg, spec.stride_s) if todo else []
-        plan = ScanPlan(
-            todo=[p for p in probed if isinstance(p, SourceTask)],
-            failed=[*misnamed, *(p for p in probed if isinstance(p, SourceError))],
+        base = ScanPlan(
+            todo=[],
+            failed=list(misnamed),
             skipped=skipped,
             spec=spec,
             model_id=model.model_id,
@@ -305,19 +337,38 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
             dry_run=cfg.dry_run,
             sources_listed=len(sources),
             sources_skipped=len(skipped),
-            segments=len(plan.segments),
-            plan=plan.summary(),
         )
+        waves = _Waves(todo, cfg, spec.stride_s, t0)
         if cfg.dry_run:
-            summary.plan.update(_dry_run_plan(plan, stale))
+            plan = base
+            for wave in waves:
+                plan = replace(plan, todo=plan.todo + wave.todo, failed=plan.failed + wave.failed)
+            summary.segments = len(plan.segments)
+            summary.plan = plan.summary() | waves.summary() | _dry_run_plan(plan, stale)
             summary.wall_s = time.monotonic() - t0
             return summary
         if recorded is None or cfg.rescan:  # before any output: what the results are made of
             _record_settings(cfg, settings | {"rescanning": cfg.rescan}, summary)
-        screened: dict[str, Any] = {}
-        if cfg.cascade:
-            plan, screened = _screen_plan(cfg, plan, model, summary)
-        _execute(cfg, plan, summary, model, _Ledger(summary, plan, t0, progress), screened)
+        ledger = _Ledger(summary, len(todo) + len(misnamed), t0, progress)
+        planned: Counter[str] = Counter()  # the plan's figures, wave by wave
+        footage_s = 0.0
+        with _Writers(cfg.writers) as writers:
+            for i, wave in enumerate(waves):
+                plan = replace(base, todo=wave.todo,
+                               failed=wave.failed + (base.failed if i == 0 else []))
+                planned.update(sources_todo=len(plan.todo), segments=len(plan.segments),
+                               sources_failed_probe=len(plan.failed))
+                footage_s += plan.footage_s
+                screened: dict[str, Any] = {}
+                if cfg.cascade:
+                    plan, screened = _screen_plan(cfg, plan, model, summary)
+                summary.segments += len(plan.segments)
+                _execute(cfg, plan, summary, model, ledger, writers, screened)
+        summary.plan = base.summary() | dict(planned) | waves.summary() | {
+            "footage_hours": round(footage_s / 3600.0, 4),
+            "first_source_s": ledger.first_source_s,
+        }
+        ledger.close()
     finally:
         if started_ray:
             import ray
@@ -528,11 +579,12 @@ class _Ledger:
     progress callback's figures."""
 
     def __init__(
-        self, summary: ScanSummary, plan: ScanPlan, t0: float, progress: ProgressFn | None
+        self, summary: ScanSummary, total: int, t0: float, progress: ProgressFn | None
     ) -> None:
         self.summary = summary
-        self.total = len(plan.todo) + len(plan.failed)
+        self.total = total
         self.t0 = t0
+        self.first_source_s: float | None = None  # when the first source was accounted for
         self.progress = progress
         self.finished = 0  # sources done, ok or not
         self.by_label: Counter[str] = Counter()
@@ -576,6 +628,8 @@ class _Ledger:
 
     def account(self, written: _Written, footage_s: float) -> None:
         """One source written (or failed), in the driver thread."""
+        if self.first_source_s is None:
+            self.first_source_s = round(time.monotonic() - self.t0, 3)
         self.finished += 1
         self.summary.footage_s += footage_s
         if written.error is not None:
@@ -658,60 +712,73 @@ def _screen_plan(
     # a source of unknown duration has no window grid to screen: the full model sees it all
     tasks += [t for t in plan.todo if not cascade.screenable(t)]
     new = replace(plan, todo=tasks, failed=failed)
-    summary.segments = len(new.segments)
-    summary.cascade = cascade.summary(screened, model.screen)
+    summary.cascade = _add_cascade(summary.cascade, cascade.summary(screened, model.screen))
     return new, screened
+
+
+def _add_cascade(total: dict[str, Any], wave: dict[str, Any]) -> dict[str, Any]:
+    """The cascade summary of the waves so far and one more wave's."""
+    if not total:
+        return wave
+    out = dict(wave)
+    for name in ("windows_screened", "windows_inferred"):
+        out[name] = total[name] + wave[name]
+    out["screen_cpu_s"] = round(total["screen_cpu_s"] + wave["screen_cpu_s"], 3)
+    out["sources_by_head"] = {h: total["sources_by_head"][h] + wave["sources_by_head"][h]
+                              for h in wave["sources_by_head"]}
+    screened = out["windows_screened"]
+    out["inferred_share"] = round(out["windows_inferred"] / screened, 4) if screened else 0.0
+    return out
 
 
 def _execute(
     cfg: ScanConfig, plan: ScanPlan, summary: ScanSummary, model: _ScanModel, ledger: _Ledger,
-    screened: dict[str, Any] | None = None,
+    writers: _Writers, screened: dict[str, Any] | None = None,
 ) -> None:
-    """Run the planned sources through Ray Data; each finished source is written by the
-    writer pool while the stream goes on."""
-    with _Writers(cfg.writers) as writers:
-        for err in plan.failed:
-            writers.submit(
-                lambda err=err: _Written(error=_persist_error(cfg, plan, summary, err)),
-                lambda w: ledger.account(w, 0.0),
-            )
-        ledger.report()
-        screened = screened or {}
-        classes = model.cfg.classes
-        for task in plan.todo:
-            if not task.segments and task.key in screened:  # the screen passed every window over
-                fin = _nothing_inferred(task, plan, summary, classes)
+    """Run one wave's planned sources through Ray Data; each finished source is written by
+    the writer pool while the stream goes on."""
+    for err in plan.failed:
+        writers.submit(
+            lambda err=err: _Written(error=_persist_error(cfg, plan, summary, err)),
+            lambda w: ledger.account(w, 0.0),
+        )
+    ledger.report()
+    screened = screened or {}
+    classes = model.cfg.classes
+    for task in plan.todo:
+        if not task.segments and task.key in screened:  # the screen passed every window over
+            fin = _nothing_inferred(task, plan, summary, classes)
+            _write_finished(cfg, plan, ledger, fin, classes, screened, writers)
+    if any(t.segments for t in plan.todo):
+        todo = [t for t in plan.todo if t.segments or t.key not in screened]
+        assembler = SourceAssembler(
+            todo, classes=classes, model_id=plan.model_id, scan_id=summary.scan_id
+        )
+        ds = _inference_dataset(cfg, replace(plan, todo=todo), model.data, classes)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for fin in assembler.add_batch(batch):
                 _write_finished(cfg, plan, ledger, fin, classes, screened, writers)
-        if any(t.segments for t in plan.todo):
-            todo = [t for t in plan.todo if t.segments or t.key not in screened]
-            assembler = SourceAssembler(
-                todo, classes=classes, model_id=plan.model_id, scan_id=summary.scan_id
+            writers.collect()
+        writers.drain()
+        # The stream ended without some trailers (should not happen): report those
+        # sources, but write no error object, so that a rerun scans them instead of
+        # skipping them.
+        for task in assembler.unfinished():
+            incomplete = SourceError(
+                task.uri,
+                task.key,
+                "decode",
+                "Incomplete",
+                "the pipeline ended before every segment reported; rerun the scan",
             )
-            ds = _inference_dataset(cfg, replace(plan, todo=todo), model.data, classes)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for fin in assembler.add_batch(batch):
-                    _write_finished(cfg, plan, ledger, fin, classes, screened, writers)
-                writers.collect()
-            writers.drain()
-            # The stream ended without some trailers (should not happen): report those
-            # sources, but write no error object, so that a rerun scans them instead of
-            # skipping them.
-            for task in assembler.unfinished():
-                incomplete = SourceError(
-                    task.uri,
-                    task.key,
-                    "decode",
-                    "Incomplete",
-                    "the pipeline ended before every segment reported; rerun the scan",
-                )
-                ledger.account(_Written(error=incomplete), 0.0)
-            summary.infer_nodes = dict(assembler.node_windows)
-            summary.decode_nodes = dict(assembler.node_segments)
-            summary.peak_rss_mb = {
-                "decode": round(assembler.peak_rss["decode"], 1),
-                "infer": round(assembler.peak_rss["infer"], 1),
-            }
-    ledger.close()
+            ledger.account(_Written(error=incomplete), 0.0)
+        for node, n in assembler.node_windows.items():
+            summary.infer_nodes[node] = summary.infer_nodes.get(node, 0) + n
+        for node, n in assembler.node_segments.items():
+            summary.decode_nodes[node] = summary.decode_nodes.get(node, 0) + n
+        for part in ("decode", "infer"):
+            summary.peak_rss_mb[part] = max(summary.peak_rss_mb.get(part, 0.0),
+                                            round(assembler.peak_rss[part], 1))
 
 
 @dataclass(frozen=True)

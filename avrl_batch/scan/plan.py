@@ -75,6 +75,9 @@ class ScanConfig:
     # threads that write finished sources' outputs while the stream goes on (0: the driver
     # writes each itself); at most twice as many finished sources wait to be written
     writers: int = 8
+    # sources probed and planned at a time: the next wave is probed while this one decodes,
+    # and the driver holds the plans of two waves, not of every listed source
+    wave: int = 2048
 
     def __post_init__(self) -> None:
         for name in ("window_s", "stride_s"):
@@ -94,6 +97,8 @@ class ScanConfig:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.writers < 0:
             raise ConfigError(f"--writers must be 0 or more, got {self.writers}")
+        if self.wave < 1:
+            raise ConfigError(f"--wave must be at least 1, got {self.wave}")
         if self.actors is not None and self.actors < 1:
             raise ConfigError(f"--actors must be at least 1, got {self.actors}")
         if not self.gpus_per_actor > 0:
