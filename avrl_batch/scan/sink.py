@@ -342,11 +342,12 @@ def write_source(
     unreadable: pa.Table | None = None,
     spans_listed: frozenset[str] | None = None,
 ) -> bool:
-    """Windows first (replacing a dead run's leftover), then the unreadable spans (an object
-    only when there are any; else a leftover is removed: one listed in ``spans_listed``, the
-    unreadable objects the scan's listing found, or, when that is None, whatever is there),
-    then events, the completion marker, only if absent (``replace``: each object replaced
-    whole, for ``--rescan``). Returns False when another scan had already completed this key.
+    """Windows first (written if absent; else replacing a dead run's leftover), then the
+    unreadable spans (an object only when there are any; else a leftover is removed: one
+    listed in ``spans_listed``, the unreadable objects the scan's listing found, or, when
+    that is None, whatever is there), then events, the completion marker, only if absent
+    (``replace``: each object replaced whole, for ``--rescan``). Returns False when another
+    scan had already completed this key.
     Every object carries SOURCE_META (the task's URI and version, ``model_id`` and the
     writing scan's id).
 
@@ -360,12 +361,17 @@ def write_source(
     if unreadable is not None and unreadable.schema != UNREADABLE:
         raise ValueError("the unreadable table must have the UNREADABLE schema")
     marker = events_uri(out, task)
-    if not replace and storage.exists(marker, endpoint_url=endpoint_url):
-        return False  # a concurrent scan finished it: leave its objects alone
     scan_id = next((t["scan_id"][0].as_py() for t in (windows, events) if t.num_rows), None)
     windows = with_source_meta(windows, task.uri, task.version, model_id, scan_id)
     events = with_source_meta(events, task.uri, task.version, model_id, scan_id)
-    storage.write_atomic(windows_uri(out, task), parquet_bytes(windows), endpoint_url=endpoint_url)
+    data = parquet_bytes(windows)
+    # the windows written only if absent: one request where nothing is there (the usual
+    # case); else a dead run's leftover is replaced, a finished key's objects left alone
+    if replace or not storage.write_atomic(windows_uri(out, task), data, if_absent=True,
+                                           endpoint_url=endpoint_url):
+        if not replace and storage.exists(marker, endpoint_url=endpoint_url):
+            return False  # a concurrent scan finished it: leave its objects alone
+        storage.write_atomic(windows_uri(out, task), data, endpoint_url=endpoint_url)
     spans_uri = unreadable_uri(out, task)
     if unreadable is not None and unreadable.num_rows:
         unreadable = with_source_meta(unreadable, task.uri, task.version, model_id, scan_id)
