@@ -121,6 +121,14 @@ def test_compaction_shows_the_same_rows_and_plain_readers_read_it(tmp_path: Path
     again = compaction.compact(out)
     assert again.partitions_compacted == 0 and _snapshot(out) == before
 
+    # a smaller --target-mb makes a file a source; the default then merges them again
+    other = str(tmp_path / "other")
+    _small_output(other)
+    compaction.compact(other, target_mb=1e-6)
+    assert max(_files_per_partition(other).values()) == 2 and _snapshot(other) == before
+    assert compaction.compact(other).partitions_compacted == 4
+    assert max(_files_per_partition(other).values()) == 1 and _snapshot(other) == before
+
 
 def test_compacted_sources_stay_finished_and_an_old_version_goes_with_its_marker(
     s3_bucket: str, s3_endpoint: str

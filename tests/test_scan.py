@@ -298,6 +298,40 @@ def test_sink_rewrites_a_crash_leftover_and_never_clobbers_a_finished_key(tmp_pa
     assert pq.read_table(sink.windows_uri(out, task)).num_rows == 10
 
 
+def test_a_writer_that_loses_the_race_for_a_key_leaves_one_scan_behind_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two scans finish one key at once; the loser checked before the winner's events object
+    existed and wrote its windows and spans after the winner's: it puts them back under the
+    winner's scan id, so the query pairs the key's windows, spans and events again."""
+    from avrl_batch.query import run_query
+
+    out = str(tmp_path / "out")
+    task = _task()
+    spans = [(2.0, 3.0, "DecodeFailed", "corrupt data")]
+    tables = {}
+    for scan_id in ("s1", "s2"):
+        a = SourceAssembler([task], classes=SHADE, model_id="m", scan_id=scan_id)
+        rows = [_row("window", 0, i) for i in range(5)] + [_row("done", 0, n=5)]
+        rows += [_row("window", 1, i) for i in range(5, 10)] + [_row("done", 1, n=5)]
+        w = a.add_batch(_batch(rows))[0].windows
+        tables[scan_id] = (w, events_from_windows(w, classes=SHADE),
+                           sink.unreadable_table(task, spans, model_id="m", scan_id=scan_id))
+    w1, ev1, u1 = tables["s1"]
+    assert ev1.num_rows == 1
+    assert sink.write_source(out, task, w1, ev1, model_id="m", unreadable=u1)
+    w2, ev2, u2 = tables["s2"]
+    monkeypatch.setattr(storage, "exists", lambda *a, **k: False)  # checked before s1's marker
+    assert not sink.write_source(out, task, w2, ev2, model_id="m", unreadable=u2)
+    assert set(pq.read_table(sink.windows_uri(out, task))["scan_id"].to_pylist()) == {"s1"}
+    assert set(pq.read_table(sink.unreadable_uri(out, task))["scan_id"].to_pylist()) == {"s1"}
+    assert sink.source_meta(storage.read_bytes(sink.windows_uri(out, task)))["scan_id"] == "s1"
+    monkeypatch.undo()
+    assert run_query(out, table="events")["scan_id"].to_pylist() == ["s1"]
+    assert run_query(out, table="windows").num_rows == 10
+    assert run_query(out, table="unreadable").num_rows == 1
+
+
 def test_a_dead_runs_spans_leftover_is_removed_only_where_the_listing_found_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

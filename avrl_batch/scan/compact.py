@@ -102,13 +102,19 @@ def identity_expr() -> Any:
 
 def read_keys(uri: str, *, endpoint_url: str | None = None) -> list[dict[str, str]]:
     """The ``avrl.keys`` entries of a compacted file: its footer only."""
+    return _footer(uri, endpoint_url)[0]
+
+
+def _footer(uri: str, endpoint_url: str | None) -> tuple[list[dict[str, str]], int]:
+    """(the ``avrl.keys`` entries, the size in bytes) of a compacted file."""
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     try:
         with fs.open_input_file(path) as f:
             meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+            size = f.size()
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read the footer of {uri}: {exc}") from None
-    return json.loads(meta.get(KEYS_META, b"[]"))
+    return json.loads(meta.get(KEYS_META, b"[]")), size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +382,11 @@ def _compact_partition(
     newest = {t: gens[t][max(gens[t])] if gens[t] else [] for t in COMPACTED_TABLES}
     small = {t: {n.removesuffix(".parquet"): u for n, u in files[t].items()
                  if compacted_generation(n) is None} for t in COMPACTED_TABLES}
-    entries = {t: {u: read_keys(u, endpoint_url=endpoint_url) for u in newest[t]}
-               for t in COMPACTED_TABLES}
+    footers = {t: {u: _footer(u, endpoint_url) for u in newest[t]} for t in COMPACTED_TABLES}
+    entries = {t: {u: keys for u, (keys, _) in footers[t].items()} for t in COMPACTED_TABLES}
+    # more files than the target size needs (a compaction with a smaller --target-mb): merged
+    split = any(len(f) > 1 and len(f) > sum(n for _, n in f.values()) // target_bytes + 1
+                for f in footers.values())
     in_gen = {k["key"] for keys in entries["events"].values() for k in keys}
     marked = {k for k in in_gen if k in markers}
     # markers of this partition whose key the newest generation does not hold: sources a
@@ -388,7 +397,7 @@ def _compact_partition(
     older = any(len(gens[t]) > 1 for t in COMPACTED_TABLES)
     unmarked = any(k["key"] not in marked for t in COMPACTED_TABLES
                    for keys in entries[t].values() for k in keys)
-    if not (new_small or stale or leftovers or older or unmarked):
+    if not (new_small or stale or leftovers or older or unmarked or split):
         return  # already compact
     sources: dict[str, _Source] = {}
     for table in COMPACTED_TABLES:  # the newest generation's marked sources

@@ -193,11 +193,14 @@ def finished_keys(out: str, *, endpoint_url: str | None = None) -> tuple[set[str
 SOURCE_META = b"avrl.source"
 
 
-def with_source_meta(table: pa.Table, uri: str, version: str, model_id: str) -> pa.Table:
+def with_source_meta(
+    table: pa.Table, uri: str, version: str, model_id: str, scan_id: str | None = None
+) -> pa.Table:
+    record = {"source_uri": uri, "version": version, "model_id": model_id}
+    if scan_id is not None:  # the scan that wrote the object (write_source)
+        record["scan_id"] = scan_id
     meta = dict(table.schema.metadata or {})
-    meta[SOURCE_META] = json.dumps(
-        {"source_uri": uri, "version": version, "model_id": model_id}, sort_keys=True
-    ).encode()
+    meta[SOURCE_META] = json.dumps(record, sort_keys=True).encode()
     return table.replace_schema_metadata(meta)
 
 
@@ -339,31 +342,68 @@ def write_source(
     unreadable: pa.Table | None = None,
     spans_listed: frozenset[str] | None = None,
 ) -> bool:
-    """Windows first (replacing a dead run's leftover), then the unreadable spans (an object
-    only when there are any; else a leftover is removed: one listed in ``spans_listed``, the
-    unreadable objects the scan's listing found, or, when that is None, whatever is there),
-    then events, the completion marker, only if absent (``replace``: each object replaced
-    whole, for ``--rescan``). Returns False when another scan had already completed this key.
-    Every object carries SOURCE_META (the task's URI and version, ``model_id``)."""
+    """Windows first (written if absent; else replacing a dead run's leftover), then the
+    unreadable spans (an object only when there are any; else a leftover is removed: one
+    listed in ``spans_listed``, the unreadable objects the scan's listing found, or, when
+    that is None, whatever is there), then events, the completion marker, only if absent
+    (``replace``: each object replaced whole, for ``--rescan``). Returns False when another
+    scan had already completed this key.
+    Every object carries SOURCE_META (the task's URI and version, ``model_id`` and the
+    writing scan's id).
+
+    Of two scans racing on a key, the loser may have replaced the winner's windows (and
+    spans) after the winner checked: it then reads the winner's scan id from the events
+    object and writes its windows and spans again under that id (the same rows: one version,
+    one model), so that the key's windows, spans and events name one scan, which is what
+    queries pair them by."""
     if windows.schema != WINDOWS or events.schema != EVENTS:
         raise ValueError("windows/events tables must have the WINDOWS/EVENTS schemas")
     if unreadable is not None and unreadable.schema != UNREADABLE:
         raise ValueError("the unreadable table must have the UNREADABLE schema")
     marker = events_uri(out, task)
-    if not replace and storage.exists(marker, endpoint_url=endpoint_url):
-        return False  # a concurrent scan finished it: leave its objects alone
-    windows = with_source_meta(windows, task.uri, task.version, model_id)
-    events = with_source_meta(events, task.uri, task.version, model_id)
-    storage.write_atomic(windows_uri(out, task), parquet_bytes(windows), endpoint_url=endpoint_url)
+    scan_id = next((t["scan_id"][0].as_py() for t in (windows, events) if t.num_rows), None)
+    windows = with_source_meta(windows, task.uri, task.version, model_id, scan_id)
+    events = with_source_meta(events, task.uri, task.version, model_id, scan_id)
+    data = parquet_bytes(windows)
+    # the windows written only if absent: one request where nothing is there (the usual
+    # case); else a dead run's leftover is replaced, a finished key's objects left alone
+    if replace or not storage.write_atomic(windows_uri(out, task), data, if_absent=True,
+                                           endpoint_url=endpoint_url):
+        if not replace and storage.exists(marker, endpoint_url=endpoint_url):
+            return False  # a concurrent scan finished it: leave its objects alone
+        storage.write_atomic(windows_uri(out, task), data, endpoint_url=endpoint_url)
     spans_uri = unreadable_uri(out, task)
     if unreadable is not None and unreadable.num_rows:
-        unreadable = with_source_meta(unreadable, task.uri, task.version, model_id)
+        unreadable = with_source_meta(unreadable, task.uri, task.version, model_id, scan_id)
         storage.write_atomic(spans_uri, parquet_bytes(unreadable), endpoint_url=endpoint_url)
     elif spans_listed is None or spans_uri in spans_listed:
         storage.delete(spans_uri, endpoint_url=endpoint_url)
-    return storage.write_atomic(
+    won = storage.write_atomic(
         marker, parquet_bytes(events), if_absent=not replace, endpoint_url=endpoint_url
     )
+    if not won:
+        _follow_winner(out, task, windows, unreadable, scan_id, endpoint_url)
+    return won
+
+
+def _follow_winner(
+    out: str, task: SourceTask, windows: pa.Table, unreadable: pa.Table | None,
+    scan_id: str | None, endpoint_url: str | None,
+) -> None:
+    """After losing the race for ``task``'s events object: this writer's windows and spans,
+    which may have replaced the winner's, written again under the winner's scan id."""
+    meta = source_meta(storage.read_bytes(events_uri(out, task), endpoint_url=endpoint_url))
+    winner = (meta or {}).get("scan_id")
+    if winner is None or scan_id is None or winner == scan_id:
+        return
+    for uri, table in ((windows_uri(out, task), windows), (unreadable_uri(out, task), unreadable)):
+        if table is None or not table.num_rows:
+            continue
+        table = table.set_column(table.schema.get_field_index("scan_id"), "scan_id",
+                                 pa.array([winner] * table.num_rows, pa.string()))
+        table = with_source_meta(table, task.uri, task.version, str(meta.get("model_id")),
+                                 winner)
+        storage.write_atomic(uri, parquet_bytes(table), endpoint_url=endpoint_url)
 
 
 def write_error(
