@@ -232,6 +232,27 @@ def test_a_compaction_killed_at_any_write_or_delete_leaves_the_same_results(
         shutil.rmtree(out)
 
 
+def test_a_compaction_on_a_clock_behind_the_last_ones_still_writes_the_newest_generation(
+    tmp_path: Path,
+) -> None:
+    """Readers take a partition's newest generation: one written by a machine whose clock is
+    behind (here: the last generation's files renamed 70 years ahead) must still sort after
+    it, or the sources it takes in would vanish."""
+    out = str(tmp_path / "out")
+    _small_output(out, cameras=1, days=1)
+    compaction.compact(out)
+    for f in Path(out).rglob("compact-*.parquet"):
+        f.rename(f.with_name("compact-2099" + f.name[len("compact-2026"):]))
+    start = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    finished(out, "s3://archive/cam00/cam00_20260301T120000Z-b.mp4", "v1", MODEL, start,
+             "cam00", windows=3, scan_id=NEW_SCAN)
+    before = _snapshot(out)
+    got = compaction.compact(out)
+    assert got.sources_compacted == 1 and _snapshot(out) == before
+    assert max(_files_per_partition(out).values()) == 1
+    assert all(f.name.startswith("compact-2099") for f in Path(out).rglob("compact-*.parquet"))
+
+
 def test_one_compaction_at_a_time_and_none_beside_a_rescan(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     _small_output(out, cameras=1, days=1)

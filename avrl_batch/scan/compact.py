@@ -399,6 +399,9 @@ def _compact_partition(
                    for keys in entries[t].values() for k in keys)
     if not (new_small or stale or leftovers or older or unmarked or split):
         return  # already compact
+    # the new generation must sort after every one there (readers take the newest): a clock
+    # behind the last compaction's, or the same second, still gives a later id
+    generation = _after(generation, [g for t in COMPACTED_TABLES for g in gens[t]])
     sources: dict[str, _Source] = {}
     for table in COMPACTED_TABLES:  # the newest generation's marked sources
         for uri, keys in entries[table].items():
@@ -467,6 +470,16 @@ def _compact_partition(
         for uris in gens[table].values():
             for uri in uris:
                 storage.delete(uri, endpoint_url=endpoint_url)
+
+
+def _after(generation: str, existing: list[str]) -> str:
+    """``generation``, or the id just after the newest of ``existing`` when that one does not
+    sort before it (the hex part counted up)."""
+    newest = max(existing, default="")
+    if newest < generation:
+        return generation
+    stamp, counter = newest.rsplit("-", 1)
+    return f"{stamp}-{int(counter, 16) + 1:06x}"
 
 
 def _marker_partition(out: str, marker: str) -> tuple[str, ...]:
