@@ -211,7 +211,7 @@ def key_rows(
     found: dict[str, pa.Table] = {}
     for table in COMPACTED_TABLES:
         base = storage.join(out, table, *partition)
-        names = {_key_of(u) + ".parquet": u
+        names = {u.rsplit("/", 1)[-1]: u
                  for u in storage.list_files(base, suffix=".parquet", endpoint_url=endpoint_url)}
         gens = _generations(names)
         found[table] = conform(TABLES[table].empty_table(), TABLES[table])
