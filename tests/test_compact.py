@@ -24,7 +24,7 @@ import pytest
 from scanhelp import camera_days, finished, recording, tiny_model
 
 from avrl_batch import storage
-from avrl_batch.errors import ConfigError
+from avrl_batch.errors import ConfigError, StorageError
 from avrl_batch.query import run_query
 from avrl_batch.scan import ScanConfig, run_scan, sink
 from avrl_batch.scan import compact as compaction
@@ -268,6 +268,9 @@ def test_one_compaction_at_a_time_and_none_beside_a_rescan(tmp_path: Path) -> No
         compaction.compact(out)
     with pytest.raises(ConfigError, match="--target-mb"):
         compaction.compact(out, target_mb=0)
+    with pytest.raises(StorageError, match="no scan output under"):
+        compaction.compact(str(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.fixture(scope="module")

@@ -279,6 +279,10 @@ def compact(
     summary = CompactSummary(out=out, dry_run=dry_run)
     if target_mb <= 0:
         raise ConfigError(f"--target-mb must be > 0 (got {target_mb})")
+    if not {*COMPACTED_TABLES, MARKERS} & set(storage.list_folders(out, endpoint_url=endpoint_url)):
+        raise StorageError(
+            f"no scan output under {out}: nothing to compact (check the path / --endpoint-url)"
+        )
     _check_no_rescan(out, endpoint_url)
     lock = lock_uri(out)
     if not dry_run:
