@@ -6,7 +6,10 @@ How a query runs:
    files of unfinished writes are skipped); with camera or time filters only the
    ``date=``/``camera=`` folders that can match are listed (``_list_partitions``). A
    windows object counts only once its source's events object (the sink's completion
-   marker, written last) exists.
+   marker, written last) exists. In a compacted output (``avrl compact``) each partition's
+   newest compacted files count, less the rows of sources without a marker under
+   ``_compacted/``, and per-source objects of marked sources do not
+   (``scan.compact.visible``).
 2. **Prune by partition** on the listed paths, before any file is opened: ``camera=C``
    must be one of ``--camera`` (or its path-safe form, ``scan.naming.safe_component``);
    ``date=D`` (the UTC date the *recording* started) must be before ``--until`` and at
@@ -146,15 +149,14 @@ class OutputTree:
         # one spelling for the root, the one list_files answers in (local: absolute path)
         out = p.path if p.scheme == "file" else out.rstrip("/")
         tree = cls(out=out, endpoint_url=endpoint_url)
-        prune = filters if filters is not None else None
-        marked = {
+        marked = {  # the compacted sources (scan/compact.py) of the partitions listed
             uri.rsplit("/", 1)[-1].removesuffix(".parquet")
-            for uri in _list_partitions(storage.join(out, MARKERS), prune, endpoint_url)
+            for uri in _list_partitions(storage.join(out, MARKERS), filters, endpoint_url)
         }
         for table in TABLES:
             base = storage.join(out, table)
             found = []
-            for uri in _list_partitions(base, prune if table != "errors" else None,
+            for uri in _list_partitions(base, filters if table != "errors" else None,
                                         endpoint_url):
                 rel = uri[len(base) :].lstrip("/")
                 found.append((uri, _partition_values(rel)))
