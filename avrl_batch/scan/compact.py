@@ -413,8 +413,7 @@ def _compact_partition(
             if not keys:
                 continue
             data, size = _read(uri, table, endpoint_url)
-            ident = pc.binary_join_element_wise(data["source_uri"], data["model_id"],
-                                                data["scan_id"], _SEP)
+            ident = _identities(data)
             for k in keys:
                 src = sources.setdefault(k["key"], _Source(
                     k["key"], k["source_uri"], k["version"], k["model_id"], k["scan_id"], {}, {},
@@ -448,13 +447,11 @@ def _compact_partition(
     summary.files_after += sum(len(c) for c in chunks.values())
     if summary.dry_run:
         return
-    written: set[str] = set()
     for table in COMPACTED_TABLES:
         for i, chunk in enumerate(chunks[table]):
             uri = storage.join(out, table, *part, compacted_name(generation, i))
             data = _file_bytes(table, chunk)
             storage.write_atomic(uri, data, if_absent=True, endpoint_url=endpoint_url)
-            written.add(uri)
             summary.bytes_written += len(data)
     _check_no_rescan(out, endpoint_url)  # a --rescan begun meanwhile keeps its objects
     for s in kept:
@@ -503,16 +500,24 @@ def _entry_identity(entry: dict[str, str]) -> str:
     return identity(entry["source_uri"], entry["model_id"], entry["scan_id"])
 
 
+def _identities(data: pa.Table) -> Any:
+    """``identity`` of every row of a table (what ``identity_expr`` is for a dataset)."""
+    return pc.binary_join_element_wise(data["source_uri"], data["model_id"], data["scan_id"],
+                                       _SEP)
+
+
 def _identity_mask(data: pa.Table, identities: set[str]) -> Any:
-    ident = pc.binary_join_element_wise(data["source_uri"], data["model_id"], data["scan_id"],
-                                        _SEP)
-    return pc.is_in(ident, pa.array(sorted(identities), pa.string()))
+    return pc.is_in(_identities(data), pa.array(sorted(identities), pa.string()))
 
 
 def _read(uri: str, table: str, endpoint_url: str | None) -> tuple[pa.Table, int]:
-    """A compacted file's rows (in ``table``'s schema) and its size in bytes."""
+    """An object's rows (in ``table``'s schema) and its size in bytes."""
     raw = storage.read_bytes(uri, endpoint_url=endpoint_url)
-    return conform(pq.read_table(io.BytesIO(raw)), TABLES[table]), len(raw)
+    return _parse(raw, table), len(raw)
+
+
+def _parse(raw: bytes, table: str) -> pa.Table:
+    return conform(pq.read_table(io.BytesIO(raw)), TABLES[table])
 
 
 def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -536,13 +541,11 @@ def _read_small(
         meta = source_meta(raw)
         if meta is None or key not in small["windows"]:
             return None  # not written by this sink's writers, or being removed
-        tables = {"events": conform(pq.read_table(io.BytesIO(raw)), EVENTS)}
+        tables = {"events": _parse(raw, "events")}
         sizes = {"events": len(raw)}
         for table in ("windows", "unreadable"):
             if key in small[table]:
-                data = storage.read_bytes(small[table][key], endpoint_url=endpoint_url)
-                tables[table] = conform(pq.read_table(io.BytesIO(data)), TABLES[table])
-                sizes[table] = len(data)
+                tables[table], sizes[table] = _read(small[table][key], table, endpoint_url)
     except (StorageError, OSError, pa.ArrowException):
         return None
     scan_ids = [*tables["windows"]["scan_id"].to_pylist()[:1],

@@ -340,9 +340,10 @@ def run_scan(cfg: ScanConfig, *, progress: ProgressFn | None = None) -> ScanSumm
         )
         waves = _Waves(todo, cfg, spec.stride_s, t0)
         if cfg.dry_run:
-            plan = base
+            plan = replace(base, todo=[], failed=list(base.failed))
             for wave in waves:
-                plan = replace(plan, todo=plan.todo + wave.todo, failed=plan.failed + wave.failed)
+                plan.todo += wave.todo
+                plan.failed += wave.failed
             summary.segments = len(plan.segments)
             summary.plan = plan.summary() | waves.summary() | _dry_run_plan(plan, stale)
             summary.wall_s = time.monotonic() - t0
