@@ -950,9 +950,30 @@ def _s3_client(endpoint: str | None, pid: int, reads: S3Reads | None = None) -> 
             max_pool_connections=16,
         )
     session = boto3.session.Session()
-    return session.client(
+    client = session.client(
         "s3", endpoint_url=endpoint, region_name=session.region_name or _region(), config=config
     )
+    from botocore.handlers import add_expect_header
+
+    client.meta.events.unregister("before-call.s3", add_expect_header)
+    client.meta.events.register("before-call.s3", _expect_large_bodies)
+    return client
+
+
+# botocore asks for "Expect: 100-continue" on every PUT with a body: a round trip before the
+# body is sent, so that a refused upload (denied, precondition failed) is not sent whole. For
+# a small body the round trip costs more than sending it (scan outputs are a few KB to a few
+# MB), so it is asked for only above this size.
+EXPECT_CONTINUE_BYTES = 8 << 20
+
+
+def _expect_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+    from botocore.handlers import add_expect_header
+    from botocore.utils import determine_content_length
+
+    length = determine_content_length(params.get("body"))
+    if length is None or length > EXPECT_CONTINUE_BYTES:
+        add_expect_header(model, params, **kwargs)
 
 
 def _code(e: Exception) -> str:

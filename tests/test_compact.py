@@ -88,6 +88,12 @@ def test_compaction_shows_the_same_rows_and_plain_readers_read_it(tmp_path: Path
     before = _snapshot(out)
     assert len({r["source_uri"] for r in before["windows"]}) == 8
     assert before["events"] and before["unreadable"]
+    # a scan's per-source objects are a few rows, written uncompressed (sink.parquet_bytes);
+    # the compacted files are zstd
+    one = storage.list_files(f"{out}/windows", suffix=".parquet")[0]
+    assert pq.ParquetFile(one).metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
+    assert duckdb.sql(f"SELECT count(*) FROM '{one}'").fetchall()[0][0] == pq.read_metadata(
+        one).num_rows
     dry = compaction.compact(out, dry_run=True)
     assert dry.partitions_compacted == 4 and dry.sources_compacted == 8
     assert _snapshot(out) == before and not (tmp_path / "out" / "_compacted").exists()
@@ -108,6 +114,8 @@ def test_compaction_shows_the_same_rows_and_plain_readers_read_it(tmp_path: Path
         shown = sorted((r["source_uri"], r["start_s"]) for r in before[table])
         folder = f"{out}/{table}"
         arrow = pq.read_table(folder, partitioning=None)
+        for f in storage.list_files(folder, suffix=".parquet"):
+            assert pq.ParquetFile(f).metadata.row_group(0).column(0).compression == "ZSTD"
         duck = duckdb.sql(
             f"SELECT source_uri, start_s FROM read_parquet('{folder}/**/*.parquet', "
             "hive_partitioning=false)").fetchall()

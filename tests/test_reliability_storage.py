@@ -335,3 +335,23 @@ def test_a_failed_output_or_error_row_write_is_reported_and_redone_by_the_next_r
     assert again.manifest_error.startswith("StorageError")
     got = check_outputs(out, [good, lost, str(bad)], endpoint_url=proxy.url)
     assert got[str(bad)]["error"]["error_type"][0].as_py() == "NotMedia"
+
+
+def test_small_puts_send_their_body_at_once_and_large_ones_ask_first(
+    proxy: FaultyProxy, s3_bucket: str
+) -> None:
+    """A scan output (a few KB) goes in one round trip, without ``Expect: 100-continue``; a
+    body above storage.EXPECT_CONTINUE_BYTES still asks before it is sent. Both arrive whole,
+    conditional writes included."""
+    small = b"s" * 5000
+    large = b"L" * (storage.EXPECT_CONTINUE_BYTES + 1)
+    base = f"s3://{s3_bucket}/expect"
+    assert storage.write_atomic(f"{base}/small", small, if_absent=True, endpoint_url=proxy.url)
+    assert not storage.write_atomic(f"{base}/small", b"x", if_absent=True,
+                                    endpoint_url=proxy.url)
+    assert storage.write_atomic(f"{base}/large", large, endpoint_url=proxy.url)
+    puts = {r.path.rsplit("/", 1)[-1]: r.headers for r in proxy.log if r.method == "PUT"}
+    assert "expect" not in puts["small"]
+    assert puts["large"].get("expect") == "100-continue"
+    assert storage.read_bytes(f"{base}/small", endpoint_url=proxy.url) == small
+    assert storage.read_bytes(f"{base}/large", endpoint_url=proxy.url) == large
