@@ -1,6 +1,7 @@
 """Object storage: local paths, ``file://`` URIs and ``s3://bucket/prefix`` behind one API.
 
-This is the only module that knows about S3, boto3 and pyarrow.fs; everything else calls it.
+This is the only module that knows about S3, boto3, obstore and pyarrow.fs; everything else
+calls it.
 
 * Endpoint: the ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3`` or
   ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto), honoured by boto3 and pyarrow alike.
@@ -12,7 +13,8 @@ This is the only module that knows about S3, boto3 and pyarrow.fs; everything el
   ``If-Match`` to the version the listing saw.
 * Schemes: ``s3a://`` and ``s3n://`` (Hadoop's names) are the same as ``s3://``.
 * Writes: :func:`write_atomic` never leaves a partial object under the final name (local:
-  temp file + fsync + rename; S3: one PUT, ``If-None-Match: *`` for ``if_absent``).
+  temp file + fsync + rename; S3: one PUT, ``If-None-Match: *`` for ``if_absent``; a small
+  body through obstore, see SMALL_PUT_BYTES).
 * Keys: :func:`join` refuses any part that could escape the root (``..``, absolute paths,
   backslashes, percent-encoded dots, control characters) instead of sanitising it, so two
   different hostile names can never collide onto one key.
@@ -811,6 +813,13 @@ def _write_s3(
     from botocore.exceptions import ClientError
 
     body = bytes(data) if isinstance(data, bytearray | memoryview) else data
+    if isinstance(body, bytes) and len(body) <= SMALL_PUT_BYTES:
+        with _client_lock:
+            store = _small_puts(_endpoint(endpoint_url), bucket, os.getpid())
+        if store is not None:
+            written = _put_small(store, uri, key, body, if_absent, endpoint_url)
+            if written is not None:
+                return written
     if not isinstance(body, bytes) and not body.seekable():
         # botocore hashes and signs the body before sending it, so it must rewind it
         body = body.read()
@@ -836,6 +845,97 @@ def _write_s3(
                     continue
                 raise
     raise AssertionError("unreachable")
+
+
+# Scan outputs are small objects, two a source, PUT by the driver's writer threads. boto3
+# spends ~1 CPU-ms a request in Python (signing, hooks, parsing), holding the GIL that the
+# whole driver shares; obstore (Rust's object_store) sends the same signed PutObject, with
+# If-None-Match for if_absent, in ~0.3 CPU-ms outside the GIL. So a bytes body up to this size
+# goes through obstore; larger or streamed bodies, and every other call, through boto3.
+SMALL_PUT_BYTES = 8 << 20
+
+
+@functools.lru_cache(maxsize=32)
+def _small_puts(endpoint: str | None, bucket: str, pid: int) -> Any:
+    """An obstore S3Store for ``bucket`` on ``endpoint`` with boto3's credentials, region,
+    attempts and timeouts; None where it cannot be made (no credentials: boto3 then says so
+    in its own words). One per process, as for boto3's clients."""
+    from datetime import timedelta
+
+    import boto3
+    from obstore.auth.boto3 import Boto3CredentialProvider
+    from obstore.store import S3Store
+
+    session = boto3.session.Session()
+    try:
+        credentials = Boto3CredentialProvider(session)
+    except ValueError:  # no credentials in the chain
+        return None
+    region = session.region_name
+    if region is None and endpoint is None:
+        # on AWS a bucket answers only in its own region, and object_store (unlike boto3)
+        # does not follow the redirect: ask once where the bucket lives
+        import pyarrow.fs
+
+        try:
+            region = pyarrow.fs.resolve_s3_region(bucket)
+        except OSError:
+            return None  # boto3 reports what is wrong with the bucket
+    attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", 5)))
+    where = {"endpoint": endpoint} if endpoint else {}
+    return S3Store(
+        bucket, region=region or _region(), credential_provider=credentials,
+        # path-style with a custom endpoint or a dotted bucket name, as boto3 addresses them;
+        # `etag`: if_absent is sent as If-None-Match
+        config={"conditional_put": "etag",
+                "virtual_hosted_style_request": not endpoint and "." not in bucket},
+        client_options={"allow_http": bool(endpoint and endpoint.startswith("http://")),
+                        "connect_timeout": "10s", "timeout": "60s"},
+        retry_config={"max_retries": attempts - 1, "retry_timeout": timedelta(seconds=60)},
+        **where,
+    )
+
+
+def _put_small(store: Any, uri: str, key: str, body: bytes, if_absent: bool,
+               endpoint_url: str | None) -> bool | None:
+    """One PutObject through obstore: True written, False (``if_absent``) the key exists;
+    None where obstore cannot name the key as it is (an empty or ``.`` segment, a control
+    character: boto3 writes those). Errors as boto3's are: one scrubbed StorageError line."""
+    import obstore
+    from obstore.exceptions import AlreadyExistsError
+
+    for attempt in range(4):
+        try:
+            obstore.put(store, key, body, mode="create" if if_absent else "overwrite",
+                        use_multipart=False)
+            return True
+        except Exception as e:  # noqa: BLE001 - obstore raises builtins and its own classes
+            text = str(e)
+            if isinstance(e, ValueError) and "parse path" in text:
+                return None
+            if if_absent and "status code: 409" in text:
+                # AWS: another conditional PUT to the key is in flight
+                # (ConditionalRequestConflict), retry; object_store calls it AlreadyExists. A
+                # retry gets 412 if that PUT succeeded, or wins if it failed
+                if attempt < 3:
+                    time.sleep(0.1 * 2**attempt)
+                    continue
+            elif isinstance(e, AlreadyExistsError):
+                return False  # 412: another writer won
+            raise _error(_obstore_message(uri, text, endpoint_url)) from None
+    raise AssertionError("unreachable")
+
+
+def _obstore_message(uri: str, text: str, endpoint_url: str | None) -> str:
+    """obstore's many-line message as one line, worded as boto3's errors are."""
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    status = re.search(r"status code: (\d{3})", text)
+    if code or status:
+        key = code.group(1) if code else status.group(1)  # type: ignore[union-attr]
+        hint = _S3_HINTS.get(key) or _S3_HINTS.get(status.group(1) if status else "") or key
+        return f"S3 error on {uri}: {hint} [{key}]"
+    first = text.strip().splitlines()[0] if text.strip() else type(text).__name__
+    return f"S3 request for {uri} at {_endpoint(endpoint_url) or 'AWS'} failed: {first}"
 
 
 def delete(uri: str, *, endpoint_url: str | None = None) -> None:
@@ -950,30 +1050,9 @@ def _s3_client(endpoint: str | None, pid: int, reads: S3Reads | None = None) -> 
             max_pool_connections=16,
         )
     session = boto3.session.Session()
-    client = session.client(
+    return session.client(
         "s3", endpoint_url=endpoint, region_name=session.region_name or _region(), config=config
     )
-    from botocore.handlers import add_expect_header
-
-    client.meta.events.unregister("before-call.s3", add_expect_header)
-    client.meta.events.register("before-call.s3", _expect_large_bodies)
-    return client
-
-
-# botocore asks for "Expect: 100-continue" on every PUT with a body: a round trip before the
-# body is sent, so that a refused upload (denied, precondition failed) is not sent whole. For
-# a small body the round trip costs more than sending it (scan outputs are a few KB to a few
-# MB), so it is asked for only above this size.
-EXPECT_CONTINUE_BYTES = 8 << 20
-
-
-def _expect_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
-    from botocore.handlers import add_expect_header
-    from botocore.utils import determine_content_length
-
-    length = determine_content_length(params.get("body"))
-    if length is None or length > EXPECT_CONTINUE_BYTES:
-        add_expect_header(model, params, **kwargs)
 
 
 def _code(e: Exception) -> str:

@@ -7,6 +7,8 @@ unless a rule says otherwise. A rule matches requests (``Rule.match``) and does 
 * ``"stall-body"``: send the status, the headers and half of the body, then hold;
 * ``"reset"``: close the connection with a TCP reset, no answer;
 * ``"throttle"``: answer ``503 SlowDown`` without asking moto;
+* ``"conflict"``: answer ``409 ConditionalRequestConflict`` without asking moto (what AWS says
+  to a conditional PUT while another one to the key is in flight; moto never does);
 * ``"delay"``: wait ``Rule.delay_s`` before forwarding.
 
 Rules see every request, PUTs included (the proxy answers ``Expect: 100-continue`` itself).
@@ -30,6 +32,10 @@ from urllib.parse import unquote, urlsplit
 SLOW_DOWN = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
     b"<Message>Please reduce your request rate.</Message></Error>"
+)
+CONFLICT = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ConditionalRequestConflict</Code>"
+    b"<Message>A conflicting operation occurred. Please retry.</Message></Error>"
 )
 
 
@@ -56,7 +62,7 @@ class Rule:
     most ``times`` (None: every one) get the action."""
 
     match: Callable[[Request], bool]
-    action: str  # stall | stall-body | reset | throttle | delay
+    action: str  # stall | stall-body | reset | throttle | conflict | delay
     times: int | None = None
     skip: int = 0
     delay_s: float = 0.0
@@ -171,11 +177,12 @@ class FaultyProxy:
                 if action == "stall":
                     self._hold(client)
                     return
-                if action == "throttle":
+                if action in ("throttle", "conflict"):
+                    status, body = ((b"503 Slow Down", SLOW_DOWN) if action == "throttle"
+                                    else (b"409 Conflict", CONFLICT))
                     client.sendall(
-                        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-                        b"Content-Length: " + str(len(SLOW_DOWN)).encode() + b"\r\n\r\n"
-                        + SLOW_DOWN
+                        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
                     )
                     continue
                 if action == "delay":

@@ -340,11 +340,11 @@ def test_a_failed_output_or_error_row_write_is_reported_and_redone_by_the_next_r
 def test_small_puts_send_their_body_at_once_and_large_ones_ask_first(
     proxy: FaultyProxy, s3_bucket: str
 ) -> None:
-    """A scan output (a few KB) goes in one round trip, without ``Expect: 100-continue``; a
-    body above storage.EXPECT_CONTINUE_BYTES still asks before it is sent. Both arrive whole,
-    conditional writes included."""
+    """A scan output (a few KB) goes in one round trip through obstore, without ``Expect:
+    100-continue``; a body above storage.SMALL_PUT_BYTES goes through boto3, which asks before
+    it sends it. Both arrive whole, conditional writes included."""
     small = b"s" * 5000
-    large = b"L" * (storage.EXPECT_CONTINUE_BYTES + 1)
+    large = b"L" * (storage.SMALL_PUT_BYTES + 1)
     base = f"s3://{s3_bucket}/expect"
     assert storage.write_atomic(f"{base}/small", small, if_absent=True, endpoint_url=proxy.url)
     assert not storage.write_atomic(f"{base}/small", b"x", if_absent=True,

@@ -40,11 +40,11 @@ TREE = {  # relative path -> content (sizes differ so a size mix-up shows)
 @pytest.fixture
 def fresh_clients() -> Iterator[None]:
     """Drop cached clients before and after a test that changes the AWS environment."""
-    storage._s3_client.cache_clear()
-    storage._arrow_s3.cache_clear()
+    for cache in (storage._s3_client, storage._arrow_s3, storage._small_puts):
+        cache.cache_clear()
     yield
-    storage._s3_client.cache_clear()
-    storage._arrow_s3.cache_clear()
+    for cache in (storage._s3_client, storage._arrow_s3, storage._small_puts):
+        cache.cache_clear()
 
 
 @pytest.fixture(params=["local", "file", "s3"])
@@ -414,43 +414,27 @@ def test_if_absent_exactly_one_writer_wins(root: tuple[str, str | None]) -> None
     assert storage.list_files(storage.join(base, "race"), endpoint_url=ep) == [key]
 
 
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self) -> Iterator[bytes]:
-        yield self.data
-
-
+@pytest.mark.parametrize("size", [5000, storage.SMALL_PUT_BYTES + 1], ids=["small", "large"])
 def test_s3_if_absent_retries_a_conditional_conflict(
-    s3_endpoint: str, s3_bucket: str, fresh_clients: None
+    s3_endpoint: str, s3_bucket: str, fresh_clients: None, size: int
 ) -> None:
     """AWS answers 409 ConditionalRequestConflict while another conditional PUT to the key is
-    in flight and asks the client to retry. moto never does, so the first PUT of each call
-    here gets a made-up 409 (the only fake in this file); the retry reaches moto."""
-    from botocore.awsrequest import AWSResponse
+    in flight and asks the client to retry. moto never does, so a proxy in front of it answers
+    the first conditional PUT of each call with a 409; the retry reaches moto. Small bodies
+    (obstore) and large ones (boto3) alike."""
+    from s3proxy import FaultyProxy, Rule
 
-    conflicts = []
-
-    def conflict_once(request: object, **_: object) -> AWSResponse | None:
-        if len(conflicts) % 2 == 0:
-            conflicts.append(request)
-            body = (b"<Error><Code>ConditionalRequestConflict</Code>"
-                    b"<Message>in flight</Message></Error>")
-            return AWSResponse(s3_endpoint, 409, {}, _Body(body))
-        conflicts.append(None)
-        return None  # send it for real
-
-    events = storage._s3(s3_endpoint).meta.events
-    events.register("before-send.s3.PutObject", conflict_once)
-    try:
+    first, second = b"1" * size, b"2" * size
+    with FaultyProxy(s3_endpoint) as proxy:
+        rule = proxy.add(Rule(lambda r: r.method == "PUT" and "if-none-match" in r.headers,
+                              "conflict", times=1))
         uri = f"s3://{s3_bucket}/conflict.parquet"
-        assert storage.write_atomic(uri, b"first", if_absent=True, endpoint_url=s3_endpoint)
-        assert not storage.write_atomic(uri, b"second", if_absent=True, endpoint_url=s3_endpoint)
-    finally:
-        events.unregister("before-send.s3.PutObject", conflict_once)
-    assert len(conflicts) == 4  # each call: one 409, one real PUT (201 then 412)
-    assert storage.read_bytes(uri, endpoint_url=s3_endpoint) == b"first"
+        assert storage.write_atomic(uri, first, if_absent=True, endpoint_url=proxy.url)
+        rule.fired = 0
+        assert not storage.write_atomic(uri, second, if_absent=True, endpoint_url=proxy.url)
+        puts = [r.action for r in proxy.log if r.method == "PUT"]
+    assert puts == ["conflict", "forward", "conflict", "forward"]  # 409, 200; 409, 412
+    assert storage.read_bytes(uri, endpoint_url=s3_endpoint) == first
 
 
 def test_exists_read_list_delete_round_trip(root: tuple[str, str | None]) -> None:
