@@ -868,7 +868,9 @@ def _small_puts(endpoint: str | None, bucket: str, pid: int) -> Any:
 
     session = boto3.session.Session()
     try:
-        credentials = Boto3CredentialProvider(session)
+        # botocore hands out credentials with at least 10 minutes left; a 5-minute cache of
+        # them never outlives them (obstore caches for 30 minutes unless told)
+        credentials = Boto3CredentialProvider(session, ttl=timedelta(minutes=5))
     except ValueError:  # no credentials in the chain
         return None
     region = session.region_name
