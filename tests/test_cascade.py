@@ -149,6 +149,9 @@ def test_model_file_screen_is_checked(footage: dict[str, Path], tmp_path: Path) 
         lambda d: d["video"]["features"].pop(),
         lambda d: d.pop("target_recall"),
         lambda d: d.__setitem__("format", 99),
+        lambda d: d.__setitem__("per_class", "yes"),
+        lambda d: d["positives_by_class"].__setitem__("arrest", -1),
+        lambda d: d["av"]["val_recall_by_class"].__setitem__("arrest", float("inf")),
     ):
         d = json.loads(json.dumps(good))
         broken(d)
@@ -208,3 +211,65 @@ def test_bench_cascade_truth_follows_the_linked_recordings(tmp_path: Path) -> No
     with pytest.raises(RuntimeError, match="no ground-truth event"):
         cascade._match(tmp_path / "no-out", groups["audio"][1],
                        {"model_id": "m", "sources": ["/elsewhere/a.mp4"]})
+
+
+def test_per_class_threshold_keeps_a_quiet_class() -> None:
+    """Pooled, a class whose windows all score low is given up while the loud class keeps the
+    pooled recall; per class, the threshold drops until the quiet class is covered too."""
+    loud = np.r_[np.full(30, 0.9), np.zeros(10)]  # 30 loud positive windows, 10 calm ones
+    quiet = np.array([0.0, 0.2, 0.0, 0.0, 0.0])  # one quiet positive window among calm ones
+    scores = [loud, quiet]
+    labels = [np.r_[np.ones(30), np.zeros(10)], np.array([0, 2, 0, 0, 0])]
+    assert scr.threshold_for_recall(scores, labels, 0.95, 0) == 0.9  # 30 of 31 = 0.968
+    assert scr.threshold_for_recall(scores, labels, 0.95, 0, per_class=True) == 0.2
+    # per class balanced weights: each class counts half of the positives' half
+    w = scr._balanced_weights(np.r_[labels[0], labels[1]])
+    y = np.r_[labels[0], labels[1]]
+    assert w[y == 0].sum() == pytest.approx(len(y) / 2)
+    assert w[y == 1].sum() == pytest.approx(w[y == 2].sum()) == pytest.approx(len(y) / 4)
+
+
+def test_window_classes_take_the_most_overlapping_interval() -> None:
+    starts = np.arange(6) * 2.0
+    ends = starts + 2.0
+    # class 3 covers window 1 whole; window 2 is 0.5 class 3 + 0.25 class 5 (positive, 3);
+    # window 3 is 0.75 class 5; window 4 is 0.25 class 5 (negative)
+    got = scr.window_classes(starts, ends, [(2.0, 5.0, 3), (5.5, 8.5, 5)])
+    assert got.tolist() == [0, 3, 3, 5, 0, 0]
+    assert ((got > 0) == (scr.window_labels(starts, ends, [(2.0, 5.0), (5.5, 8.5)]) > 0)).all()
+
+
+def test_calibrate_on_several_tables_records_what_it_learnt_from(
+    footage: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two interval tables (the ci ground truth split by camera) make one screen; the model
+    file records both tables, the positive windows of each class, and per head the held-out
+    recall of each class, each at least the target (per class)."""
+    from avrl_batch.data.synth import resolve_uri
+    from avrl_batch.modelfile import load_model
+    from avrl_batch.train.calibrate import calibrate, summary
+
+    gt_path = footage["data"] / "ground_truth.parquet"
+    rows = pq.read_table(gt_path).to_pylist()
+    for r in rows:  # absolute: the tables are written elsewhere
+        r["source_uri"] = resolve_uri(gt_path, r["source_uri"])
+    tables = []
+    for name, keep in (("a", lambda r: r["camera"] == "cam01"),
+                       ("b", lambda r: r["camera"] != "cam01")):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pylist([r for r in rows if keep(r)]), path)
+        tables.append(str(path))
+    out = tmp_path / "m.avrl"
+    screen = calibrate(str(footage["plain"]), tables, str(out), recall=0.9, margin_windows=1)
+    stored = load_model(out).screen
+    assert stored == screen and stored.per_class
+    assert stored.trained_on == ", ".join(tables) and stored.recordings == 3
+    labels = {r["label"] for r in rows}
+    assert set(stored.positives_by_class) <= labels
+    assert sum(stored.positives_by_class.values()) == stored.positives > 0
+    for head in (stored.video, stored.av):
+        assert set(head.val_recall_by_class) == set(head.val_positives_by_class)
+        assert all(v >= 0.9 for v in head.val_recall_by_class.values())
+    assert summary(stored)["heads"]["av"]["val_recall_by_class"].keys() == \
+        stored.av.val_recall_by_class.keys()
+

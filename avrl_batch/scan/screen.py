@@ -16,7 +16,9 @@ time, so the median is the calm level of that camera, whatever its resolution, b
 microphone gain), and each window also sees the larger of its two neighbours' values.
 A recording without audio is screened by the video-only head; one with audio by the
 audio-visual head. Each head's threshold is set on held-out windows for a target recall of
-the windows that overlap a labelled anomaly (:func:`calibrate`).
+the windows that overlap a labelled anomaly — by default of each anomaly class's windows on
+their own, so that a quiet class (an arrest: little motion, a whistle) is not outvoted by the
+loud ones (``train/calibrate.calibrate``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-SCREEN_FORMAT = 1
+SCREEN_FORMAT = 2  # 2: per-class recall, and what each class was calibrated on
 KEY_BLOCK = 16  # px: keyframe thumbnails are means over KEY_BLOCK x KEY_BLOCK blocks
 AUDIO_BANDS = 8  # groups of the 64 log-mel bands
 PACKET_BASE = ("inter_bytes", "inter_mean", "inter_max", "inter_spread", "key_bytes")
@@ -321,6 +323,9 @@ class ScreenHead:
     val_positives: int
     val_recall: float  # share of positive windows among the candidates (margin included)
     val_pass_share: float  # share of all windows that are candidates (what the model sees)
+    # the same recall, and the positive windows, per anomaly class
+    val_recall_by_class: dict[str, float]
+    val_positives_by_class: dict[str, int]
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """(N, F) features -> (N,) probability that the window overlaps an anomaly."""
@@ -335,14 +340,16 @@ class Screen:
     format: int
     window_s: float  # the windows it was trained on (the model's)
     target_recall: float
+    per_class: bool  # target_recall held by each anomaly class's windows, not only pooled
     margin_windows: int
     positive_overlap: float
     video: ScreenHead  # recordings without audio
     av: ScreenHead | None  # recordings with audio; None when the data had none
-    trained_on: str  # the intervals table
+    trained_on: str  # the intervals tables, separated by ", "
     recordings: int
     windows: int
     positives: int
+    positives_by_class: dict[str, int]  # positive windows of each anomaly class
 
     def scores(self, feats: WindowFeatures) -> tuple[str, np.ndarray]:
         """(head used, (N,) screen scores): the audio-visual head where the file has audio."""
@@ -374,6 +381,9 @@ class Screen:
                 raise ValueError(f"screen {k} must be a count")
         if not isinstance(d["trained_on"], str):
             raise ValueError("screen trained_on must be a string")
+        if not isinstance(d["per_class"], bool):
+            raise ValueError("screen per_class must be true or false")
+        _counts(d["positives_by_class"], "positives_by_class")
         video = _head(d["video"], VIDEO_FEATURES, "video")
         av_head = None if d["av"] is None else _head(d["av"], AV_FEATURES, "av")
         return cls(**{**d, "video": video, "av": av_head})
@@ -402,7 +412,21 @@ def _head(d: Any, names: tuple[str, ...], what: str) -> ScreenHead:
     for k in ("val_windows", "val_positives"):
         if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0:
             raise ValueError(f"screen {what} {k} must be a count")
+    _counts(d["val_positives_by_class"], f"{what} val_positives_by_class")
+    by_class = d["val_recall_by_class"]
+    if not isinstance(by_class, dict) or not all(isinstance(k, str) for k in by_class):
+        raise ValueError(f"screen {what} val_recall_by_class must map class names to numbers")
+    for k, v in by_class.items():
+        _finite(v, f"{what} val_recall_by_class {k}")
     return ScreenHead(**{**d, "features": names, **vec})
+
+
+def _counts(d: Any, what: str) -> None:
+    if not isinstance(d, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in d.items()
+    ):
+        raise ValueError(f"screen {what} must map class names to counts")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -413,14 +437,17 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = L2) -> tuple[np.nd
                                                                             np.ndarray, np.ndarray]:
     """Class-balanced L2 logistic regression by Newton's method on standardised features.
 
+    ``y`` (N,): 0 for a negative window, else the positive window's anomaly class (any
+    positive number; all 1 when classes are not told apart). Negatives and positives weigh
+    half each, and the positives' half is shared equally by their classes, so a class with
+    few windows counts as much as a frequent one.
     Returns (weights (F,), bias, mean (F,), scale (F,))."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])  # (N, F+1): bias column last
-    pos = max(int(y.sum()), 1)
-    neg = max(len(y) - int(y.sum()), 1)
-    sw = np.where(y > 0, len(y) / (2 * pos), len(y) / (2 * neg))  # (N,) balanced weights
+    sw = _balanced_weights(y)  # (N,)
+    y = (y > 0).astype(np.float64)
     w = np.zeros(z.shape[1])
     reg = np.full(z.shape[1], l2 * len(y))
     reg[-1] = 0.0  # no penalty on the bias
@@ -435,33 +462,55 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = L2) -> tuple[np.nd
     return w[:-1], float(w[-1]), mean, scale
 
 
+def _balanced_weights(y: np.ndarray) -> np.ndarray:
+    """(N,) sample weights of ``fit_logistic``: negatives N/2 in all, each positive class
+    N / (2 * classes) in all."""
+    w = np.zeros(len(y))
+    neg = y <= 0
+    w[neg] = len(y) / (2 * max(int(neg.sum()), 1))
+    classes = np.unique(y[~neg])
+    for c in classes:
+        at = y == c
+        w[at] = len(y) / (2 * len(classes) * int(at.sum()))
+    return w
+
+
 def threshold_for_recall(
-    scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], recall: float, margin: int
+    scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], recall: float, margin: int,
+    *, per_class: bool = False,
 ) -> float:
     """The largest threshold at which the candidates (scores >= it, widened by ``margin``
     windows: what a cascade scan decodes) still cover ``recall`` of the positive windows of
-    these recordings (per-recording (N,) scores and labels)."""
-    npos = sum(int((y > 0).sum()) for y in labels)
-    if not npos:
+    these recordings (per-recording (N,) scores and labels: 0 negative, else the window's
+    class); ``per_class``: ``recall`` of each class's positive windows."""
+    y_all = np.concatenate(labels) if labels else np.zeros(0)
+    groups = np.unique(y_all[y_all > 0]) if per_class else np.array([])
+    need = (  # (G,) positives each group must keep: every class, or all positives pooled
+        np.array([(y_all == c).sum() for c in groups]) if per_class
+        else np.array([(y_all > 0).sum()])
+    ) * recall - 1e-9
+    if not (y_all > 0).any():
         return 0.0
     levels = np.unique(np.concatenate([s[y > 0] for s, y in zip(scores, labels, strict=True)]))
     for thr in levels[::-1]:  # from the highest: the first that covers enough is the largest
-        covered = sum(
-            int(candidates(s, float(thr), margin)[y > 0].sum())
-            for s, y in zip(scores, labels, strict=True)
+        hit = np.concatenate([candidates(s, float(thr), margin) for s in scores])
+        covered = (
+            np.array([(hit & (y_all == c)).sum() for c in groups]) if per_class
+            else np.array([(hit & (y_all > 0)).sum()])
         )
-        if covered >= recall * npos - 1e-9:
+        if (covered >= need).all():
             return float(thr)
     return float(levels[0])
 
 
 def train_head(
     xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], names: tuple[str, ...], recall: float,
-    margin: int,
+    margin: int, *, class_names: Sequence[str] = ("anomaly",), per_class: bool = False,
 ) -> ScreenHead:
-    """A head from per-recording (features, labels): out-of-fold scores over CV_FOLDS
-    contiguous parts of every recording set the threshold; the weights are then fitted on
-    all of them."""
+    """A head from per-recording (features, labels: 0 negative, k the class
+    ``class_names[k - 1]``): out-of-fold scores over CV_FOLDS contiguous parts of every
+    recording set the threshold (``per_class``: ``recall`` of each class); the weights are
+    then fitted on all of them."""
     folds = [np.minimum((np.arange(len(y)) * CV_FOLDS) // max(len(y), 1), CV_FOLDS - 1)
              for y in ys]
     x_all, y_all, f_all = np.vstack(xs), np.concatenate(ys), np.concatenate(folds)
@@ -474,11 +523,12 @@ def train_head(
         oof[test] = _sigmoid(((x_all[test] - m) / s) @ w + b)
     bounds = np.cumsum([0, *(len(y) for y in ys)])
     per_rec = [oof[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    thr = threshold_for_recall(per_rec, ys, recall, margin)
+    thr = threshold_for_recall(per_rec, ys, recall, margin, per_class=per_class)
     w, b, m, s = fit_logistic(x_all, y_all)
     masks = [candidates(sc, thr, margin) for sc in per_rec]
     passed = np.concatenate(masks) if masks else np.zeros(0, bool)
     npos = int((y_all > 0).sum())
+    present = [(k, name) for k, name in enumerate(class_names, start=1) if (y_all == k).any()]
     return ScreenHead(
         features=names,
         mean=tuple(map(float, m)),
@@ -490,6 +540,8 @@ def train_head(
         val_positives=npos,
         val_recall=float(passed[y_all > 0].mean()) if npos else 0.0,
         val_pass_share=float(passed.mean()) if len(passed) else 0.0,
+        val_recall_by_class={name: float(passed[y_all == k].mean()) for k, name in present},
+        val_positives_by_class={name: int((y_all == k).sum()) for k, name in present},
     )
 
 
@@ -502,6 +554,22 @@ def window_labels(
         overlap += np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0, None)
     length = np.maximum(ends - starts, 1e-9)
     return (overlap / length >= POSITIVE_OVERLAP).astype(np.float64)
+
+
+def window_classes(
+    starts: np.ndarray, ends: np.ndarray, intervals: Iterable[tuple[float, float, int]]
+) -> np.ndarray:
+    """(N,) int: 0 where ``window_labels`` gives 0, else the class (>= 1) of the interval
+    (start, end, class) that overlaps the window most."""
+    spans = list(intervals)
+    positive = window_labels(starts, ends, [(a, b) for a, b, _ in spans]) > 0
+    best = np.zeros(len(starts))
+    out = np.zeros(len(starts), np.int64)
+    for a, b, k in spans:
+        overlap = np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0, None)
+        more = overlap > best
+        out[more], best[more] = k, overlap[more]
+    return np.where(positive, out, 0)
 
 
 def candidates(scores: np.ndarray, threshold: float, margin: int) -> np.ndarray:
