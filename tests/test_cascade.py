@@ -273,3 +273,17 @@ def test_calibrate_on_several_tables_records_what_it_learnt_from(
     assert summary(stored)["heads"]["av"]["val_recall_by_class"].keys() == \
         stored.av.val_recall_by_class.keys()
 
+
+def test_bench_cascade_refuses_calibrating_on_the_measured_footage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avrl_batch.cli import main
+
+    for args, msg in ((["--calib-seeds", "2,0"], "not the measured footage's seed 0"),
+                      (["--minutes", "0"], "--minutes must be a positive")):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "cascade", str(tmp_path / "m.avrl"), "--work", str(tmp_path / "w"),
+                  *args])
+        assert exc.value.code == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before any footage is made
