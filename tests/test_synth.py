@@ -269,3 +269,20 @@ def test_minutes_and_workers_make_the_same_longer_recordings(tmp_path: Path) -> 
     assert sorted(counts.values()) == [per_rec] * (p.cameras + 1)
     with pytest.raises(ConfigError, match="--minutes must be a positive"):
         generate(tmp_path / "bad", "ci", clips=False, minutes=0.0)
+
+
+def test_synth_cli_writes_recordings_in_worker_processes(tmp_path: Path) -> None:
+    """`python -m avrl_batch synth --workers 2`: the spawned writers import the CLI's
+    ``__main__`` module without running the command again."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    done = subprocess.run(
+        [sys.executable, "-m", "avrl_batch", "synth", str(out), "--preset", "ci", "--no-clips",
+         "--minutes", "0.25", "--workers", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("recordings: 3") == 1  # printed once: by the parent only
+    assert len(list((out / "recordings").rglob("*.mp4"))) == 3
