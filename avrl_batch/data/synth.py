@@ -86,8 +86,9 @@ SYNTH_PRESETS: dict[str, SynthPreset] = {
     "paper-size": SynthPreset("paper-size", 320, 240, 25, 4.0, 10, 5, 0.3, 2, 5.0, 6, 2.0, 48_000),
     # `avrl bench cascade`: recordings only (no clips), 720p 25 fps, a keyframe every 2 s,
     # sensor noise, ~5 % of the time inside events (2 events of <= 6 s per 3 minutes); two
-    # cameras with audio and one without. 3 minutes a camera: a 720p frame takes ~35 ms to
-    # make here, so a set is ~7 minutes to write on one core
+    # cameras with audio and one without. 3 minutes a camera (`--minutes` for longer): a 720p
+    # frame takes ~17 ms to make and encode on one core here (x264 most of it), so a set is
+    # ~2.5 minutes to write on one core, half that with `--workers 2`
     "cascade": SynthPreset(
         "cascade", 1280, 720, 25, 2.0, 0, 0, 0.0, 2, 3.0, 2, 3.0, 48_000, max_event_s=6.0,
         noise_bank=25,
