@@ -150,6 +150,8 @@ def test_model_file_screen_is_checked(footage: dict[str, Path], tmp_path: Path) 
         lambda d: d.pop("target_recall"),
         lambda d: d.__setitem__("format", 99),
         lambda d: d.__setitem__("per_class", "yes"),
+        lambda d: d.__setitem__("recall_of", "frames"),
+        lambda d: d["video"].__setitem__("val_events", -2),
         lambda d: d["positives_by_class"].__setitem__("arrest", -1),
         lambda d: d["av"]["val_recall_by_class"].__setitem__("arrest", float("inf")),
     ):
@@ -229,6 +231,21 @@ def test_per_class_threshold_keeps_a_quiet_class() -> None:
     assert w[y == 1].sum() == pytest.approx(w[y == 2].sum()) == pytest.approx(len(y) / 4)
 
 
+def test_event_recall_counts_an_event_once_any_window_is_a_candidate() -> None:
+    """Of events, a threshold need only reach each event's best window: an event whose
+    other windows carry no cue (a knockdown lying still after the thud) is still seen."""
+    scores = [np.array([0.0, 0.8, 0.05, 0.0, 0.0, 0.0, 0.6, 0.1, 0.0, 0.0])]
+    labels = [np.array([0, 1, 1, 0, 0, 0, 2, 2, 0, 0])]
+    events = [np.array([0, 1, 1, 0, 0, 0, 2, 2, 0, 0])]
+    assert scr.threshold_for_recall(scores, labels, 1.0, 0) == 0.05  # every window
+    assert scr.threshold_for_recall(scores, labels, 1.0, 0, events=events) == 0.6
+    assert scr.threshold_for_recall(scores, labels, 1.0, 0, events=events,
+                                    per_class=True) == 0.6
+    head = scr.train_head([np.c_[scores[0]]], labels, ("f",), 1.0, 0, events=events,
+                          recall_of_events=True, class_names=("a", "b"))
+    assert head.val_events == 2 and set(head.val_positives_by_class.values()) == {1}
+
+
 def test_window_classes_take_the_most_overlapping_interval() -> None:
     starts = np.arange(6) * 2.0
     ends = starts + 2.0
@@ -236,6 +253,8 @@ def test_window_classes_take_the_most_overlapping_interval() -> None:
     # window 3 is 0.75 class 5; window 4 is 0.25 class 5 (negative)
     got = scr.window_classes(starts, ends, [(2.0, 5.0, 3), (5.5, 8.5, 5)])
     assert got.tolist() == [0, 3, 3, 5, 0, 0]
+    assert scr.window_events(starts, ends, [(2.0, 5.0), (5.5, 8.5)]).tolist() == [
+        0, 1, 1, 2, 0, 0]
     assert ((got > 0) == (scr.window_labels(starts, ends, [(2.0, 5.0), (5.5, 8.5)]) > 0)).all()
 
 
@@ -262,7 +281,8 @@ def test_calibrate_on_several_tables_records_what_it_learnt_from(
     out = tmp_path / "m.avrl"
     screen = calibrate(str(footage["plain"]), tables, str(out), recall=0.9, margin_windows=1)
     stored = load_model(out).screen
-    assert stored == screen and stored.per_class
+    assert stored == screen and stored.per_class and stored.recall_of == "events"
+    assert sum(stored.events_by_class.values()) == len(rows)  # one event per table row
     assert stored.trained_on == ", ".join(tables) and stored.recordings == 3
     labels = {r["label"] for r in rows}
     assert set(stored.positives_by_class) <= labels

@@ -110,6 +110,7 @@ def bench_cascade(
     recall: float = 0.97,
     margin: int = 1,
     per_class: bool = True,
+    recall_of: str = "events",
     workers: int = 2,
     runs: int = 1,
 ) -> dict[str, Any]:
@@ -137,7 +138,7 @@ def bench_cascade(
         calib.append(str(folder / "ground_truth.parquet"))
     screened_model = work / "model-screen.avrl"
     screen = calibrate(str(model), calib, str(screened_model), recall=recall,
-                       margin_windows=margin, per_class=per_class)
+                       margin_windows=margin, per_class=per_class, recall_of=recall_of)
     groups = _camera_folders(footage, work, seed, minutes)
     figures: dict[str, Any] = {}
     for group, (folder, truth) in groups.items():

@@ -345,6 +345,8 @@ def cascade_cmd(
     recall: float = typer.Option(0.97, "--recall", help="the screen's target window recall"),
     per_class: bool = typer.Option(True, "--per-class/--pooled",
                                    help="the target recall for each anomaly class, or pooled"),
+    recall_of: str = typer.Option("events", "--recall-of",
+                                  help="what the target recall counts: events or windows"),
     margin: int = typer.Option(1, "--margin", help="windows decoded each side of a candidate"),
     workers: int = typer.Option(2, "--workers", min=1,
                                 help="scan decode workers, and processes making footage"),
@@ -356,8 +358,8 @@ def cascade_cmd(
     of the time in events, one camera without audio): footage per CPU-second, event recall
     and precision against the ground truth, side by side in one run.
 
-    Footage is made once under --work (about 11 ms a 720p frame on one core: 3 recordings of
-    10 minutes take ~5 minutes with 2 workers).
+    Footage is made once under --work (~15 ms a 720p frame on one core, most of it x264:
+    3 recordings of 10 minutes take ~7 minutes with 2 workers).
 
     Example: avrl bench cascade run/model.avrl --json
 
@@ -368,7 +370,8 @@ def cascade_cmd(
     doc = cascade.bench_cascade(
         model, work=work, seed=seed, minutes=minutes,
         calib_seeds=_ints(calib_seeds, "--calib-seeds", minimum=0),
-        calib_minutes=calib_minutes, recall=recall, per_class=per_class, margin=margin,
+        calib_minutes=calib_minutes, recall=recall, per_class=per_class, recall_of=recall_of,
+        margin=margin,
         workers=workers, runs=runs,
     )
     _emit(doc, as_json, cascade.table(doc), save)

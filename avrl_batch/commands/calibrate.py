@@ -23,8 +23,12 @@ def calibrate_cmd(
     ),
     margin: int = typer.Option(1, help="windows decoded fully each side of a candidate"),
     per_class: bool = typer.Option(
-        True, "--per-class/--pooled", help="--recall of each anomaly class's windows "
-        "(default), or of all anomaly windows pooled"
+        True, "--per-class/--pooled", help="--recall of each anomaly class (default), or of "
+        "all anomalies pooled"
+    ),
+    recall_of: str = typer.Option(
+        "events", "--recall-of", help="events (one counts when any of its windows is a "
+        "candidate) or windows"
     ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of lines"),
     endpoint_url: EndpointUrl = None,
@@ -41,7 +45,7 @@ def calibrate_cmd(
 
     screen = calibrate(
         model, data, out, recall=recall, margin_windows=margin, per_class=per_class,
-        endpoint_url=endpoint_url,
+        recall_of=recall_of, endpoint_url=endpoint_url,
         progress=None if as_json else typer.echo,
     )
     doc = {"model_file": out, **summary(screen)}
@@ -58,5 +62,6 @@ def calibrate_cmd(
             f"{h['val_pass_share']:.1%} of {h['val_windows']} windows"
         )
         by_class = ", ".join(f"{k} {v:.2f}" for k, v in h["val_recall_by_class"].items())
-        typer.echo(f"      held-out recall by class: {by_class}")
+        typer.echo(f"      held-out recall of {doc['recall_of']} by class: {by_class}; "
+                   f"{h['val_event_recall']:.3f} of {h['val_events']} events")
     typer.echo(f"wrote {out}")

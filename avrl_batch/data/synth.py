@@ -87,8 +87,8 @@ SYNTH_PRESETS: dict[str, SynthPreset] = {
     # `avrl bench cascade`: recordings only (no clips), 720p 25 fps, a keyframe every 2 s,
     # sensor noise, ~5 % of the time inside events (2 events of <= 6 s per 3 minutes); two
     # cameras with audio and one without. 3 minutes a camera (`--minutes` for longer): a 720p
-    # frame takes ~17 ms to make and encode on one core here (x264 most of it), so a set is
-    # ~2.5 minutes to write on one core, half that with `--workers 2`
+    # frame takes ~15 ms to make and encode on one core here (x264 most of it), so a set is
+    # ~2.5 minutes to write on one core, less with `--workers 2`
     "cascade": SynthPreset(
         "cascade", 1280, 720, 25, 2.0, 0, 0, 0.0, 2, 3.0, 2, 3.0, 48_000, max_event_s=6.0,
         noise_bank=25,

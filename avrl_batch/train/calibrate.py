@@ -31,6 +31,7 @@ def calibrate(
     recall: float = scr.DEFAULT_RECALL,
     margin_windows: int = scr.DEFAULT_MARGIN_WINDOWS,
     per_class: bool = True,
+    recall_of: str = "events",
     endpoint_url: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> scr.Screen:
@@ -43,6 +44,9 @@ def calibrate(
         raise DataError(f"--recall must lie in (0, 1], got {recall}")
     if margin_windows < 0:
         raise DataError(f"--margin must be >= 0 windows, got {margin_windows}")
+    if recall_of not in scr.RECALL_OF:
+        raise DataError(f"--recall-of must be one of {', '.join(scr.RECALL_OF)}, got "
+                        f"{recall_of!r}")
     tables = [data_uri] if isinstance(data_uri, str) else list(data_uri)
     if not tables:
         raise DataError("calibrate needs at least one interval table")
@@ -52,17 +56,24 @@ def calibrate(
     anomaly = tuple(sorted(c for c in classes.names if classes.is_anomaly(c)))
     window_s = float(loaded.cfg.window_s)
     by_source = _spans_by_source(tables, anomaly, endpoint_url)
-    video_x, video_y, av_x, av_y = [], [], [], []
+    video_x, video_y, video_e, av_x, av_y, av_e = [], [], [], [], [], []
+    events_by_class: dict[str, int] = {}
     for k, (source, spans) in enumerate(sorted(by_source.items()), start=1):
         duration = clip_duration(source, endpoint_url)
         feats = _features(source, duration, window_s, endpoint_url)
         y = scr.window_classes(feats.start_s, feats.end_s, spans)  # (N,) 0 or class k
+        ev = scr.window_events(feats.start_s, feats.end_s, [(a, b) for a, b, _ in spans])
+        for e in np.unique(ev[ev > 0]):
+            name = anomaly[spans[e - 1][2] - 1]
+            events_by_class[name] = events_by_class.get(name, 0) + 1
         assert feats.video is not None  # keyframes=True
         video_x.append(feats.video)
         video_y.append(y)
+        video_e.append(ev)
         if feats.av is not None:
             av_x.append(feats.av)
             av_y.append(y)
+            av_e.append(ev)
         if progress is not None:
             progress(f"{k}/{len(by_source)} {source}: {len(y)} windows, "
                      f"{int((y > 0).sum())} positive")
@@ -73,17 +84,19 @@ def calibrate(
             f"{', '.join(tables)}: no window overlaps an interval of the model's anomaly "
             f"classes ({', '.join(classes.anomaly)}); the screen needs some to learn from"
         )
-    head = dict(recall=recall, margin=margin_windows, class_names=anomaly, per_class=per_class)
+    head = dict(recall=recall, margin=margin_windows, class_names=anomaly, per_class=per_class,
+                recall_of_events=recall_of == "events")
     screen = scr.Screen(
         format=scr.SCREEN_FORMAT,
         window_s=window_s,
         target_recall=float(recall),
         per_class=bool(per_class),
+        recall_of=recall_of,
         margin_windows=int(margin_windows),
         positive_overlap=scr.POSITIVE_OVERLAP,
-        video=scr.train_head(video_x, video_y, scr.VIDEO_FEATURES, **head),
+        video=scr.train_head(video_x, video_y, scr.VIDEO_FEATURES, events=video_e, **head),
         av=(
-            scr.train_head(av_x, av_y, scr.AV_FEATURES, **head)
+            scr.train_head(av_x, av_y, scr.AV_FEATURES, events=av_e, **head)
             if av_y and any((y > 0).any() for y in av_y)
             else None
         ),
@@ -95,6 +108,7 @@ def calibrate(
             name: int((y_all == k).sum()) for k, name in enumerate(anomaly, start=1)
             if (y_all == k).any()
         },
+        events_by_class=dict(sorted(events_by_class.items())),
     )
     storage.write_atomic(
         out_uri, with_screen(data, screen.to_dict(), source=model_uri), endpoint_url=endpoint_url
@@ -134,12 +148,14 @@ def summary(screen: scr.Screen) -> dict[str, Any]:
     return {
         "target_recall": screen.target_recall,
         "per_class": screen.per_class,
+        "recall_of": screen.recall_of,
         "margin_windows": screen.margin_windows,
         "trained_on": screen.trained_on,
         "recordings": screen.recordings,
         "windows": screen.windows,
         "positives": screen.positives,
         "positives_by_class": screen.positives_by_class,
+        "events_by_class": screen.events_by_class,
         "heads": {
             name: None if h is None else {
                 "threshold": round(h.threshold, 6),
@@ -147,6 +163,8 @@ def summary(screen: scr.Screen) -> dict[str, Any]:
                 "val_positives": h.val_positives,
                 "val_recall": round(h.val_recall, 4),
                 "val_pass_share": round(h.val_pass_share, 4),
+                "val_events": h.val_events,
+                "val_event_recall": round(h.val_event_recall, 4),
                 "val_recall_by_class": {k: round(v, 4) for k, v in
                                         h.val_recall_by_class.items()},
             }
