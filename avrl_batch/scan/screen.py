@@ -16,9 +16,9 @@ time, so the median is the calm level of that camera, whatever its resolution, b
 microphone gain), and each window also sees the larger of its two neighbours' values.
 A recording without audio is screened by the video-only head; one with audio by the
 audio-visual head. Each head's threshold is set on held-out windows for a target recall of
-the windows that overlap a labelled anomaly — by default of each anomaly class's windows on
-their own, so that a quiet class (an arrest: little motion, a whistle) is not outvoted by the
-loud ones (``train/calibrate.calibrate``).
+the labelled anomalies — by default of the events (one is seen when any of its windows is a
+candidate) of each anomaly class on its own, so that a quiet class (a knockdown: one fall,
+one thud) is not outvoted by the loud ones (``train/calibrate.calibrate``).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ The data is one or more interval tables as ``avrl prepare`` reads them (``uri``/
 window of each listed recording is a training row, positive where it overlaps an interval of
 one of the model's anomaly classes (``screen.POSITIVE_OVERLAP``), and labelled with that
 class. The threshold of each head is set on out-of-fold scores (``screen.train_head``) for the
-target recall — by default of each anomaly class on its own (``per_class``): pooled, a class
-with few windows or little motion and sound could be missed whole while the loud classes
-keep the pooled recall up.
+target recall — by default of the events (``recall_of``: one is seen when any of its
+positive windows is a candidate) of each anomaly class on its own (``per_class``): pooled, a
+class with few events or little motion and sound could be missed whole while the loud
+classes keep the pooled recall up.
 """
 
 from __future__ import annotations
