@@ -121,7 +121,8 @@ def _spans_by_source(
     tables: list[str], anomaly: tuple[str, ...], endpoint_url: str | None
 ) -> dict[str, list[tuple[float, float, int]]]:
     """Each recording of the tables -> its anomaly intervals (start, end, class: 1 + the
-    class's index in ``anomaly``); a recording listed only with other labels has none."""
+    class's index in ``anomaly``), each once; a recording listed only with other labels has
+    none."""
     from avrl_batch.train.intervals import intervals_of
     from avrl_batch.train.prepare import read_table, resolve_clip_uri
 
@@ -130,8 +131,10 @@ def _spans_by_source(
         rows = read_table(table, endpoint_url=endpoint_url)
         for iv in intervals_of(rows, table, resolve_clip_uri):
             spans = by_source.setdefault(iv.source, [])
-            if iv.label in anomaly:
-                spans.append((iv.start_s, iv.end_s, anomaly.index(iv.label) + 1))
+            span = (iv.start_s, iv.end_s, anomaly.index(iv.label) + 1) if iv.label in anomaly \
+                else None
+            if span is not None and span not in spans:  # one event listed in two tables
+                spans.append(span)
     return by_source
 
 
