@@ -2,4 +2,5 @@
 
 from avrl_batch.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned child (synth --workers) imports this module too
+    main()

@@ -86,16 +86,19 @@ def test_cascade_scan_covers_recordings_and_agrees_with_full(
     assert 0 < inferred_total < sum(len(t) for t in cw.values())  # it screened something out
     assert casc.cascade["windows_inferred"] == inferred_total
 
-    # ground truth: the candidates hold the calibrated recall of anomaly windows
+    # ground truth: the candidates hold the calibrated recall of anomaly events (one is seen
+    # when the full model inferred one of its positive windows)
+    assert screen.recall_of == "events"
     gt = pq.read_table(footage["data"] / "ground_truth.parquet").to_pylist()
-    covered = positives = 0
+    covered = events = 0
     for uri, c in cw.items():
         spans = [(r["start_s"], r["end_s"]) for r in gt if uri.endswith(r["source_uri"])]
-        y = scr.window_labels(c["start_s"].to_numpy(), c["end_s"].to_numpy(), spans)
+        owner = scr.window_events(c["start_s"].to_numpy(), c["end_s"].to_numpy(), spans)
         seen = np.array(c["inferred"].to_pylist())
-        covered += int(seen[y > 0].sum())
-        positives += int(y.sum())
-    assert positives > 0 and covered >= screen.target_recall * positives
+        for e in np.unique(owner[owner > 0]):
+            events += 1
+            covered += bool(seen[owner == e].any())
+    assert events > 0 and covered >= screen.target_recall * events
 
     manifest = json.loads(Path(casc.manifest).read_text())
     assert manifest["cascade"]["screen"]["thresholds"] == {
@@ -149,6 +152,11 @@ def test_model_file_screen_is_checked(footage: dict[str, Path], tmp_path: Path) 
         lambda d: d["video"]["features"].pop(),
         lambda d: d.pop("target_recall"),
         lambda d: d.__setitem__("format", 99),
+        lambda d: d.__setitem__("per_class", "yes"),
+        lambda d: d.__setitem__("recall_of", "frames"),
+        lambda d: d["video"].__setitem__("val_events", -2),
+        lambda d: d["positives_by_class"].__setitem__("arrest", -1),
+        lambda d: d["av"]["val_recall_by_class"].__setitem__("arrest", float("inf")),
     ):
         d = json.loads(json.dumps(good))
         broken(d)
@@ -208,3 +216,101 @@ def test_bench_cascade_truth_follows_the_linked_recordings(tmp_path: Path) -> No
     with pytest.raises(RuntimeError, match="no ground-truth event"):
         cascade._match(tmp_path / "no-out", groups["audio"][1],
                        {"model_id": "m", "sources": ["/elsewhere/a.mp4"]})
+
+
+def test_per_class_threshold_keeps_a_quiet_class() -> None:
+    """Pooled, a class whose windows all score low is given up while the loud class keeps the
+    pooled recall; per class, the threshold drops until the quiet class is covered too."""
+    loud = np.r_[np.full(30, 0.9), np.zeros(10)]  # 30 loud positive windows, 10 calm ones
+    quiet = np.array([0.0, 0.2, 0.0, 0.0, 0.0])  # one quiet positive window among calm ones
+    scores = [loud, quiet]
+    labels = [np.r_[np.ones(30), np.zeros(10)], np.array([0, 2, 0, 0, 0])]
+    assert scr.threshold_for_recall(scores, labels, 0.95, 0) == 0.9  # 30 of 31 = 0.968
+    assert scr.threshold_for_recall(scores, labels, 0.95, 0, per_class=True) == 0.2
+    # per class balanced weights: each class counts half of the positives' half
+    w = scr._balanced_weights(np.r_[labels[0], labels[1]])
+    y = np.r_[labels[0], labels[1]]
+    assert w[y == 0].sum() == pytest.approx(len(y) / 2)
+    assert w[y == 1].sum() == pytest.approx(w[y == 2].sum()) == pytest.approx(len(y) / 4)
+
+
+def test_event_recall_counts_an_event_once_any_window_is_a_candidate() -> None:
+    """Of events, a threshold need only reach each event's best window: an event whose
+    other windows carry no cue (a knockdown lying still after the thud) is still seen."""
+    scores = [np.array([0.0, 0.8, 0.05, 0.0, 0.0, 0.0, 0.6, 0.1, 0.0, 0.0])]
+    labels = [np.array([0, 1, 1, 0, 0, 0, 2, 2, 0, 0])]
+    events = [np.array([0, 1, 1, 0, 0, 0, 2, 2, 0, 0])]
+    assert scr.threshold_for_recall(scores, labels, 1.0, 0) == 0.05  # every window
+    assert scr.threshold_for_recall(scores, labels, 1.0, 0, events=events) == 0.6
+    assert scr.threshold_for_recall(scores, labels, 1.0, 0, events=events,
+                                    per_class=True) == 0.6
+    head = scr.train_head([np.c_[scores[0]]], labels, ("f",), 1.0, 0, events=events,
+                          recall_of_events=True, class_names=("a", "b"))
+    assert head.val_events == 2 and set(head.val_positives_by_class.values()) == {1}
+
+
+def test_window_classes_take_the_most_overlapping_interval() -> None:
+    starts = np.arange(6) * 2.0
+    ends = starts + 2.0
+    # class 3 covers window 1 whole; window 2 is 0.5 class 3 + 0.25 class 5 (positive, 3);
+    # window 3 is 0.75 class 5; window 4 is 0.25 class 5 (negative)
+    got = scr.window_classes(starts, ends, [(2.0, 5.0, 3), (5.5, 8.5, 5)])
+    assert got.tolist() == [0, 3, 3, 5, 0, 0]
+    assert scr.window_events(starts, ends, [(2.0, 5.0), (5.5, 8.5)]).tolist() == [
+        0, 1, 1, 2, 0, 0]
+    assert ((got > 0) == (scr.window_labels(starts, ends, [(2.0, 5.0), (5.5, 8.5)]) > 0)).all()
+
+
+def test_calibrate_on_several_tables_records_what_it_learnt_from(
+    footage: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two interval tables (the ci ground truth split by camera) make one screen; the model
+    file records both tables, the positive windows of each class, and per head the held-out
+    recall of each class, each at least the target (per class)."""
+    from avrl_batch.data.synth import resolve_uri
+    from avrl_batch.modelfile import load_model
+    from avrl_batch.train.calibrate import calibrate, summary
+
+    gt_path = footage["data"] / "ground_truth.parquet"
+    rows = pq.read_table(gt_path).to_pylist()
+    for r in rows:  # absolute: the tables are written elsewhere
+        r["source_uri"] = resolve_uri(gt_path, r["source_uri"])
+    tables = []
+    for name, keep in (("a", lambda r: r["camera"] == "cam01"),
+                       ("b", lambda r: r["camera"] != "cam01")):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pylist([r for r in rows if keep(r)]), path)
+        tables.append(str(path))
+    out = tmp_path / "m.avrl"
+    screen = calibrate(str(footage["plain"]), tables, str(out), recall=0.9, margin_windows=1)
+    # a table listed twice adds no event and no positive window
+    twice = calibrate(str(footage["plain"]), [*tables, tables[0]], str(tmp_path / "m2.avrl"),
+                      recall=0.9, margin_windows=1)
+    assert (twice.positives, twice.events_by_class) == (screen.positives, screen.events_by_class)
+    stored = load_model(out).screen
+    assert stored == screen and stored.per_class and stored.recall_of == "events"
+    assert sum(stored.events_by_class.values()) == len(rows)  # one event per table row
+    assert stored.trained_on == ", ".join(tables) and stored.recordings == 3
+    labels = {r["label"] for r in rows}
+    assert set(stored.positives_by_class) <= labels
+    assert sum(stored.positives_by_class.values()) == stored.positives > 0
+    for head in (stored.video, stored.av):
+        assert set(head.val_recall_by_class) == set(head.val_positives_by_class)
+        assert all(v >= 0.9 for v in head.val_recall_by_class.values())
+    assert summary(stored)["heads"]["av"]["val_recall_by_class"].keys() == \
+        stored.av.val_recall_by_class.keys()
+
+
+def test_bench_cascade_refuses_calibrating_on_the_measured_footage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avrl_batch.cli import main
+
+    for args, msg in ((["--calib-seeds", "2,0"], "not the measured footage's seed 0"),
+                      (["--minutes", "0"], "--minutes must be a positive")):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "cascade", str(tmp_path / "m.avrl"), "--work", str(tmp_path / "w"),
+                  *args])
+        assert exc.value.code == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before any footage is made

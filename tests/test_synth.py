@@ -15,6 +15,7 @@ import pytest
 from avrl_batch.classes import SHADE
 from avrl_batch.cli import main
 from avrl_batch.data.synth import SYNTH_PRESETS, render_clip, resolve_uri
+from avrl_batch.errors import ConfigError
 from avrl_batch.schema import CLIPS, GROUND_TRUTH
 
 REC_NAME = re.compile(r"(?P<camera>[^/]+)/(?P=camera)_(?P<ts>\d{8}T\d{6}Z)\.mp4$")
@@ -198,3 +199,90 @@ def test_day_long_plan_and_event_lookup_match_brute_force() -> None:
     for t0 in rng.uniform(0, 24 * 3600.0, 2000):
         brute = [k for k, e in enumerate(events) if e.start_s < t0 + 1.0 and e.end_s > t0]
         assert list(cache.overlapping(t0, t0 + 1.0)) == brute
+
+
+def test_noise_bank_frames_are_the_whole_frame_exposure() -> None:
+    """With a noise bank, a recording's frames are the calm plaza exposed once per noise
+    frame with only the figures' boxes exposed again: byte for byte what exposing every
+    whole frame gives (passers-by, an event's figures, the plaza restored after them)."""
+    from dataclasses import replace
+
+    from avrl_batch.data.scenes import Lighting, Passersby, draw_tracks, make_background
+    from avrl_batch.data.synth import (
+        PASSERSBY,
+        _EventCache,
+        _recording_frames,
+        get_preset,
+        plan_recording,
+    )
+
+    p = replace(get_preset("cascade"), width=192, height=108, noise_bank=3)
+    seed, duration = 11, 12.0
+    events = plan_recording(seed, duration, 1, p.fps, p.max_event_s)
+    assert any(e.label in SHADE.anomaly for e in events)
+    fast = list(_recording_frames(p, seed, duration, _EventCache(events, p.fps, 16_000), None))
+
+    # the whole-frame reference: the same draws from the same generators
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    bg = make_background(rng, p.height, p.width)
+    light = Lighting.draw(rng, dark=False)
+    crowd = Passersby(rng, int(rng.integers(*PASSERSBY)), p.fps)
+    noise_rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    bank = [noise_rng.standard_normal((p.height, p.width, 3), dtype=np.float32)
+            for _ in range(p.noise_bank)]
+    cache = _EventCache(events, p.fps, 16_000)
+    drawn_event = 0
+    assert len(fast) == int(duration * p.fps)
+    for i, frame in enumerate(fast):
+        img = bg.copy()
+        crowd.step_and_draw(img)
+        for k in cache.overlapping(i / p.fps, i / p.fps + 1e-9):
+            ep, _ = cache.get(k)
+            j = i - int(round(events[k].start_s * p.fps))
+            if 0 <= j < ep.n_frames:
+                drawn_event += bool(draw_tracks(img, ep.tracks, j))
+        want = light.expose_with(img, bank[int(noise_rng.integers(len(bank)))])
+        assert frame.dtype == np.uint8 and np.array_equal(frame, want), i
+    assert drawn_event > p.fps  # the event's figures were on screen for over a second
+
+
+def test_minutes_and_workers_make_the_same_longer_recordings(tmp_path: Path) -> None:
+    """`generate(minutes=...)`: every recording that long, with the preset's events per
+    minute; written in two processes, the files are the same bytes as in one."""
+    import av
+
+    from avrl_batch.data.synth import generate, get_preset
+
+    p = get_preset("ci")
+    one = generate(tmp_path / "one", "ci", seed=2, clips=False, minutes=3.0)
+    two = generate(tmp_path / "two", "ci", seed=2, clips=False, minutes=3.0, workers=2)
+    assert one.n_recordings == two.n_recordings == p.cameras + 1
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+    for rec in (tmp_path / "one" / "recordings").rglob("*.mp4"):
+        with av.open(str(rec)) as c:
+            assert float(c.duration / av.time_base) == pytest.approx(180.0, abs=0.5)
+    gt = pq.read_table(tmp_path / "one" / "ground_truth.parquet").to_pylist()
+    per_rec = round(p.events_per_recording * 3.0 / p.recording_minutes)  # 3 per 1.5 min -> 6
+    counts = {}
+    for r in gt:
+        counts[r["source_uri"]] = counts.get(r["source_uri"], 0) + 1
+    assert sorted(counts.values()) == [per_rec] * (p.cameras + 1)
+    with pytest.raises(ConfigError, match="--minutes must be a positive"):
+        generate(tmp_path / "bad", "ci", clips=False, minutes=0.0)
+
+
+def test_synth_cli_writes_recordings_in_worker_processes(tmp_path: Path) -> None:
+    """`python -m avrl_batch synth --workers 2`: the spawned writers import the CLI's
+    ``__main__`` module without running the command again."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    done = subprocess.run(
+        [sys.executable, "-m", "avrl_batch", "synth", str(out), "--preset", "ci", "--no-clips",
+         "--minutes", "0.25", "--workers", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("recordings: 3") == 1  # printed once: by the parent only
+    assert len(list((out / "recordings").rglob("*.mp4"))) == 3

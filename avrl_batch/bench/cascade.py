@@ -2,11 +2,12 @@
 side in one run, against its ground truth.
 
 Footage: the ``cascade`` synth preset (720p 25 fps H.264, a keyframe every 2 s, sensor noise,
-~5 % of the time in events; two cameras with audio, one without) at ``seed``; the screen is
-calibrated on the same preset at another seed (``calib_seed``: other recordings, other events),
-so no figure is measured on the data the screen was fitted to. The cameras with audio and the
-silent camera are scanned separately (each full, then cascade, interleaved over ``runs``), so
-each has its own CPU figure.
+~5 % of the time in events; two cameras with audio, one without) at ``seed``, each recording
+``minutes`` long (per-scan and per-source costs are amortised over longer files); the screen
+is calibrated on the same preset at other seeds (``calib_seeds``: other recordings, other
+events, ``calib_minutes`` each), so no figure is measured on the data the screen was fitted
+to. The cameras with audio and the silent camera are scanned separately (each full, then
+cascade, interleaved over ``runs``), so each has its own CPU figure.
 
 Figures: footage per CPU-second of each scan (CPU of every Ray worker and its decoder
 children, plus the driver), ``speedup_cpu`` = cascade / full of that; event recall and
@@ -26,17 +27,30 @@ GOAL = {"speedup_cpu": 3.0, "recall_vs_full": 0.95, "precision_drop_max": 0.05}
 GOAL_SILENT = {"speedup_cpu": 2.0, "recall_vs_full": 0.90, "precision_drop_max": 0.05}
 
 
-def ensure_footage(work: Path, seed: int) -> Path:
-    """The cascade preset's recordings and ground truth at ``seed`` under ``work`` (made once)."""
+def footage_name(seed: int, minutes: float) -> str:
+    return f"seed{seed}-{minutes:g}min"
+
+
+def ensure_footage(work: Path, seed: int, minutes: float, *, workers: int = 1) -> tuple[Path,
+                                                                                     float]:
+    """The cascade preset's recordings (``minutes`` each) and ground truth at ``seed`` under
+    ``work``, made once; (folder, seconds it took to make now: 0 when it was there)."""
+    import time
+
     from avrl_batch.data.synth import generate
 
-    folder = work / f"footage-seed{seed}"
-    if not (folder / "ground_truth.parquet").exists():
-        generate(folder, preset="cascade", seed=seed, clips=False, recordings=True)
-    return folder
+    folder = work / f"footage-{footage_name(seed, minutes)}"
+    if (folder / "ground_truth.parquet").exists():
+        return folder, 0.0
+    t0 = time.perf_counter()
+    generate(folder, preset="cascade", seed=seed, clips=False, recordings=True,
+             minutes=minutes, workers=workers)
+    return folder, time.perf_counter() - t0
 
 
-def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, tuple[Path, Path]]:
+def _camera_folders(
+    footage: Path, work: Path, seed: int, minutes: float | None = None
+) -> dict[str, tuple[Path, Path]]:
     """``audio``: a folder linking the recordings with audio; ``silent``: the one without;
     each with its ground truth under the linked URIs (what the scan lists)."""
     import pyarrow as pa
@@ -45,11 +59,13 @@ def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, tuple[Pat
     from avrl_batch.data.synth import get_preset, recording_plan
     from avrl_batch.scan.matching import truth_events
 
+    preset = get_preset("cascade")
+    name = footage_name(seed, preset.recording_minutes if minutes is None else minutes)
     folders: dict[str, Path] = {}
     links: dict[str, tuple[str, str]] = {}  # a recording's canonical URI -> (group, link)
-    for camera, uri, _, has_audio, _ in recording_plan(get_preset("cascade"), seed):
+    for camera, uri, _, has_audio, _ in recording_plan(preset, seed, minutes):
         group = "audio" if has_audio else "silent"
-        dest = work / f"cams-seed{seed}-{group}" / camera
+        dest = work / f"cams-{name}-{group}" / camera
         dest.mkdir(parents=True, exist_ok=True)
         link = dest / Path(uri).name
         if not link.exists():
@@ -64,7 +80,7 @@ def _camera_folders(footage: Path, work: Path, seed: int) -> dict[str, tuple[Pat
         table = gt.take(keep)
         table = table.set_column(table.schema.get_field_index("source_uri"), "source_uri",
                                  pa.array([rows[i][1] for i in keep], pa.string()))
-        truth = work / f"truth-seed{seed}-{group}.parquet"
+        truth = work / f"truth-{name}-{group}.parquet"
         pq.write_table(table, truth)
         groups[group] = (folder, truth)
     return groups
@@ -79,30 +95,51 @@ def _match(out: Path, truth: Path, run: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
+DEFAULT_MINUTES = 3.0  # the preset's length: ~1 minute to make a set on this machine
+DEFAULT_CALIB_SEEDS = (1, 2, 3)
+
+
 def bench_cascade(
     model: str | Path,
     *,
     work: str | Path = "/tmp/avrl-bench/cascade",
     seed: int = 0,
-    calib_seed: int = 1,
+    minutes: float = DEFAULT_MINUTES,
+    calib_seeds: tuple[int, ...] = DEFAULT_CALIB_SEEDS,
+    calib_minutes: float = DEFAULT_MINUTES,
     recall: float = 0.97,
     margin: int = 1,
+    per_class: bool = True,
+    recall_of: str = "events",
     workers: int = 2,
     runs: int = 1,
 ) -> dict[str, Any]:
     """Calibrate ``model``'s screen, then scan the footage full and cascade; the figures."""
     from avrl_batch.bench.scan import scan_once
+    from avrl_batch.errors import ConfigError
     from avrl_batch.train.calibrate import calibrate, summary
 
+    if seed in calib_seeds or not calib_seeds:
+        raise ConfigError(f"the calibration seeds ({calib_seeds}) must be some, and not the "
+                          f"measured footage's seed {seed}")
+    for what, value in (("--minutes", minutes), ("--calib-minutes", calib_minutes)):
+        if not value > 0:
+            raise ConfigError(f"{what} must be a positive number of minutes, got {value:g}")
     load0 = load_average()
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    footage = ensure_footage(work, seed)
-    calib = ensure_footage(work, calib_seed)
+    made: dict[str, float] = {}
+    footage, made[footage_name(seed, minutes)] = ensure_footage(work, seed, minutes,
+                                                                workers=workers)
+    calib = []
+    for s in calib_seeds:
+        folder, made[footage_name(s, calib_minutes)] = ensure_footage(
+            work, s, calib_minutes, workers=workers)
+        calib.append(str(folder / "ground_truth.parquet"))
     screened_model = work / "model-screen.avrl"
-    screen = calibrate(str(model), str(calib / "ground_truth.parquet"), str(screened_model),
-                       recall=recall, margin_windows=margin)
-    groups = _camera_folders(footage, work, seed)
+    screen = calibrate(str(model), calib, str(screened_model), recall=recall,
+                       margin_windows=margin, per_class=per_class, recall_of=recall_of)
+    groups = _camera_folders(footage, work, seed, minutes)
     figures: dict[str, Any] = {}
     for group, (folder, truth) in groups.items():
         per: dict[str, list[dict[str, Any]]] = {"full": [], "cascade": []}
@@ -117,8 +154,10 @@ def bench_cascade(
         figures[group] = _compare(per)
     doc: dict[str, Any] = {
         "footage": {
-            "preset": "cascade", "seed": seed, "calibration_seed": calib_seed,
-            "event_share": _event_share(footage / "ground_truth.parquet", seed),
+            "preset": "cascade", "seed": seed, "minutes": minutes,
+            "calibration_seeds": list(calib_seeds), "calibration_minutes": calib_minutes,
+            "event_share": _event_share(footage / "ground_truth.parquet", seed, minutes),
+            "made_s": {k: round(v, 1) for k, v in made.items() if v},  # sets made in this run
         },
         "workers": workers,
         "runs": runs,
@@ -175,13 +214,13 @@ def _met(f: dict[str, Any], goal: dict[str, float]) -> bool:
     )
 
 
-def _event_share(truth: Path, seed: int) -> float:
+def _event_share(truth: Path, seed: int, minutes: float) -> float:
     import pyarrow.parquet as pq
 
     from avrl_batch.data.synth import get_preset, recording_plan
 
     gt = pq.read_table(truth).to_pylist()
-    total = sum(r[2] for r in recording_plan(get_preset("cascade"), seed))
+    total = sum(r[2] for r in recording_plan(get_preset("cascade"), seed, minutes))
     return round(sum(r["end_s"] - r["start_s"] for r in gt) / total, 4)
 
 

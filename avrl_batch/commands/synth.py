@@ -18,10 +18,19 @@ def synth(
     recordings: bool = typer.Option(
         True, "--recordings/--no-recordings", help="Write the long camera recordings."
     ),
+    minutes: float = typer.Option(
+        None, "--minutes", help="Each recording this long (default: the preset's lengths); "
+        "events keep the preset's rate per minute."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Recordings written in this many processes at once."
+    ),
 ) -> None:
     """Generate labelled clips (manifest.parquet/.csv) and camera recordings with ground truth.
 
     Example: avrl synth data/ci --preset ci --seed 1
+
+    Example: avrl synth data/long --preset cascade --no-clips --minutes 20 --workers 2
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,7 +56,8 @@ def synth(
             bar.update(tasks[stage], completed=done)
 
         result = generate(
-            out, preset=preset, seed=seed, clips=clips, recordings=recordings, progress=progress
+            out, preset=preset, seed=seed, clips=clips, recordings=recordings,
+            progress=progress, minutes=minutes, workers=workers,
         )
     typer.echo(
         f"clips: {result.n_clips}  recordings: {result.n_recordings}  time: {result.seconds:.1f} s"

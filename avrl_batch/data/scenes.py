@@ -42,6 +42,7 @@ CLASS_CUES: dict[str, tuple[str, str]] = {
 }
 
 MARGIN = 0.06  # figures stay this far inside the frame unless they leave on purpose
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1): the pixels img[y0:y1, x0:x1]
 
 
 @dataclass
@@ -114,13 +115,16 @@ class Passersby:
             self.people.append([h, w, c, rng.uniform(0.1, 0.9, 2), rng.uniform(0, 2 * np.pi)])
         self.speeds = rng.uniform(0.03, 0.09, count)
 
-    def step_and_draw(self, img: np.ndarray) -> None:
-        """Move everyone one frame on and draw them onto ``img`` (H, W, 3) float in place."""
+    def step_and_draw(self, img: np.ndarray) -> list[Box]:
+        """Move everyone one frame on and draw them onto ``img`` (H, W, 3) float in place;
+        the boxes drawn into."""
+        boxes = []
         for person, v in zip(self.people, self.speeds, strict=True):
             h, w, c, p, ang = person
             p, ang = wander_step(self.rng, p, ang, v, self.fps)
             person[3], person[4] = p, ang
-            draw_figure(img, float(p[0]), float(p[1]), h, w, 0.0, c)
+            boxes += draw_figure(img, float(p[0]), float(p[1]), h, w, 0.0, c)
+        return boxes
 
 
 def passersby_tracks(rng: np.random.Generator, n: int, fps: float, count: int) -> list[Track]:
@@ -346,16 +350,20 @@ def make_background(rng: np.random.Generator, height: int, width: int) -> np.nda
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def _ellipse(img: np.ndarray, cy: float, cx: float, ry: float, rx: float, color: np.ndarray):
+def _ellipse(
+    img: np.ndarray, cy: float, cx: float, ry: float, rx: float, color: np.ndarray
+) -> list[Box]:
+    """Fill an ellipse; the box it may have drawn into (none when it lies outside)."""
     height, width = img.shape[:2]
     y0, y1 = max(int(cy - ry), 0), min(int(cy + ry) + 2, height)
     x0, x1 = max(int(cx - rx), 0), min(int(cx + rx) + 2, width)
     if y0 >= y1 or x0 >= x1:
-        return
+        return []
     yy = (np.arange(y0, y1)[:, None] + 0.5 - cy) / max(ry, 0.5)
     xx = (np.arange(x0, x1)[None, :] + 0.5 - cx) / max(rx, 0.5)
     mask = yy**2 + xx**2 <= 1.0
     img[y0:y1, x0:x1][mask] = color
+    return [(y0, y1, x0, x1)]
 
 
 HEAD_COLOR = np.array([0.55, 0.4, 0.3], np.float32)
@@ -363,29 +371,33 @@ HEAD_COLOR = np.array([0.55, 0.4, 0.3], np.float32)
 
 def draw_figure(
     img: np.ndarray, x: float, y: float, h: float, w: float, fall: float, color: np.ndarray
-) -> None:
-    """A body ellipse and a head disc; ``fall`` 0..1 tilts the figure from standing to lying."""
+) -> list[Box]:
+    """A body ellipse and a head disc; ``fall`` 0..1 tilts the figure from standing to lying.
+    Returns the boxes drawn into."""
     height, width = img.shape[:2]
     s = height  # sizes are in frame heights
     bh = h * (1 - 0.72 * fall)
     bw = w * (1 + 1.8 * fall)
     cx, cy = x * width, y * height
-    _ellipse(img, cy, cx, bh * s / 2, bw * s / 2, color)
+    boxes = _ellipse(img, cy, cx, bh * s / 2, bw * s / 2, color)
     r = w * s * 0.45
     hx = cx + fall * (bw * s / 2 + r * 0.8)
     hy = cy - (1 - fall) * (bh * s / 2 + r * 0.8)
-    _ellipse(img, hy, hx, r, r, HEAD_COLOR)
+    return boxes + _ellipse(img, hy, hx, r, r, HEAD_COLOR)
 
 
-def draw_tracks(img: np.ndarray, tracks: list[Track], i: int) -> None:
+def draw_tracks(img: np.ndarray, tracks: list[Track], i: int) -> list[Box]:
+    """Draw frame ``i`` of every visible track; the boxes drawn into."""
     # far (small y) first so that nearer figures cover them
     order = sorted(range(len(tracks)), key=lambda k: float(tracks[k].y[i]))
+    boxes = []
     for k in order:
         t = tracks[k]
         if t.visible is not None and not t.visible[i]:
             continue
         fall = float(t.fall[i]) if t.fall is not None else 0.0
-        draw_figure(img, float(t.x[i]), float(t.y[i]), t.h, t.w, fall, t.color)
+        boxes += draw_figure(img, float(t.x[i]), float(t.y[i]), t.h, t.w, fall, t.color)
+    return boxes
 
 
 @dataclass(frozen=True)

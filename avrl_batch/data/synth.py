@@ -86,8 +86,9 @@ SYNTH_PRESETS: dict[str, SynthPreset] = {
     "paper-size": SynthPreset("paper-size", 320, 240, 25, 4.0, 10, 5, 0.3, 2, 5.0, 6, 2.0, 48_000),
     # `avrl bench cascade`: recordings only (no clips), 720p 25 fps, a keyframe every 2 s,
     # sensor noise, ~5 % of the time inside events (2 events of <= 6 s per 3 minutes); two
-    # cameras with audio and one without. 3 minutes a camera: a 720p frame takes ~35 ms to
-    # make here, so a set is ~7 minutes to write on one core
+    # cameras with audio and one without. 3 minutes a camera (`--minutes` for longer): a 720p
+    # frame takes ~15 ms to make and encode on one core here (x264 most of it), so a set is
+    # ~2.5 minutes to write on one core, less with `--workers 2`
     "cascade": SynthPreset(
         "cascade", 1280, 720, 25, 2.0, 0, 0, 0.0, 2, 3.0, 2, 3.0, 48_000, max_event_s=6.0,
         noise_bank=25,
@@ -340,21 +341,34 @@ def _recording_frames(
     bank = [
         noise_rng.standard_normal(shape, dtype=np.float32) for _ in range(preset.noise_bank)
     ]
+    # with a noise bank, the empty plaza is exposed once under each noise frame; a frame is
+    # a copy of one of those with only the boxes the figures were drawn into exposed again
+    # (the same arithmetic per pixel as exposing the whole frame, so the same bytes, at a
+    # fraction of the cost: at 720p the figures cover a few per cent of the picture)
+    calm = [light.expose_with(bg, noise) for noise in bank]
+    scene = bg.copy()  # figures are drawn here, and the plaza restored under them after
     for i in range(int(round(duration_s * fps))):
         t = i / fps
-        img = bg.copy()
-        crowd.step_and_draw(img)
+        img = scene if bank else bg.copy()
+        boxes = crowd.step_and_draw(img)
         for k in cache.overlapping(t, t + 1e-9):
             ep, _ = cache.get(k)
             j = i - int(round(cache.events[k].start_s * fps))
             if 0 <= j < ep.n_frames:
-                draw_tracks(img, ep.tracks, j)
+                boxes += draw_tracks(img, ep.tracks, j)
         if progress is not None and i % fps == fps - 1:
             progress(1.0)
-        if bank:
-            yield light.expose_with(img, bank[int(noise_rng.integers(len(bank)))])
-        else:
+        if not bank:
             yield light.expose(noise_rng, img)
+            continue
+        k = int(noise_rng.integers(len(bank)))
+        frame = calm[k].copy()  # (H, W, 3) uint8
+        for y0, y1, x0, x1 in boxes:
+            frame[y0:y1, x0:x1] = light.expose_with(scene[y0:y1, x0:x1],
+                                                    bank[k][y0:y1, x0:x1])
+        for y0, y1, x0, x1 in boxes:
+            scene[y0:y1, x0:x1] = bg[y0:y1, x0:x1]
+        yield frame
 
 
 def _recording_audio(
@@ -396,12 +410,17 @@ def _recording_audio(
         yield np.clip(block, -1, 1).astype(np.float32)
 
 
-def recording_plan(preset: SynthPreset, seed: int) -> list[tuple[str, str, float, bool, int]]:
-    """(camera, relative uri, duration_s, has_audio, seed) of each recording of a preset."""
+def recording_plan(
+    preset: SynthPreset, seed: int, minutes: float | None = None
+) -> list[tuple[str, str, float, bool, int]]:
+    """(camera, relative uri, duration_s, has_audio, seed) of each recording of a preset;
+    ``minutes``: every recording (the silent one too) this long instead of the preset's."""
     out = []
-    cams = [(c, preset.recording_minutes, True) for c in range(1, preset.cameras + 1)]
+    audio_min = preset.recording_minutes if minutes is None else minutes
+    silent_min = preset.silent_minutes if minutes is None else minutes
+    cams = [(c, audio_min, True) for c in range(1, preset.cameras + 1)]
     if preset.silent_minutes > 0:
-        cams.append((preset.cameras + 1, preset.silent_minutes, False))
+        cams.append((preset.cameras + 1, silent_min, False))
     for c, minutes, has_audio in cams:
         camera = f"cam{c:02d}"
         # cameras started at different times of the morning, each on a whole second
@@ -434,9 +453,19 @@ def generate(
     clips: bool = True,
     recordings: bool = True,
     progress: Progress | None = None,
+    *,
+    minutes: float | None = None,
+    workers: int = 1,
 ) -> SynthResult:
-    """Write the synthetic data set of ``preset`` under ``out_dir`` (see the module doc)."""
+    """Write the synthetic data set of ``preset`` under ``out_dir`` (see the module doc).
+
+    ``minutes``: each recording this long instead of the preset's lengths, with as many
+    events as the preset has per minute (the same share of the time in events).
+    ``workers``: recordings written in this many processes at once (the files are the same
+    whatever the number)."""
     p = get_preset(preset)
+    if minutes is not None and not (minutes > 0 and minutes * 60 * p.fps >= 1):
+        raise ConfigError(f"--minutes must be a positive length of footage, got {minutes}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder; give synth a folder to write into")
@@ -453,28 +482,11 @@ def generate(
         manifest_path = _write_table(rows, CLIPS, out / "manifest")
 
     gt_path = None
-    plan = recording_plan(p, seed) if recordings else []
-    total_s = sum(r[2] for r in plan)
-    done = [0.0]
-
-    def tick(sec: float) -> None:
-        done[0] += sec
-        report("recordings", min(done[0], total_s), total_s)
-
+    plan = recording_plan(p, seed, minutes) if recordings else []
     gt_rows = []
-    for camera, uri, duration_s, has_audio, rec_seed in plan:
-        n_events = max(
-            int(round(p.events_per_recording * duration_s / (p.recording_minutes * 60))), 1
-        )
-        events = write_recording(
-            out / uri,
-            p,
-            seed=rec_seed,
-            duration_s=duration_s,
-            n_events=n_events,
-            with_audio=has_audio,
-            progress=tick,
-        )
+    for (camera, uri, *_), events in zip(
+        plan, _write_recordings(out, p, plan, workers, report), strict=True
+    ):
         gt_rows += [
             {
                 "source_uri": uri,
@@ -489,3 +501,45 @@ def generate(
     if recordings:
         gt_path = _write_table(gt_rows, GROUND_TRUTH, out / "ground_truth")
     return SynthResult(manifest_path, gt_path, len(rows), len(plan), time.perf_counter() - t_start)
+
+
+def _write_recordings(
+    out: Path,
+    p: SynthPreset,
+    plan: list[tuple[str, str, float, bool, int]],
+    workers: int,
+    report: Progress,
+) -> list[list[PlannedEvent]]:
+    """Write every recording of ``plan`` (in ``workers`` processes when more than one);
+    each one's planned events, in plan order."""
+    total_s = sum(r[2] for r in plan)
+    done = [0.0]
+
+    def tick(sec: float) -> None:
+        done[0] += sec
+        report("recordings", min(done[0], total_s), total_s)
+
+    jobs = [
+        dict(
+            path=out / uri, preset=p, seed=rec_seed, duration_s=duration_s,
+            # the preset's events per minute, whatever the recording's length
+            n_events=max(int(round(p.events_per_recording * duration_s
+                                   / (p.recording_minutes * 60))), 1),
+            with_audio=has_audio,
+        )
+        for _, uri, duration_s, has_audio, rec_seed in plan
+    ]
+    if workers <= 1 or len(jobs) <= 1:
+        return [write_recording(**job, progress=tick) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: the caller may hold threads (Ray, torch) that a forked child must not inherit
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+        futures = [pool.submit(write_recording, **job) for job in jobs]
+        results = []
+        for job, future in zip(jobs, futures, strict=True):
+            results.append(future.result())
+            tick(job["duration_s"])
+    return results

@@ -186,8 +186,11 @@ def summary(screened: dict[str, ScreenedSource], screen: scr.Screen) -> dict[str
         },
         "screen": {
             "target_recall": screen.target_recall,
+            "per_class": screen.per_class,
+            "recall_of": screen.recall_of,
             "margin_windows": screen.margin_windows,
             "trained_on": screen.trained_on,
+            "positives_by_class": screen.positives_by_class,
             "thresholds": {k: (None if h is None else h.threshold) for k, h in heads.items()},
         },
     }

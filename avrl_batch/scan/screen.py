@@ -16,7 +16,9 @@ time, so the median is the calm level of that camera, whatever its resolution, b
 microphone gain), and each window also sees the larger of its two neighbours' values.
 A recording without audio is screened by the video-only head; one with audio by the
 audio-visual head. Each head's threshold is set on held-out windows for a target recall of
-the windows that overlap a labelled anomaly (:func:`calibrate`).
+the labelled anomalies — by default of the events (one is seen when any of its windows is a
+candidate) of each anomaly class on its own, so that a quiet class (a knockdown: one fall,
+one thud) is not outvoted by the loud ones (``train/calibrate.calibrate``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-SCREEN_FORMAT = 1
+SCREEN_FORMAT = 2  # 2: per-class recall, and what each class was calibrated on
 KEY_BLOCK = 16  # px: keyframe thumbnails are means over KEY_BLOCK x KEY_BLOCK blocks
 AUDIO_BANDS = 8  # groups of the 64 log-mel bands
 PACKET_BASE = ("inter_bytes", "inter_mean", "inter_max", "inter_spread", "key_bytes")
@@ -38,6 +40,7 @@ AUDIO_BASE = (*(f"mel_band{b}" for b in range(AUDIO_BANDS)), "mel_loudest", "mel
 # a window overlapping an anomaly for at least this share of its length is a positive
 POSITIVE_OVERLAP = 0.5
 DEFAULT_RECALL = 0.97
+RECALL_OF = ("events", "windows")  # what a screen's target recall counts
 DEFAULT_MARGIN_WINDOWS = 1  # windows decoded each side of a candidate
 CV_FOLDS = 4  # contiguous parts of each recording: out-of-fold scores set the threshold
 L2 = 1e-1  # strong: few anomalies of each kind to learn from, it must not learn one kind
@@ -321,6 +324,12 @@ class ScreenHead:
     val_positives: int
     val_recall: float  # share of positive windows among the candidates (margin included)
     val_pass_share: float  # share of all windows that are candidates (what the model sees)
+    val_events: int  # anomaly events (intervals with a positive window)
+    val_event_recall: float  # share of them with a candidate among their positive windows
+    # the recall, and the positives, per anomaly class: of events or of windows, as the
+    # threshold was set (Screen.recall_of)
+    val_recall_by_class: dict[str, float]
+    val_positives_by_class: dict[str, int]
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """(N, F) features -> (N,) probability that the window overlaps an anomaly."""
@@ -335,14 +344,18 @@ class Screen:
     format: int
     window_s: float  # the windows it was trained on (the model's)
     target_recall: float
+    per_class: bool  # target_recall held by each anomaly class, not only pooled
+    recall_of: str  # "events": an event counts when one of its windows is a candidate; "windows"
     margin_windows: int
     positive_overlap: float
     video: ScreenHead  # recordings without audio
     av: ScreenHead | None  # recordings with audio; None when the data had none
-    trained_on: str  # the intervals table
+    trained_on: str  # the intervals tables, separated by ", "
     recordings: int
     windows: int
     positives: int
+    positives_by_class: dict[str, int]  # positive windows of each anomaly class
+    events_by_class: dict[str, int]  # anomaly events of each class
 
     def scores(self, feats: WindowFeatures) -> tuple[str, np.ndarray]:
         """(head used, (N,) screen scores): the audio-visual head where the file has audio."""
@@ -374,6 +387,12 @@ class Screen:
                 raise ValueError(f"screen {k} must be a count")
         if not isinstance(d["trained_on"], str):
             raise ValueError("screen trained_on must be a string")
+        if not isinstance(d["per_class"], bool):
+            raise ValueError("screen per_class must be true or false")
+        if d["recall_of"] not in RECALL_OF:
+            raise ValueError(f"screen recall_of must be one of {', '.join(RECALL_OF)}")
+        _counts(d["positives_by_class"], "positives_by_class")
+        _counts(d["events_by_class"], "events_by_class")
         video = _head(d["video"], VIDEO_FEATURES, "video")
         av_head = None if d["av"] is None else _head(d["av"], AV_FEATURES, "av")
         return cls(**{**d, "video": video, "av": av_head})
@@ -397,12 +416,26 @@ def _head(d: Any, names: tuple[str, ...], what: str) -> ScreenHead:
         vec[k] = tuple(_finite(v, f"{what} {k}") for v in d[k])
     if min(vec["scale"]) <= 0:
         raise ValueError(f"screen {what} scale must be positive")
-    for k in ("bias", "threshold", "val_recall", "val_pass_share"):
+    for k in ("bias", "threshold", "val_recall", "val_pass_share", "val_event_recall"):
         _finite(d[k], f"{what} {k}")
-    for k in ("val_windows", "val_positives"):
+    for k in ("val_windows", "val_positives", "val_events"):
         if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0:
             raise ValueError(f"screen {what} {k} must be a count")
+    _counts(d["val_positives_by_class"], f"{what} val_positives_by_class")
+    by_class = d["val_recall_by_class"]
+    if not isinstance(by_class, dict) or not all(isinstance(k, str) for k in by_class):
+        raise ValueError(f"screen {what} val_recall_by_class must map class names to numbers")
+    for k, v in by_class.items():
+        _finite(v, f"{what} val_recall_by_class {k}")
     return ScreenHead(**{**d, "features": names, **vec})
+
+
+def _counts(d: Any, what: str) -> None:
+    if not isinstance(d, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in d.items()
+    ):
+        raise ValueError(f"screen {what} must map class names to counts")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -413,14 +446,17 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = L2) -> tuple[np.nd
                                                                             np.ndarray, np.ndarray]:
     """Class-balanced L2 logistic regression by Newton's method on standardised features.
 
+    ``y`` (N,): 0 for a negative window, else the positive window's anomaly class (any
+    positive number; all 1 when classes are not told apart). Negatives and positives weigh
+    half each, and the positives' half is shared equally by their classes, so a class with
+    few windows counts as much as a frequent one.
     Returns (weights (F,), bias, mean (F,), scale (F,))."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])  # (N, F+1): bias column last
-    pos = max(int(y.sum()), 1)
-    neg = max(len(y) - int(y.sum()), 1)
-    sw = np.where(y > 0, len(y) / (2 * pos), len(y) / (2 * neg))  # (N,) balanced weights
+    sw = _balanced_weights(y)  # (N,)
+    y = (y > 0).astype(np.float64)
     w = np.zeros(z.shape[1])
     reg = np.full(z.shape[1], l2 * len(y))
     reg[-1] = 0.0  # no penalty on the bias
@@ -435,33 +471,74 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = L2) -> tuple[np.nd
     return w[:-1], float(w[-1]), mean, scale
 
 
+def _balanced_weights(y: np.ndarray) -> np.ndarray:
+    """(N,) sample weights of ``fit_logistic``: negatives N/2 in all, each positive class
+    N / (2 * classes) in all."""
+    w = np.zeros(len(y))
+    neg = y <= 0
+    w[neg] = len(y) / (2 * max(int(neg.sum()), 1))
+    classes = np.unique(y[~neg])
+    for c in classes:
+        at = y == c
+        w[at] = len(y) / (2 * len(classes) * int(at.sum()))
+    return w
+
+
+def _units(
+    labels: Sequence[np.ndarray], events: Sequence[np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a recall counts, over the recordings' windows concatenated: (positive (N,) bool,
+    unit (P,) the index of each positive window's unit, unit_class (U,)). A unit is a
+    positive window, or with ``events`` (per-recording (N,) ids, 0 for none) an event."""
+    y = np.concatenate(labels) if labels else np.zeros(0)
+    positive = y > 0
+    if events is None:
+        key = np.flatnonzero(positive)
+    else:
+        offsets = np.cumsum([0, *(int(e.max(initial=0)) + 1 for e in events)])[:-1]
+        key = np.concatenate([e + o for e, o in zip(events, offsets, strict=True)])[positive]
+    uid, unit = np.unique(key, return_inverse=True)
+    unit_class = np.zeros(len(uid))
+    unit_class[unit] = y[positive]
+    return positive, unit, unit_class
+
+
 def threshold_for_recall(
-    scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], recall: float, margin: int
+    scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], recall: float, margin: int,
+    *, per_class: bool = False, events: Sequence[np.ndarray] | None = None,
 ) -> float:
     """The largest threshold at which the candidates (scores >= it, widened by ``margin``
     windows: what a cascade scan decodes) still cover ``recall`` of the positive windows of
-    these recordings (per-recording (N,) scores and labels)."""
-    npos = sum(int((y > 0).sum()) for y in labels)
-    if not npos:
+    these recordings (per-recording (N,) scores and labels: 0 negative, else the window's
+    class); ``per_class``: ``recall`` of each class's positive windows. With ``events``
+    (per-recording (N,) event ids of the positive windows), the recall is of events: one is
+    covered when any of its positive windows is a candidate."""
+    positive, unit, unit_class = _units(labels, events)
+    if not positive.any():
         return 0.0
+    groups = np.unique(unit_class) if per_class else np.array([-1.0])
+    member = [unit_class == g if g >= 0 else np.ones(len(unit_class), bool) for g in groups]
+    need = np.array([m.sum() for m in member]) * recall - 1e-9  # (G,)
     levels = np.unique(np.concatenate([s[y > 0] for s, y in zip(scores, labels, strict=True)]))
     for thr in levels[::-1]:  # from the highest: the first that covers enough is the largest
-        covered = sum(
-            int(candidates(s, float(thr), margin)[y > 0].sum())
-            for s, y in zip(scores, labels, strict=True)
-        )
-        if covered >= recall * npos - 1e-9:
+        hit = np.concatenate([candidates(s, float(thr), margin) for s in scores])[positive]
+        covered = np.zeros(len(unit_class), bool)
+        np.logical_or.at(covered, unit, hit)
+        if all((covered & m).sum() >= n for m, n in zip(member, need, strict=True)):
             return float(thr)
     return float(levels[0])
 
 
 def train_head(
     xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], names: tuple[str, ...], recall: float,
-    margin: int,
+    margin: int, *, class_names: Sequence[str] = ("anomaly",), per_class: bool = False,
+    events: Sequence[np.ndarray] | None = None, recall_of_events: bool = False,
 ) -> ScreenHead:
-    """A head from per-recording (features, labels): out-of-fold scores over CV_FOLDS
-    contiguous parts of every recording set the threshold; the weights are then fitted on
-    all of them."""
+    """A head from per-recording (features, labels: 0 negative, k the class
+    ``class_names[k - 1]``; ``events``: the positive windows' event ids, 0 none): out-of-fold
+    scores over CV_FOLDS contiguous parts of every recording set the threshold
+    (``per_class``: ``recall`` of each class; ``recall_of_events``: of its events, else of
+    its windows); the weights are then fitted on all of them."""
     folds = [np.minimum((np.arange(len(y)) * CV_FOLDS) // max(len(y), 1), CV_FOLDS - 1)
              for y in ys]
     x_all, y_all, f_all = np.vstack(xs), np.concatenate(ys), np.concatenate(folds)
@@ -474,11 +551,20 @@ def train_head(
         oof[test] = _sigmoid(((x_all[test] - m) / s) @ w + b)
     bounds = np.cumsum([0, *(len(y) for y in ys)])
     per_rec = [oof[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    thr = threshold_for_recall(per_rec, ys, recall, margin)
+    if events is None:  # no event ids: each positive window is an event of its own
+        events = [np.where(y > 0, np.arange(1, len(y) + 1), 0) for y in ys]
+    thr = threshold_for_recall(per_rec, ys, recall, margin, per_class=per_class,
+                               events=events if recall_of_events else None)
     w, b, m, s = fit_logistic(x_all, y_all)
     masks = [candidates(sc, thr, margin) for sc in per_rec]
     passed = np.concatenate(masks) if masks else np.zeros(0, bool)
     npos = int((y_all > 0).sum())
+    present = [(k, name) for k, name in enumerate(class_names, start=1) if (y_all == k).any()]
+    positive, unit, unit_class = _units(ys, events)
+    seen = np.zeros(len(unit_class), bool)  # (U,) events with a candidate window
+    np.logical_or.at(seen, unit, passed[positive])
+    # the per-class figures count what the threshold was set on: events or windows
+    hits, of = (seen, unit_class) if recall_of_events else (passed[positive], y_all[positive])
     return ScreenHead(
         features=names,
         mean=tuple(map(float, m)),
@@ -490,6 +576,10 @@ def train_head(
         val_positives=npos,
         val_recall=float(passed[y_all > 0].mean()) if npos else 0.0,
         val_pass_share=float(passed.mean()) if len(passed) else 0.0,
+        val_events=len(unit_class),
+        val_event_recall=float(seen.mean()) if len(seen) else 0.0,
+        val_recall_by_class={name: float(hits[of == k].mean()) for k, name in present},
+        val_positives_by_class={name: int((of == k).sum()) for k, name in present},
     )
 
 
@@ -502,6 +592,31 @@ def window_labels(
         overlap += np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0, None)
     length = np.maximum(ends - starts, 1e-9)
     return (overlap / length >= POSITIVE_OVERLAP).astype(np.float64)
+
+
+def window_events(
+    starts: np.ndarray, ends: np.ndarray, intervals: Sequence[tuple[float, float]]
+) -> np.ndarray:
+    """(N,) int: 0 where ``window_labels`` gives 0, else 1 + the index of the interval that
+    overlaps the window most (the event the window belongs to)."""
+    positive = window_labels(starts, ends, intervals) > 0
+    best = np.zeros(len(starts))
+    out = np.zeros(len(starts), np.int64)
+    for k, (a, b) in enumerate(intervals, start=1):
+        overlap = np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0, None)
+        more = overlap > best
+        out[more], best[more] = k, overlap[more]
+    return np.where(positive, out, 0)
+
+
+def window_classes(
+    starts: np.ndarray, ends: np.ndarray, intervals: Iterable[tuple[float, float, int]]
+) -> np.ndarray:
+    """(N,) int: 0 where ``window_labels`` gives 0, else the class (>= 1) of the interval
+    (start, end, class) that overlaps the window most."""
+    spans = list(intervals)
+    owner = window_events(starts, ends, [(a, b) for a, b, _ in spans])
+    return np.r_[0, [k for _, _, k in spans]].astype(np.int64)[owner]
 
 
 def candidates(scores: np.ndarray, threshold: float, margin: int) -> np.ndarray:
