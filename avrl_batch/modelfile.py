@@ -50,7 +50,7 @@ class LoadedModel:
     cfg: ModelConfig
     model_id: str
     meta: dict[str, Any] = field(default_factory=dict)
-    screen: Any = None  # scan/screen.Screen, or None when the file has no screen
+    screen: Any = None  # scan/screen.Screen; None when the file has none, or an older one
 
 
 def _first_line(exc: BaseException) -> str:
@@ -292,13 +292,24 @@ def model_from_bytes(
             f"{source}: content does not match its model id "
             f"{payload.get('model_id')!r:.80} (file altered or corrupt)"
         )
-    screen = _checked_screen(payload["screen"], source) if "screen" in payload else None
+    screen = None
+    if "screen" in payload and not _older_screen(payload["screen"]):
+        screen = _checked_screen(payload["screen"], source)
     model.eval()
     meta = payload.get("meta")
     return LoadedModel(
         model=model, cfg=cfg, model_id=model_id, meta=dict(meta) if isinstance(meta, dict) else {},
         screen=screen,
     )
+
+
+def _older_screen(d: Any) -> bool:
+    """A screen an older version calibrated (a lower ``format``): the model still loads, without
+    it, and ``--cascade`` asks for ``avrl calibrate`` (its fields are not this version's)."""
+    from avrl_batch.scan.screen import SCREEN_FORMAT
+
+    fmt = d.get("format") if isinstance(d, dict) else None
+    return isinstance(fmt, int) and not isinstance(fmt, bool) and 0 < fmt < SCREEN_FORMAT
 
 
 def _checked_screen(d: Any, source: str) -> Any:

@@ -173,6 +173,18 @@ def test_model_file_screen_is_checked(footage: dict[str, Path], tmp_path: Path) 
     torch.save(payload, buf)
     with pytest.raises(WeightsError, match="screen is invalid"):
         model_from_bytes(buf.getvalue())
+    # a screen an older version calibrated: the model loads without it (a full scan runs),
+    # and --cascade asks for a new calibration
+    payload["screen"] = {**good, "format": 1, "per_class": None}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    old = tmp_path / "older-screen.avrl"
+    old.write_bytes(buf.getvalue())
+    loaded = model_from_bytes(buf.getvalue())
+    assert loaded.screen is None and loaded.model_id == load_model(footage["model"]).model_id
+    with pytest.raises(ConfigError, match="older version calibrated"):
+        run_scan(ScanConfig(source=str(tmp_path), model=str(old), out=str(tmp_path / "o"),
+                            cascade=True))
     with pytest.raises(ConfigError, match="avrl calibrate"):
         run_scan(ScanConfig(source=str(footage["data"] / "recordings"),
                             model=str(footage["plain"]), out=str(tmp_path / "o"), cascade=True))

@@ -406,7 +406,8 @@ class _ScanModel:
         loaded = model_from_bytes(data, source=cfg.model)
         if cfg.cascade and loaded.screen is None:
             raise ConfigError(
-                f"{cfg.model} has no screen for --cascade: make one with "
+                f"{cfg.model} has no screen for --cascade (or one an older version "
+                "calibrated): make one with "
                 "`avrl calibrate MODEL INTERVALS --out MODEL_WITH_SCREEN`"
             )
         # the driver keeps the id and config only; actors build their own copy of the model
