@@ -828,7 +828,8 @@ def _write_s3(
         if not if_absent:
             client.put_object(Bucket=bucket, Key=key, Body=body)
             return True
-        for attempt in range(4):
+
+        def attempt(last: bool) -> bool:
             try:
                 client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
                 return True
@@ -836,15 +837,33 @@ def _write_s3(
                 code = _code(e)
                 if code in ("PreconditionFailed", "412"):
                     return False  # the key exists: another writer won
-                if code in ("ConditionalRequestConflict", "409") and attempt < 3:
-                    # another conditional PUT is in flight; AWS says retry: we then get 412
-                    # if it succeeded, or win if it failed
-                    time.sleep(0.1 * 2**attempt)
+                if code in ("ConditionalRequestConflict", "409") and not last:
                     if not isinstance(body, bytes):
                         body.seek(0)
-                    continue
+                    raise _InFlight from None
                 raise
-    raise AssertionError("unreachable")
+
+        return bool(_retry_in_flight(attempt))
+
+
+class _InFlight(Exception):
+    """A conditional PUT answered 409 ConditionalRequestConflict: another conditional PUT to
+    the key is in flight."""
+
+
+IN_FLIGHT_ATTEMPTS = 4
+
+
+def _retry_in_flight(attempt: Callable[[bool], bool | None]) -> bool | None:
+    """``attempt(last)`` until it does not raise _InFlight (it must not on the ``last``
+    attempt), with a backoff between tries: AWS says a conflicting conditional PUT is retried,
+    and the retry then gets 412 if the other PUT succeeded, or wins if it failed."""
+    for n in range(IN_FLIGHT_ATTEMPTS):
+        try:
+            return attempt(n == IN_FLIGHT_ATTEMPTS - 1)
+        except _InFlight:
+            time.sleep(0.1 * 2**n)
+    raise AssertionError("unreachable: the last attempt does not raise _InFlight")
 
 
 # Scan outputs are small objects, two a source, PUT by the driver's writer threads. boto3
@@ -906,7 +925,7 @@ def _put_small(store: Any, uri: str, key: str, body: bytes, if_absent: bool,
     import obstore
     from obstore.exceptions import AlreadyExistsError
 
-    for attempt in range(4):
+    def attempt(last: bool) -> bool | None:
         try:
             obstore.put(store, key, body, mode="create" if if_absent else "overwrite",
                         use_multipart=False)
@@ -915,28 +934,27 @@ def _put_small(store: Any, uri: str, key: str, body: bytes, if_absent: bool,
             text = str(e)
             if isinstance(e, ValueError) and "parse path" in text:
                 return None
+            # object_store calls a 409 ConditionalRequestConflict AlreadyExists too
             if if_absent and "status code: 409" in text:
-                # AWS: another conditional PUT to the key is in flight
-                # (ConditionalRequestConflict), retry; object_store calls it AlreadyExists. A
-                # retry gets 412 if that PUT succeeded, or wins if it failed
-                if attempt < 3:
-                    time.sleep(0.1 * 2**attempt)
-                    continue
+                if not last:
+                    raise _InFlight from None
             elif isinstance(e, AlreadyExistsError):
                 return False  # 412: another writer won
-            raise _error(_obstore_message(uri, text, endpoint_url)) from None
-    raise AssertionError("unreachable")
+            raise _error(_obstore_message(uri, e, endpoint_url)) from None
+
+    return _retry_in_flight(attempt)
 
 
-def _obstore_message(uri: str, text: str, endpoint_url: str | None) -> str:
+def _obstore_message(uri: str, exc: Exception, endpoint_url: str | None) -> str:
     """obstore's many-line message as one line, worded as boto3's errors are."""
+    text = str(exc)
     code = re.search(r"<Code>([^<]+)</Code>", text)
     status = re.search(r"status code: (\d{3})", text)
     if code or status:
         key = code.group(1) if code else status.group(1)  # type: ignore[union-attr]
         hint = _S3_HINTS.get(key) or _S3_HINTS.get(status.group(1) if status else "") or key
         return f"S3 error on {uri}: {hint} [{key}]"
-    first = text.strip().splitlines()[0] if text.strip() else type(text).__name__
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"S3 request for {uri} at {_endpoint(endpoint_url) or 'AWS'} failed: {first}"
 
 
