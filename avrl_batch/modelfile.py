@@ -12,7 +12,9 @@ reads it and never runs code from the file):
 ``model_id`` is a content hash of config + weights: the same network always gets the same id,
 so scan outputs keyed by it are reproducible and a retrained model never collides. The screen
 (``avrl calibrate``) is not part of the id: it decides which windows the network sees, not what
-the network says about them; a scan's manifest records it.
+the network says about them; a scan's manifest records it. A screen names the model it was
+calibrated for (its audio head reads that network's audio branch): one that names another is
+refused when written and left out when read.
 
 A model file is input, and its load costs at most a small multiple of its size: the archive
 must keep every entry stored, not compressed (``_check_archive``: torch would inflate a
@@ -140,7 +142,12 @@ def _serialise(
         "meta": meta_plain,
     }
     if screen is not None:
-        _checked_screen(json.loads(json.dumps(screen)), "<screen>")
+        checked = _checked_screen(json.loads(json.dumps(screen)), "<screen>")
+        if checked.model_id != payload["model_id"]:
+            raise WeightsError(
+                f"the screen was calibrated for model {checked.model_id!r:.80}, not "
+                f"{payload['model_id']}: run `avrl calibrate` on this model"
+            )
         payload["screen"] = json.loads(json.dumps(screen))
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -295,6 +302,8 @@ def model_from_bytes(
     screen = None
     if "screen" in payload and not _older_screen(payload["screen"]):
         screen = _checked_screen(payload["screen"], source)
+        if screen.model_id != model_id:  # calibrated for another network: not this one's
+            screen = None
     model.eval()
     meta = payload.get("meta")
     return LoadedModel(

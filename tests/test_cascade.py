@@ -326,3 +326,130 @@ def test_bench_cascade_refuses_calibrating_on_the_measured_footage(
         assert exc.value.code == 2
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before any footage is made
+
+
+def test_audio_net_is_the_models_audio_branch(tmp_path: Path) -> None:
+    """The screen's audio trunk computes exactly the model's f_a, after a pickle round trip
+    (how a scan ships it to the screening tasks), and its columns join the AV features."""
+    import pickle
+
+    import torch
+
+    from avrl_batch.modelfile import load_model
+
+    tiny_model(tmp_path / "m.avrl", seed=3)
+    loaded = load_model(tmp_path / "m.avrl")
+    net = scr.AudioNet.from_model(loaded.model, loaded.cfg)
+    assert net is not None and net.dim == loaded.cfg.audio_dim
+    x = np.random.default_rng(0).normal(size=(5, loaded.cfg.audio_examples, 96, 64))
+    with torch.inference_mode():
+        want = loaded.model.audio(torch.from_numpy(x.astype(np.float32))).numpy()
+    shipped = pickle.loads(pickle.dumps(net))
+    assert np.allclose(net.embed(x), want, atol=1e-5)
+    assert np.allclose(shipped.embed(x), want, atol=1e-5)
+    assert len(scr.av_features(net.dim)) == 2 * (len(scr.PACKET_BASE) + len(scr.AUDIO_BASE)
+                                                 + net.dim)
+
+
+def test_a_screen_belongs_to_the_network_it_was_calibrated_for(
+    footage: dict[str, Path], tmp_path: Path
+) -> None:
+    """A screen that names another model is refused when written and left out when read
+    (its audio features are another network's), and --cascade says so."""
+    import io
+
+    import torch
+
+    from avrl_batch.modelfile import load_model, model_from_bytes, with_screen
+    from avrl_batch.scan import ScanConfig, run_scan
+
+    data = footage["model"].read_bytes()
+    screen = load_model(footage["model"]).screen
+    assert screen.model_id == load_model(footage["plain"]).model_id
+    other = {**screen.to_dict(), "model_id": "avrl-tiny-000000000000"}
+    with pytest.raises(WeightsError, match="calibrated for model 'avrl-tiny-000000000000'"):
+        with_screen(data, other)
+    payload = torch.load(io.BytesIO(data), weights_only=True)
+    payload["screen"] = other
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    assert model_from_bytes(buf.getvalue()).screen is None
+    stale = tmp_path / "stale.avrl"
+    stale.write_bytes(buf.getvalue())
+    with pytest.raises(ConfigError, match="calibrated for another network"):
+        run_scan(ScanConfig(source=str(tmp_path), model=str(stale), out=str(tmp_path / "o"),
+                            cascade=True))
+
+
+def test_video_head_keeps_keyframes_only_where_they_pay() -> None:
+    """Fitted with and without the keyframe columns: kept when they pass fewer held-out
+    windows at the same recall, dropped (no I-frame decoded) when they only add noise."""
+    from avrl_batch.train.calibrate import _video_head
+
+    rng = np.random.default_rng(1)
+    key_cols = [scr.VIDEO_FEATURES.index(n) for n in scr.VIDEO_FEATURES
+                if n not in scr.PACKET_FEATURES]
+    head = dict(recall=0.95, margin=0, class_names=("a",), per_class=False,
+                recall_of_events=False)
+    for keys_tell, kept in ((True, True), (False, False)):
+        xs, ys = [], []
+        for _ in range(3):
+            y = (rng.random(400) < 0.05).astype(np.float64)
+            x = rng.normal(size=(400, len(scr.VIDEO_FEATURES)))
+            x[:, 0] += 1.0 * y  # the packets tell a little
+            if keys_tell:
+                x[:, key_cols] += 6.0 * y[:, None]  # the keyframes tell it all
+            xs.append(x)
+            ys.append(y)
+        events = [np.where(y > 0, np.arange(1, len(y) + 1), 0) for y in ys]
+        got, keyframes = _video_head(xs, ys, events, head)
+        assert keyframes is kept
+        assert got.features == scr.video_features(kept)
+
+
+@pytest.mark.parametrize("fmt", ["fltp", "s16"])
+def test_decimator_keeps_the_audios_length(fmt: str) -> None:
+    """48 kHz in AAC's 1,024-sample frames -> 16 kHz: every sample is kept (the remainder of
+    a frame opens the next group), so the audio stays in step with the picture."""
+    import av
+
+    rng = np.random.default_rng(2)
+    n_frames, size = 150, 1024  # 3.2 s; 1024 % 3 = 1 sample left over each frame
+    wave = rng.uniform(-0.5, 0.5, size=(2, n_frames * size)).astype(np.float32)
+    dec = scr._Decimator(3)
+    got = []
+    for k in range(n_frames):
+        part = wave[:, k * size:(k + 1) * size]
+        if fmt == "s16":
+            part = (part * 32767).astype(np.int16).T.reshape(1, -1)  # packed stereo
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format=fmt,
+                                           layout="stereo")
+        frame.sample_rate = 48_000
+        out = dec.add(frame)
+        if out is not None:
+            got.append(out)
+    got.append(dec.flush())
+    y = np.concatenate(got)
+    assert len(y) == n_frames * size // 3  # 51,200 samples: none dropped
+    mono = wave.mean(axis=0)
+    want = mono[: len(y) * 3].reshape(-1, 3).mean(axis=1)
+    assert np.allclose(y, want, atol=2e-4 if fmt == "s16" else 1e-6)
+
+
+def test_calibrate_command_says_what_the_screen_reads(
+    footage: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avrl_batch.cli import main
+    from avrl_batch.modelfile import load_model
+
+    out = tmp_path / "m.avrl"
+    main(["calibrate", str(footage["plain"]), str(footage["data"] / "ground_truth.parquet"),
+          "--out", str(out), "--recall", "0.9"])
+    text = capsys.readouterr().out
+    screen = load_model(out).screen
+    dim = load_model(footage["plain"]).cfg.audio_dim
+    assert screen.audio_net_dim == dim and screen.needs_audio_net
+    assert f"audio head reads the model's audio branch: yes, {dim} values" in text
+    keys = "yes" if screen.video_keyframes else "no (packets only)"
+    assert f"video head decodes keyframes: {keys}" in text
+    assert f"wrote {out}" in text

@@ -338,8 +338,9 @@ def cascade_cmd(
                               help="footage (made once), outputs"),
     seed: int = typer.Option(0, "--seed", help="seed of the measured footage"),
     minutes: float = typer.Option(3.0, "--minutes", help="length of each measured recording"),
-    calib_seeds: str = typer.Option("1,2,3", "--calib-seeds",
-                                    help="seeds of the calibration footage (3 recordings each)"),
+    calib_seeds: str = typer.Option(
+        "4,5,6,7", "--calib-seeds", help="seeds of the calibration footage (3 recordings "
+        "each; scripts/cascade_model.sh trains its model on seeds 1-3)"),
     calib_minutes: float = typer.Option(3.0, "--calib-minutes",
                                         help="length of each calibration recording"),
     recall: float = typer.Option(0.97, "--recall",
@@ -365,6 +366,9 @@ def cascade_cmd(
     Example: avrl bench cascade run/model.avrl --json
 
     Example: avrl bench cascade run/model.avrl --minutes 10 --calib-minutes 5 --json
+
+    Example (the documented figures: the model of scripts/cascade_model.sh):
+    avrl bench cascade cascade-model/ft/model.avrl --minutes 30 --calib-minutes 6 --runs 3 --json
     """
     from avrl_batch.bench import cascade
 

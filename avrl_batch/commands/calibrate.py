@@ -34,8 +34,9 @@ def calibrate_cmd(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Train the screening stage of `avrl scan --cascade` (a logistic regression over packet
-    sizes, keyframe differences and audio log-mel energy of every window) on labelled
-    recordings, with its threshold set for --recall on out-of-fold windows.
+    sizes, keyframe differences, audio log-mel energy and the model's own audio-branch
+    feature of every window) on labelled recordings, with its threshold set for --recall on
+    out-of-fold windows. The screen belongs to this model: calibrate again after retraining.
 
     Example: avrl calibrate run/model.avrl data/ground_truth.parquet --out run/model-screen.avrl
 
@@ -64,4 +65,9 @@ def calibrate_cmd(
         by_class = ", ".join(f"{k} {v:.2f}" for k, v in h["val_recall_by_class"].items())
         typer.echo(f"      held-out recall of {doc['recall_of']} by class: {by_class}; "
                    f"{h['val_event_recall']:.3f} of {h['val_events']} events")
+    typer.echo(
+        f"audio head reads the model's audio branch: "
+        f"{'yes, ' + str(doc['audio_net_dim']) + ' values' if doc['audio_net_dim'] else 'no'}; "
+        f"video head decodes keyframes: {'yes' if doc['video_keyframes'] else 'no (packets only)'}"
+    )
     typer.echo(f"wrote {out}")

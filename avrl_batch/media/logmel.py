@@ -214,7 +214,7 @@ def log_mel_spectrogram(wave16k: np.ndarray) -> np.ndarray:
     return np.log(spectrum @ _MEL_MATRIX + LOG_OFFSET)  # (F, 64)
 
 
-def _frame_examples(log_mel: np.ndarray) -> np.ndarray:
+def frame_examples(log_mel: np.ndarray) -> np.ndarray:
     """(F, 64) -> (E, 96, 64) complete, non-overlapping examples; incomplete tail dropped."""
     n = (
         0
@@ -235,7 +235,7 @@ def log_mel_examples(
     Audio shorter than one example (0.975 s) gives E = 0; use
     :func:`log_mel_examples_fixed` when a fixed count is needed.
     """
-    return _frame_examples(
+    return frame_examples(
         log_mel_spectrogram(to_mono_16k(wave, sample_rate, channels_first=channels_first))
     )
 
@@ -287,6 +287,6 @@ def log_mel_examples_16k_fixed(wave16k: np.ndarray, n_examples: int) -> np.ndarr
     x = np.asarray(wave16k, dtype=np.float32)[:need]
     if x.size < need:
         x = np.concatenate([x, np.zeros(need - x.size, np.float32)])  # (need,)
-    out = _frame_examples(log_mel_spectrogram(x))
+    out = frame_examples(log_mel_spectrogram(x))
     assert out.shape == (n_examples, EXAMPLE_FRAMES, NUM_MEL_BINS)
     return out

@@ -1,9 +1,10 @@
 """``avrl scan --cascade``: screen every window cheaply, run the full model only on candidates
 (plain functions; pipeline.py runs :func:`screen_source_isolated` as Ray tasks).
 
-    probe ─ screen each source (scan/screen.py: packets, keyframes, audio; the model file's
-    calibrated threshold) ─ candidate windows ± the screen's margin ─ one segment per run of
-    candidates (split at --segment) ─ the usual decode → infer → assemble on those segments
+    probe ─ screen each source (scan/screen.py: packets, keyframes, audio and the model's own
+    audio branch; the model file's calibrated threshold) ─ candidate windows ± the screen's
+    margin ─ one segment per run of candidates (split at --segment) ─ the usual decode →
+    infer → assemble on those segments
     ─ the windows table completed with every screened-out window (inferred = false)
 
 A screened-out window keeps its place in the windows table (coverage stays complete) with its
@@ -55,14 +56,22 @@ def screen_source(
     screen: scr.Screen,
     endpoint_url: str | None = None,
     reads: Any = None,
+    audio_net: scr.AudioNet | None = None,
 ) -> ScreenedSource:
     """Score every window of one source and mark the candidates (threshold and margin from
-    the model file's screen)."""
+    the model file's screen; ``audio_net``: the model's audio trunk, which the audio-visual
+    head reads when ``screen.needs_audio_net``)."""
     from avrl_batch.media import open_media
 
     c0 = time.process_time()
+    # keyframes are decoded only for a video-only head that uses them, and then only where
+    # that head scores the file: no audio, or no audio-visual head at all
+    keyframes = (None if screen.av is not None else True) if screen.video_keyframes else False
     with open_media(uri, endpoint_url=endpoint_url, version=version or None, reads=reads) as src:
-        feats = scr.window_features(src, duration_s, window_s, stride_s)
+        feats = scr.window_features(
+            src, duration_s, window_s, stride_s, keyframes=keyframes,
+            audio_net=audio_net if screen.needs_audio_net else None,
+        )
     head_name, scores = screen.scores(feats)
     head = screen.av if head_name == "av" else screen.video
     assert head is not None
@@ -75,7 +84,7 @@ def screen_source(
 
 def screen_source_isolated(
     task: SourceTask, *, isolation: Any, screen: scr.Screen, window_s: float, stride_s: float,
-    endpoint_url: str | None = None,
+    endpoint_url: str | None = None, audio_net: scr.AudioNet | None = None,
 ) -> ScreenedSource | SourceError:
     """:func:`screen_source` in the decoder process (scan/isolate.py); a bad file, a crash
     or a hang is a SourceError (stage "decode")."""
@@ -87,7 +96,7 @@ def screen_source_isolated(
             screen_source, task.uri, task.key, source=task.uri, stage="decode",
             isolation=isolation, reads=S3Reads().within(isolation.timeout_s),
             version=task.version, duration_s=float(task.duration_s or 0.0), window_s=window_s,
-            stride_s=stride_s, screen=screen, endpoint_url=endpoint_url,
+            stride_s=stride_s, screen=screen, endpoint_url=endpoint_url, audio_net=audio_net,
         )
     except MediaError as exc:
         error_type, message = error_of(exc)
@@ -189,6 +198,9 @@ def summary(screened: dict[str, ScreenedSource], screen: scr.Screen) -> dict[str
             "per_class": screen.per_class,
             "recall_of": screen.recall_of,
             "margin_windows": screen.margin_windows,
+            "model_id": screen.model_id,
+            "audio_net_dim": screen.audio_net_dim,
+            "video_keyframes": screen.video_keyframes,
             "trained_on": screen.trained_on,
             "positives_by_class": screen.positives_by_class,
             "thresholds": {k: (None if h is None else h.threshold) for k, h in heads.items()},

@@ -397,6 +397,7 @@ class _ScanModel:
     cfg: Any  # config.ModelConfig
     model_id: str
     screen: Any = None  # scan/screen.Screen of the file (avrl calibrate), or None
+    audio_net: Any = None  # scan/screen.AudioNet: the audio trunk the screen reads, or None
 
     @classmethod
     def read(cls, cfg: ScanConfig) -> _ScanModel:
@@ -407,11 +408,17 @@ class _ScanModel:
         if cfg.cascade and loaded.screen is None:
             raise ConfigError(
                 f"{cfg.model} has no screen for --cascade (or one an older version "
-                "calibrated): make one with "
+                "calibrated, or one calibrated for another network): make one with "
                 "`avrl calibrate MODEL INTERVALS --out MODEL_WITH_SCREEN`"
             )
-        # the driver keeps the id and config only; actors build their own copy of the model
-        return cls(data, loaded.cfg, loaded.model_id, loaded.screen)
+        audio_net = None
+        if cfg.cascade and loaded.screen.needs_audio_net:
+            from avrl_batch.scan.screen import AudioNet
+
+            audio_net = AudioNet.from_model(loaded.model, loaded.cfg)
+        # the driver keeps the id and config (and the screen's audio trunk) only; actors build
+        # their own copy of the model
+        return cls(data, loaded.cfg, loaded.model_id, loaded.screen, audio_net)
 
 
 def _list_sources(cfg: ScanConfig) -> list[Any]:
@@ -695,11 +702,13 @@ def _screen_plan(
         cascade.screen_source_isolated
     )
     todo = [t for t in plan.todo if cascade.screenable(t)]
+    # the audio trunk goes to the object store once, not pickled into every task
+    net = ray.put(model.audio_net) if model.audio_net is not None and todo else None
     refs = [
         task_fn.remote(
             t, isolation=Isolation(timeout_s=cfg.decode_timeout_s), screen=model.screen,
             window_s=plan.spec.window_s, stride_s=plan.spec.stride_s,
-            endpoint_url=cfg.endpoint_url,
+            endpoint_url=cfg.endpoint_url, audio_net=net,
         )
         for t in todo
     ]

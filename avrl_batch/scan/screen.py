@@ -8,17 +8,24 @@ Features come from one pass over the file that decodes no inter frame:
   spread, and the keyframe's bytes;
 - video, keyframes only (``skip_frame="NONKEY"``, one I-frame per GOP): the mean absolute
   difference of a 16-pixel-block grey thumbnail from the previous and the next keyframe;
-- audio (decode + resample to 16 kHz mono): log-mel energy in eight band groups, the
-  loudest 10 ms frame, the frames' spread and the spectral flux.
+- audio (decode + decimate to 16 kHz mono): log-mel energy in eight band groups, the
+  loudest 10 ms frame, the frames' spread and the spectral flux; and, where the model has an
+  audio branch, that branch's own feature of the window (:class:`AudioNet`: the model file's
+  VGGish trunk on the log-mel the screen computes anyway, ``audio_net_dim`` values; a few
+  CPU-ms a window on one thread), the strongest cheap signal of what the model will hear.
 
 Each feature is taken relative to the recording's own median (footage is calm most of the
 time, so the median is the calm level of that camera, whatever its resolution, bitrate or
 microphone gain), and each window also sees the larger of its two neighbours' values.
 A recording without audio is screened by the video-only head; one with audio by the
-audio-visual head. Each head's threshold is set on held-out windows for a target recall of
-the labelled anomalies — by default of the events (one is seen when any of its windows is a
-candidate) of each anomaly class on its own, so that a quiet class (a knockdown: one fall,
-one thud) is not outvoted by the loud ones (``train/calibrate.calibrate``).
+audio-visual head. The video-only head keeps the keyframe features only where they pass
+fewer held-out windows at the same recall (``video_keyframes``): decoding the keyframes costs
+more than demuxing, and on footage whose events move little between keyframes they add noise.
+Each head's threshold is set on held-out windows for a target recall of the labelled
+anomalies — by default of the events (one is seen when any of its windows is a candidate) of
+each anomaly class on its own, so that a quiet class (a knockdown: one fall, one thud) is not
+outvoted by the loud ones (``train/calibrate.calibrate``). A screen belongs to the network it
+was calibrated with (``model_id``): its audio features are that network's.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-SCREEN_FORMAT = 2  # 2: per-class recall, and what each class was calibrated on
+SCREEN_FORMAT = 3  # 3: the audio branch's feature, the model it belongs to, keyframes chosen
 KEY_BLOCK = 16  # px: keyframe thumbnails are means over KEY_BLOCK x KEY_BLOCK blocks
 AUDIO_BANDS = 8  # groups of the 64 log-mel bands
 PACKET_BASE = ("inter_bytes", "inter_mean", "inter_max", "inter_spread", "key_bytes")
@@ -51,10 +58,28 @@ def _with_context(names: Sequence[str]) -> tuple[str, ...]:
     return (*names, *(f"{n}_nbr" for n in names))
 
 
-# the video-only head (cameras without audio) decodes keyframes; the audio-visual head
-# needs no decoded picture at all
+# the video-only head (cameras without audio): packets, and keyframes where they pay; the
+# audio-visual head needs no decoded picture at all
+PACKET_FEATURES = _with_context(PACKET_BASE)
 VIDEO_FEATURES = _with_context((*PACKET_BASE, *KEYFRAME_BASE))
-AV_FEATURES = _with_context((*PACKET_BASE, *AUDIO_BASE))
+KEYFRAME_GAIN = 0.02  # keyframes stay in when they pass this much less of the held-out windows
+
+
+def video_features(keyframes: bool) -> tuple[str, ...]:
+    return VIDEO_FEATURES if keyframes else PACKET_FEATURES
+
+
+def packet_columns(x: np.ndarray) -> np.ndarray:
+    """The packet-only columns (PACKET_FEATURES) of VIDEO_FEATURES rows (N, 14) -> (N, 10)."""
+    keep = [VIDEO_FEATURES.index(n) for n in PACKET_FEATURES]
+    return x[:, keep]
+
+
+def av_features(audio_net_dim: int) -> tuple[str, ...]:
+    """The audio-visual head's features with an audio trunk of ``audio_net_dim`` outputs."""
+    return _with_context(
+        (*PACKET_BASE, *AUDIO_BASE, *(f"audio_net{i}" for i in range(audio_net_dim)))
+    )
 
 
 def n_windows(duration_s: float, stride_s: float) -> int:
@@ -71,23 +96,82 @@ class WindowFeatures:
 
     start_s: np.ndarray  # float64 (N,)
     end_s: np.ndarray  # float64 (N,)
-    video: np.ndarray | None  # float64 (N, len(VIDEO_FEATURES)); None: keyframes not decoded
-    av: np.ndarray | None  # float64 (N, len(AV_FEATURES)); None: the file has no audio
+    # float64 (N, len(VIDEO_FEATURES)) with the keyframes decoded, else
+    # (N, len(PACKET_FEATURES)): packets only
+    video: np.ndarray
+    av: np.ndarray | None  # float64 (N, len(av_features(dim))); None: the file has no audio
 
     def __len__(self) -> int:
         return len(self.start_s)
 
 
-class _AudioWindows:
-    """16 kHz mono audio in arrival order -> per-window raw audio features, streaming (the
-    buffer holds about one window of samples, whatever the file's length)."""
+class AudioNet:
+    """The model's audio branch (its VGGish trunk) as plain arrays, small and picklable, so a
+    scan ships it once (``ray.put``) to the screening tasks; :meth:`embed` builds the torch
+    module once per process and runs it on one thread (the screen runs beside the decoders,
+    one core each)."""
 
-    def __init__(self, starts: np.ndarray, ends: np.ndarray) -> None:
+    BATCH = 32  # windows a forward pass
+
+    def __init__(self, audio_width: int, batchnorm: bool, n_examples: int,
+                 state: dict[str, np.ndarray]) -> None:
+        self.audio_width, self.batchnorm, self.n_examples = audio_width, batchnorm, n_examples
+        self.state = state
+        self._module: Any = None
+
+    @property
+    def dim(self) -> int:
+        return 8 * self.audio_width
+
+    @classmethod
+    def from_model(cls, model: Any, cfg: Any) -> AudioNet | None:
+        """The audio trunk of an AVRL network (``modelfile.LoadedModel.model``); None when it
+        has no audio branch."""
+        trunk = getattr(model, "audio", None)
+        if trunk is None:
+            return None
+        state = {k: v.detach().cpu().numpy().copy() for k, v in trunk.state_dict().items()}
+        return cls(int(cfg.audio_width), bool(cfg.audio_batchnorm), int(cfg.audio_examples),
+                   state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_module": None}  # the torch module is rebuilt where it lands
+
+    def embed(self, examples: np.ndarray) -> np.ndarray:
+        """(B, E, 96, 64) log-mel examples -> (B, dim) float64: what the model's audio
+        branch makes of each window (its f_a)."""
+        import torch
+
+        if self._module is None:
+            from avrl_batch.model.vggish import VGGishTrunk
+
+            net = VGGishTrunk(audio_width=self.audio_width, batchnorm=self.batchnorm)
+            net.load_state_dict({k: torch.from_numpy(v) for k, v in self.state.items()})
+            self._module = net.eval()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                out = self._module(torch.from_numpy(np.ascontiguousarray(examples, np.float32)))
+        finally:
+            torch.set_num_threads(threads)
+        return out.numpy().astype(np.float64)
+
+
+class _AudioWindows:
+    """16 kHz mono audio in arrival order -> per-window raw audio features (and the audio
+    net's feature), streaming (the buffer holds about one window of samples, whatever the
+    file's length)."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, net: AudioNet | None) -> None:
         from avrl_batch.media import logmel
 
         self.sr = logmel.SAMPLE_RATE
         self.starts, self.ends = starts, ends
-        self.out = np.full((len(starts), len(AUDIO_BASE)), np.nan)
+        self.net = net
+        dim = net.dim if net is not None else 0
+        self.out = np.full((len(starts), len(AUDIO_BASE) + dim), np.nan)
+        self.pending: list[tuple[int, np.ndarray]] = []  # (window, (E, 96, 64)) to embed
         self.buf = np.zeros(0, np.float32)
         self.buf_t0: float | None = None  # time of buf[0] on the video timeline
         self.next = 0
@@ -100,6 +184,7 @@ class _AudioWindows:
 
     def finish(self) -> np.ndarray:
         self._drain(final=True)
+        self._embed()
         return self.out
 
     def _drain(self, *, final: bool) -> None:
@@ -110,7 +195,7 @@ class _AudioWindows:
             i = self.next
             a = max(0, int(round((self.starts[i] - self.buf_t0) * self.sr)))
             b = max(a, int(round((self.ends[i] - self.buf_t0) * self.sr)))
-            self.out[i] = _audio_stats(self.buf[a:b])
+            self._window(i, self.buf[a:b])
             self.next += 1
             # keep what the next window needs (windows may overlap: stride < window)
             if self.next < len(self.starts):
@@ -118,13 +203,34 @@ class _AudioWindows:
                 if keep:
                     self.buf = self.buf[keep:]
                     self.buf_t0 += keep / self.sr
+        if len(self.pending) >= AudioNet.BATCH:
+            self._embed()
+
+    def _window(self, i: int, wave: np.ndarray) -> None:
+        from avrl_batch.media import logmel
+
+        mel = logmel.log_mel_spectrogram(wave)  # (F, 64)
+        self.out[i, : len(AUDIO_BASE)] = _audio_stats(mel)
+        if self.net is None or not len(wave):
+            return
+        e = self.net.n_examples
+        if len(mel) >= logmel.EXAMPLE_FRAMES * e:  # the examples are the spectrogram's start
+            ex = logmel.frame_examples(mel)[:e]
+        else:  # a short last window: padded with silence as the model's input is
+            ex = logmel.log_mel_examples_16k_fixed(wave, e)
+        self.pending.append((i, ex))
+
+    def _embed(self) -> None:
+        if self.net is None or not self.pending:
+            return
+        idx = [i for i, _ in self.pending]
+        self.out[idx, len(AUDIO_BASE):] = self.net.embed(np.stack([x for _, x in self.pending]))
+        self.pending = []
 
 
-def _audio_stats(wave: np.ndarray) -> np.ndarray:
-    """(len(AUDIO_BASE),): band-group energies, loudest frame, spread, flux of a span."""
-    from avrl_batch.media import logmel
-
-    mel = logmel.log_mel_spectrogram(wave)  # (F, 64)
+def _audio_stats(mel: np.ndarray) -> np.ndarray:
+    """(len(AUDIO_BASE),): band-group energies, loudest frame, spread, flux of a span's
+    log-mel spectrogram (F, 64)."""
     if len(mel) < 2:
         return np.full(len(AUDIO_BASE), np.nan)
     bands = mel.reshape(len(mel), AUDIO_BANDS, -1).mean(axis=2)  # (F, 8)
@@ -133,16 +239,33 @@ def _audio_stats(wave: np.ndarray) -> np.ndarray:
     return np.array([*bands.mean(axis=0), frame_energy.max(), frame_energy.std(), flux])
 
 
-def _decimate(frame: Any, factor: int) -> np.ndarray:
-    """An audio frame -> mono float32 at its rate / ``factor`` (box filter)."""
-    x = frame.to_ndarray()  # (channels, n) planar, or (1, n * channels) packed
-    if not frame.format.is_planar:
-        x = x.reshape(-1, len(frame.layout.channels)).T
-    if x.dtype.kind in "iu":
-        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max)
-    mono = x.mean(axis=0, dtype=np.float32)  # (n,)
-    n = (len(mono) // factor) * factor
-    return mono[:n].reshape(-1, factor).mean(axis=1)
+class _Decimator:
+    """Decoded audio frames -> mono float32 at rate / ``factor``: a box filter over groups of
+    ``factor`` samples (the features are band energies, not the model's input), with the
+    samples left over carried into the next group, so the audio keeps its length: dropping
+    them (1 of AAC's 1,024-sample frames at 48 kHz) would put it 1.8 s behind the picture
+    after 30 minutes. Frames are joined ``BATCH`` at a time, so numpy's per-call cost is
+    paid once a batch rather than once a 21-ms frame."""
+
+    BATCH = 64
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        self.frames: list[np.ndarray] = []
+        self.rest = np.zeros(0, np.float32)
+
+    def add(self, frame: Any) -> np.ndarray | None:
+        from avrl_batch.media.audio import frame_to_mono
+
+        self.frames.append(frame_to_mono(frame))
+        return self.flush() if len(self.frames) >= self.BATCH else None
+
+    def flush(self) -> np.ndarray:
+        x = np.concatenate([self.rest, *self.frames])
+        self.frames = []
+        n = (len(x) // self.factor) * self.factor
+        self.rest = x[n:]
+        return x[:n].reshape(-1, self.factor).mean(axis=1)
 
 
 def _thumb(frame: Any) -> np.ndarray:
@@ -156,13 +279,14 @@ def _thumb(frame: Any) -> np.ndarray:
 
 def window_features(
     src: Any, duration_s: float, window_s: float, stride_s: float, *,
-    keyframes: bool | None = None, caps: Any = None,
+    keyframes: bool | None = None, audio_net: AudioNet | None = None, caps: Any = None,
 ) -> WindowFeatures:
     """The screen's features of every window of ``src`` (a path or file object; the windows
     of a scan with this window and stride), in one pass that decodes keyframes and audio only.
 
-    ``keyframes``: decode the keyframes (the video-only head's features); None: only when the
-    file has no audio stream (what a scan needs)."""
+    ``keyframes``: decode the keyframes (the keyframe features of the video-only head); None:
+    only when the file has no audio stream. ``audio_net``: the model's audio trunk, whose
+    feature of each window joins the audio-visual features (None: no such columns)."""
     import av
 
     from avrl_batch.media.errors import source_name, wrap_errors
@@ -185,12 +309,14 @@ def window_features(
             vs.codec_context.skip_frame = "NONKEY"
             origin = time_origin(container, vs)
             astream = container.streams.audio[0] if container.streams.audio else None
-            audio = _AudioWindows(starts, ends) if astream is not None else None
+            audio = _AudioWindows(starts, ends, audio_net) if astream is not None else None
+            audio_t0: float | None = None  # the time of the first audio frame
             decode_keys = astream is None if keyframes is None else keyframes
             rate = astream.codec_context.sample_rate if astream is not None else 0
-            # 48 or 32 kHz: a box filter and every 3rd / 2nd sample (the features are band
-            # energies, not the model's input); other rates through FFmpeg's resampler
+            # 48 or 32 kHz: a box filter and every 3rd / 2nd sample; other rates through
+            # FFmpeg's resampler
             factor = rate // 16_000 if rate and rate % 16_000 == 0 else 0
+            decimator = _Decimator(factor) if audio is not None and factor else None
             resampler = (
                 av.AudioResampler(format="flt", layout="mono", rate=16_000)
                 if audio is not None and not factor
@@ -210,12 +336,20 @@ def window_features(
                             key_img.append(_thumb(frame))
                 elif audio is not None:
                     for frame in packet.decode():
-                        t = float(frame.time) - origin if frame.time is not None else None
-                        if resampler is None:
-                            audio.add(_decimate(frame, factor), t)
-                        else:
+                        if audio_t0 is None and frame.time is not None:
+                            audio_t0 = float(frame.time) - origin
+                        if decimator is not None:
+                            got = decimator.add(frame)
+                            if got is not None:
+                                audio.add(got, audio_t0)
+                        elif resampler is not None:
                             for out in resampler.resample(frame):
-                                audio.add(out.to_ndarray().reshape(-1), t)
+                                audio.add(out.to_ndarray().reshape(-1), audio_t0)
+            if decimator is not None:
+                audio.add(decimator.flush(), audio_t0)  # type: ignore[union-attr]
+            elif resampler is not None:
+                for out in resampler.resample(None):  # what the resampler still holds
+                    audio.add(out.to_ndarray().reshape(-1), audio_t0)  # type: ignore[union-attr]
             if decode_keys:
                 for frame in vs.codec_context.decode(None):  # frames still in the decoder
                     key_t.append(float(frame.time) - origin)
@@ -225,14 +359,15 @@ def window_features(
     packets = _packet_stats(
         starts, ends, np.array(pkt_t), np.array(pkt_bytes, np.float64), np.array(pkt_key, bool)
     )
-    video = None
+    raw_video = packets
     if decode_keys:
-        keys = _keyframe_stats(starts, ends, np.array(key_t), key_img)
-        video = _context(_relative(np.concatenate([packets, keys], axis=1)))
+        raw_video = np.concatenate(
+            [packets, _keyframe_stats(starts, ends, np.array(key_t), key_img)], axis=1
+        )
     av_rel = None
     if audio is not None:
         av_rel = _context(_relative(np.concatenate([packets, audio.finish()], axis=1)))
-    return WindowFeatures(starts, ends, video, av_rel)
+    return WindowFeatures(starts, ends, _context(_relative(raw_video)), av_rel)
 
 
 def _packet_stats(
@@ -342,12 +477,15 @@ class Screen:
     """What ``avrl calibrate`` writes into a model file (``screen``) and a cascade scan reads."""
 
     format: int
+    model_id: str  # the network it was calibrated for: its audio feature is that network's
     window_s: float  # the windows it was trained on (the model's)
     target_recall: float
     per_class: bool  # target_recall held by each anomaly class, not only pooled
     recall_of: str  # "events": an event counts when one of its windows is a candidate; "windows"
     margin_windows: int
     positive_overlap: float
+    audio_net_dim: int  # the audio branch's feature size in the AV head; 0: not used
+    video_keyframes: bool  # the video-only head uses the keyframe features (decodes I-frames)
     video: ScreenHead  # recordings without audio
     av: ScreenHead | None  # recordings with audio; None when the data had none
     trained_on: str  # the intervals tables, separated by ", "
@@ -357,13 +495,25 @@ class Screen:
     positives_by_class: dict[str, int]  # positive windows of each anomaly class
     events_by_class: dict[str, int]  # anomaly events of each class
 
+    @property
+    def needs_audio_net(self) -> bool:
+        return self.av is not None and self.audio_net_dim > 0
+
     def scores(self, feats: WindowFeatures) -> tuple[str, np.ndarray]:
         """(head used, (N,) screen scores): the audio-visual head where the file has audio."""
         if feats.av is not None and self.av is not None:
+            if feats.av.shape[1] != len(self.av.features):
+                raise ValueError(
+                    f"the audio-visual head takes {len(self.av.features)} features, got "
+                    f"{feats.av.shape[1]} (the audio net's feature missing?)"
+                )
             return "av", self.av.score(feats.av)
-        if feats.video is None:
+        x = feats.video
+        if not self.video_keyframes and x.shape[1] == len(VIDEO_FEATURES):
+            x = packet_columns(x)
+        if x.shape[1] != len(self.video.features):
             raise ValueError("the video-only head needs the keyframe features")
-        return "video", self.video.score(feats.video)
+        return "video", self.video.score(x)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -382,19 +532,25 @@ class Screen:
             _finite(d[k], k)
         if not (0 < d["target_recall"] <= 1):
             raise ValueError("screen target_recall must lie in (0, 1]")
-        for k in ("margin_windows", "recordings", "windows", "positives"):
+        for k in ("margin_windows", "recordings", "windows", "positives", "audio_net_dim"):
             if not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 <= d[k] < 10**9:
                 raise ValueError(f"screen {k} must be a count")
-        if not isinstance(d["trained_on"], str):
-            raise ValueError("screen trained_on must be a string")
-        if not isinstance(d["per_class"], bool):
-            raise ValueError("screen per_class must be true or false")
+        if d["audio_net_dim"] > 8 * 256:  # ModelConfig's largest audio_width
+            raise ValueError("screen audio_net_dim is larger than any audio branch")
+        for k in ("trained_on", "model_id"):
+            if not isinstance(d[k], str):
+                raise ValueError(f"screen {k} must be a string")
+        for k in ("per_class", "video_keyframes"):
+            if not isinstance(d[k], bool):
+                raise ValueError(f"screen {k} must be true or false")
         if d["recall_of"] not in RECALL_OF:
             raise ValueError(f"screen recall_of must be one of {', '.join(RECALL_OF)}")
         _counts(d["positives_by_class"], "positives_by_class")
         _counts(d["events_by_class"], "events_by_class")
-        video = _head(d["video"], VIDEO_FEATURES, "video")
-        av_head = None if d["av"] is None else _head(d["av"], AV_FEATURES, "av")
+        video = _head(d["video"], video_features(d["video_keyframes"]), "video")
+        av_head = (
+            None if d["av"] is None else _head(d["av"], av_features(d["audio_net_dim"]), "av")
+        )
         return cls(**{**d, "video": video, "av": av_head})
 
 

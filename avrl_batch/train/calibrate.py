@@ -9,7 +9,11 @@ class. The threshold of each head is set on out-of-fold scores (``screen.train_h
 target recall — by default of the events (``recall_of``: one is seen when any of its
 positive windows is a candidate) of each anomaly class on its own (``per_class``): pooled, a
 class with few events or little motion and sound could be missed whole while the loud
-classes keep the pooled recall up.
+classes keep the pooled recall up. The audio-visual head reads the model's own audio branch
+(``screen.AudioNet``), so a screen belongs to the network it was calibrated with (its
+``model_id``). The video-only head is fitted twice, with and without the keyframe
+features, and keeps them only where they pass at least ``screen.KEYFRAME_GAIN`` fewer
+held-out windows (:func:`_video_head`).
 """
 
 from __future__ import annotations
@@ -56,18 +60,18 @@ def calibrate(
     classes = loaded.cfg.classes
     anomaly = tuple(sorted(c for c in classes.names if classes.is_anomaly(c)))
     window_s = float(loaded.cfg.window_s)
+    audio_net = scr.AudioNet.from_model(loaded.model, loaded.cfg)
     by_source = _spans_by_source(tables, anomaly, endpoint_url)
     video_x, video_y, video_e, av_x, av_y, av_e = [], [], [], [], [], []
     events_by_class: dict[str, int] = {}
     for k, (source, spans) in enumerate(sorted(by_source.items()), start=1):
         duration = clip_duration(source, endpoint_url)
-        feats = _features(source, duration, window_s, endpoint_url)
+        feats = _features(source, duration, window_s, audio_net, endpoint_url)
         y = scr.window_classes(feats.start_s, feats.end_s, spans)  # (N,) 0 or class k
         ev = scr.window_events(feats.start_s, feats.end_s, [(a, b) for a, b, _ in spans])
         for e in np.unique(ev[ev > 0]):
             name = anomaly[spans[e - 1][2] - 1]
             events_by_class[name] = events_by_class.get(name, 0) + 1
-        assert feats.video is not None  # keyframes=True
         video_x.append(feats.video)
         video_y.append(y)
         video_e.append(ev)
@@ -87,17 +91,22 @@ def calibrate(
         )
     head = dict(recall=recall, margin=margin_windows, class_names=anomaly, per_class=per_class,
                 recall_of_events=recall_of == "events")
+    video, keyframes = _video_head(video_x, video_y, video_e, head)
+    audio_net_dim = audio_net.dim if audio_net is not None else 0
     screen = scr.Screen(
         format=scr.SCREEN_FORMAT,
+        model_id=loaded.model_id,
         window_s=window_s,
         target_recall=float(recall),
         per_class=bool(per_class),
         recall_of=recall_of,
         margin_windows=int(margin_windows),
         positive_overlap=scr.POSITIVE_OVERLAP,
-        video=scr.train_head(video_x, video_y, scr.VIDEO_FEATURES, events=video_e, **head),
+        audio_net_dim=audio_net_dim,
+        video_keyframes=keyframes,
+        video=video,
         av=(
-            scr.train_head(av_x, av_y, scr.AV_FEATURES, events=av_e, **head)
+            scr.train_head(av_x, av_y, scr.av_features(audio_net_dim), events=av_e, **head)
             if av_y and any((y > 0).any() for y in av_y)
             else None
         ),
@@ -115,6 +124,20 @@ def calibrate(
         out_uri, with_screen(data, screen.to_dict(), source=model_uri), endpoint_url=endpoint_url
     )
     return screen
+
+
+def _video_head(
+    xs: list[np.ndarray], ys: list[np.ndarray], events: list[np.ndarray], head: dict[str, Any]
+) -> tuple[scr.ScreenHead, bool]:
+    """The video-only head, and whether it uses the keyframe features: fitted with them and
+    without (packets alone, no picture decoded), the keyframes are kept when they pass
+    ``KEYFRAME_GAIN`` fewer held-out windows at the same recall."""
+    with_keys = scr.train_head(xs, ys, scr.VIDEO_FEATURES, events=events, **head)
+    packets = scr.train_head([scr.packet_columns(x) for x in xs], ys, scr.PACKET_FEATURES,
+                             events=events, **head)
+    if with_keys.val_pass_share <= packets.val_pass_share - scr.KEYFRAME_GAIN:
+        return with_keys, True
+    return packets, False
 
 
 def _spans_by_source(
@@ -138,11 +161,15 @@ def _spans_by_source(
     return by_source
 
 
-def _features(source: str, duration: float, window_s: float, endpoint_url: str | None) -> Any:
+def _features(
+    source: str, duration: float, window_s: float, audio_net: scr.AudioNet | None,
+    endpoint_url: str | None,
+) -> scr.WindowFeatures:
     from avrl_batch.media import open_media
 
     with open_media(source, endpoint_url=endpoint_url) as src:
-        return scr.window_features(src, duration, window_s, window_s, keyframes=True)
+        return scr.window_features(src, duration, window_s, window_s, keyframes=True,
+                                   audio_net=audio_net)
 
 
 def summary(screen: scr.Screen) -> dict[str, Any]:
@@ -150,10 +177,13 @@ def summary(screen: scr.Screen) -> dict[str, Any]:
     and its held-out figures (pooled and per class)."""
     heads = {"video": screen.video, "av": screen.av}
     return {
+        "model_id": screen.model_id,
         "target_recall": screen.target_recall,
         "per_class": screen.per_class,
         "recall_of": screen.recall_of,
         "margin_windows": screen.margin_windows,
+        "audio_net_dim": screen.audio_net_dim,
+        "video_keyframes": screen.video_keyframes,
         "trained_on": screen.trained_on,
         "recordings": screen.recordings,
         "windows": screen.windows,
