@@ -382,8 +382,9 @@ def test_a_screen_belongs_to_the_network_it_was_calibrated_for(
 
 
 def test_video_head_keeps_keyframes_only_where_they_pay() -> None:
-    """Fitted with and without the keyframe columns: kept when they pass fewer held-out
-    windows at the same recall, dropped (no I-frame decoded) when they only add noise."""
+    """Fitted with and without the keyframe columns: kept when the held-out windows they
+    spare the full model outweigh decoding them, dropped (no I-frame decoded) when they only
+    add noise, or when there are so many keyframes that decoding them costs more."""
     from avrl_batch.train.calibrate import _video_head
 
     rng = np.random.default_rng(1)
@@ -405,6 +406,9 @@ def test_video_head_keeps_keyframes_only_where_they_pay() -> None:
         got, keyframes = _video_head(xs, ys, events, head)
         assert keyframes is kept
         assert got.features == scr.video_features(kept)
+        # a keyframe in every 2 s costs KEYFRAME_COST of a window; one every 0.25 s, 8 times
+        # that: more than all the windows they could spare
+        assert _video_head(xs, ys, events, head, keyframes_per_window=8.0)[1] is False
 
 
 @pytest.mark.parametrize("fmt", ["fltp", "s16"])

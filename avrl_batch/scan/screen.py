@@ -18,9 +18,9 @@ Each feature is taken relative to the recording's own median (footage is calm mo
 time, so the median is the calm level of that camera, whatever its resolution, bitrate or
 microphone gain), and each window also sees the larger of its two neighbours' values.
 A recording without audio is screened by the video-only head; one with audio by the
-audio-visual head. The video-only head keeps the keyframe features only where they pass
-fewer held-out windows at the same recall (``video_keyframes``): decoding the keyframes costs
-more than demuxing, and on footage whose events move little between keyframes they add noise.
+audio-visual head. The video-only head keeps the keyframe features only where the windows
+they spare the full model outweigh decoding them (``video_keyframes``, ``KEYFRAME_COST``): an
+I-frame of 720p costs about a quarter of what inferring its window does.
 Each head's threshold is set on held-out windows for a target recall of the labelled
 anomalies — by default of the events (one is seen when any of its windows is a candidate) of
 each anomaly class on its own, so that a quiet class (a knockdown: one fall, one thud) is not
@@ -62,7 +62,11 @@ def _with_context(names: Sequence[str]) -> tuple[str, ...]:
 # audio-visual head needs no decoded picture at all
 PACKET_FEATURES = _with_context(PACKET_BASE)
 VIDEO_FEATURES = _with_context((*PACKET_BASE, *KEYFRAME_BASE))
-KEYFRAME_GAIN = 0.02  # keyframes stay in when they pass this much less of the held-out windows
+# Decoding a window's keyframe costs about this share of inferring the window fully: 9.9 against
+# 43 CPU-ms a 2-s window of 720p H.264 with a keyframe every 2 s (docs/performance.md, the
+# cascade's profile). The video-only head keeps the keyframe features only when they cut the
+# share of windows passed by more than that, per keyframe a window.
+KEYFRAME_COST = 0.23
 
 
 def video_features(keyframes: bool) -> tuple[str, ...]:
@@ -100,6 +104,7 @@ class WindowFeatures:
     # (N, len(PACKET_FEATURES)): packets only
     video: np.ndarray
     av: np.ndarray | None  # float64 (N, len(av_features(dim))); None: the file has no audio
+    keyframes: int = 0  # keyframe packets of the file (what decoding them would cost)
 
     def __len__(self) -> int:
         return len(self.start_s)
@@ -367,7 +372,8 @@ def window_features(
     av_rel = None
     if audio is not None:
         av_rel = _context(_relative(np.concatenate([packets, audio.finish()], axis=1)))
-    return WindowFeatures(starts, ends, _context(_relative(raw_video)), av_rel)
+    return WindowFeatures(starts, ends, _context(_relative(raw_video)), av_rel,
+                          keyframes=int(sum(pkt_key)))
 
 
 def _packet_stats(

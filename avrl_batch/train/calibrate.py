@@ -12,8 +12,8 @@ class with few events or little motion and sound could be missed whole while the
 classes keep the pooled recall up. The audio-visual head reads the model's own audio branch
 (``screen.AudioNet``), so a screen belongs to the network it was calibrated with (its
 ``model_id``). The video-only head is fitted twice, with and without the keyframe
-features, and keeps them only where they pass at least ``screen.KEYFRAME_GAIN`` fewer
-held-out windows (:func:`_video_head`).
+features, and keeps them only where the held-out windows they spare the full model outweigh
+decoding them (:func:`_video_head`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def calibrate(
     audio_net = scr.AudioNet.from_model(loaded.model, loaded.cfg)
     by_source = _spans_by_source(tables, anomaly, endpoint_url)
     video_x, video_y, video_e, av_x, av_y, av_e = [], [], [], [], [], []
+    keyframes = 0
     events_by_class: dict[str, int] = {}
     for k, (source, spans) in enumerate(sorted(by_source.items()), start=1):
         duration = clip_duration(source, endpoint_url)
@@ -72,6 +73,7 @@ def calibrate(
         for e in np.unique(ev[ev > 0]):
             name = anomaly[spans[e - 1][2] - 1]
             events_by_class[name] = events_by_class.get(name, 0) + 1
+        keyframes += feats.keyframes
         video_x.append(feats.video)
         video_y.append(y)
         video_e.append(ev)
@@ -91,7 +93,8 @@ def calibrate(
         )
     head = dict(recall=recall, margin=margin_windows, class_names=anomaly, per_class=per_class,
                 recall_of_events=recall_of == "events")
-    video, keyframes = _video_head(video_x, video_y, video_e, head)
+    video, use_keyframes = _video_head(video_x, video_y, video_e, head,
+                                       keyframes_per_window=keyframes / len(y_all))
     audio_net_dim = audio_net.dim if audio_net is not None else 0
     screen = scr.Screen(
         format=scr.SCREEN_FORMAT,
@@ -103,7 +106,7 @@ def calibrate(
         margin_windows=int(margin_windows),
         positive_overlap=scr.POSITIVE_OVERLAP,
         audio_net_dim=audio_net_dim,
-        video_keyframes=keyframes,
+        video_keyframes=use_keyframes,
         video=video,
         av=(
             scr.train_head(av_x, av_y, scr.av_features(audio_net_dim), events=av_e, **head)
@@ -127,15 +130,18 @@ def calibrate(
 
 
 def _video_head(
-    xs: list[np.ndarray], ys: list[np.ndarray], events: list[np.ndarray], head: dict[str, Any]
+    xs: list[np.ndarray], ys: list[np.ndarray], events: list[np.ndarray], head: dict[str, Any],
+    keyframes_per_window: float = 1.0,
 ) -> tuple[scr.ScreenHead, bool]:
     """The video-only head, and whether it uses the keyframe features: fitted with them and
-    without (packets alone, no picture decoded), the keyframes are kept when they pass
-    ``KEYFRAME_GAIN`` fewer held-out windows at the same recall."""
+    without (packets alone, no picture decoded), the keyframes are kept when the share of
+    held-out windows they spare is larger than what decoding them costs, in windows
+    inferred (``screen.KEYFRAME_COST`` per keyframe, ``keyframes_per_window`` of them)."""
     with_keys = scr.train_head(xs, ys, scr.VIDEO_FEATURES, events=events, **head)
     packets = scr.train_head([scr.packet_columns(x) for x in xs], ys, scr.PACKET_FEATURES,
                              events=events, **head)
-    if with_keys.val_pass_share <= packets.val_pass_share - scr.KEYFRAME_GAIN:
+    spared = packets.val_pass_share - with_keys.val_pass_share
+    if spared > scr.KEYFRAME_COST * keyframes_per_window:
         return with_keys, True
     return packets, False
 
