@@ -118,15 +118,12 @@ class AudioNet:
 
     BATCH = 32  # windows a forward pass
 
-    def __init__(self, audio_width: int, batchnorm: bool, n_examples: int,
+    def __init__(self, audio_width: int, batchnorm: bool, n_examples: int, dim: int,
                  state: dict[str, np.ndarray]) -> None:
         self.audio_width, self.batchnorm, self.n_examples = audio_width, batchnorm, n_examples
+        self.dim = dim  # the trunk's outputs: ModelConfig.audio_dim
         self.state = state
         self._module: Any = None
-
-    @property
-    def dim(self) -> int:
-        return 8 * self.audio_width
 
     @classmethod
     def from_model(cls, model: Any, cfg: Any) -> AudioNet | None:
@@ -137,7 +134,7 @@ class AudioNet:
             return None
         state = {k: v.detach().cpu().numpy().copy() for k, v in trunk.state_dict().items()}
         return cls(int(cfg.audio_width), bool(cfg.audio_batchnorm), int(cfg.audio_examples),
-                   state)
+                   int(cfg.audio_dim), state)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_module": None}  # the torch module is rebuilt where it lands
@@ -350,11 +347,12 @@ def window_features(
                         elif resampler is not None:
                             for out in resampler.resample(frame):
                                 audio.add(out.to_ndarray().reshape(-1), audio_t0)
-            if decimator is not None:
-                audio.add(decimator.flush(), audio_t0)  # type: ignore[union-attr]
-            elif resampler is not None:
-                for out in resampler.resample(None):  # what the resampler still holds
-                    audio.add(out.to_ndarray().reshape(-1), audio_t0)  # type: ignore[union-attr]
+            if audio is not None:  # what the decimator or the resampler still holds
+                if decimator is not None:
+                    audio.add(decimator.flush(), audio_t0)
+                elif resampler is not None:
+                    for out in resampler.resample(None):
+                        audio.add(out.to_ndarray().reshape(-1), audio_t0)
             if decode_keys:
                 for frame in vs.codec_context.decode(None):  # frames still in the decoder
                     key_t.append(float(frame.time) - origin)
@@ -514,12 +512,12 @@ class Screen:
                     f"{feats.av.shape[1]} (the audio net's feature missing?)"
                 )
             return "av", self.av.score(feats.av)
-        x = feats.video
-        if not self.video_keyframes and x.shape[1] == len(VIDEO_FEATURES):
-            x = packet_columns(x)
-        if x.shape[1] != len(self.video.features):
-            raise ValueError("the video-only head needs the keyframe features")
-        return "video", self.video.score(x)
+        if feats.video.shape[1] != len(self.video.features):
+            raise ValueError(
+                f"the video-only head takes {len(self.video.features)} features, got "
+                f"{feats.video.shape[1]} (keyframes decoded or not, as the screen says?)"
+            )
+        return "video", self.video.score(feats.video)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -541,7 +539,7 @@ class Screen:
         for k in ("margin_windows", "recordings", "windows", "positives", "audio_net_dim"):
             if not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 <= d[k] < 10**9:
                 raise ValueError(f"screen {k} must be a count")
-        if d["audio_net_dim"] > 8 * 256:  # ModelConfig's largest audio_width
+        if d["audio_net_dim"] > _largest_audio_dim():
             raise ValueError("screen audio_net_dim is larger than any audio branch")
         for k in ("trained_on", "model_id"):
             if not isinstance(d[k], str):
@@ -558,6 +556,13 @@ class Screen:
             None if d["av"] is None else _head(d["av"], av_features(d["audio_net_dim"]), "av")
         )
         return cls(**{**d, "video": video, "av": av_head})
+
+
+def _largest_audio_dim() -> int:
+    from avrl_batch.config import LIMITS, ModelConfig
+
+    widest = ModelConfig(audio_width=int(LIMITS["audio_width"][1]))
+    return widest.audio_dim
 
 
 def _finite(v: Any, what: str) -> float:
